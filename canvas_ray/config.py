@@ -1,0 +1,290 @@
+"""The one config schema shared by the batch job, the online service and the tools.
+
+A YAML file maps onto :class:`CanvasConfig`. Unknown keys and bad values fail with a :class:`ConfigError`
+that names the offending key (``inpaint.steps: Input should be greater than 0``). Paths inside a config
+(styles file, local model folders) are resolved relative to the config file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_ROOT.parent
+DEFAULT_STYLES_FILE = REPO_ROOT / "configs" / "styles.yaml"
+_ASPECT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[:x/]\s*(\d+(?:\.\d+)?)\s*$")
+
+
+class ConfigError(ValueError):
+    """A config file or value that cannot be used; the message names the key and says what to fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Resources(_Strict):
+    """Ray resources of one stage: an actor pool for model stages, tasks for cheap ones."""
+
+    num_gpus: float = Field(0.0, ge=0)
+    num_cpus: float = Field(1.0, gt=0)
+    concurrency: int = Field(1, ge=1, description="actors in the pool (model stages) or max parallel tasks")
+    max_concurrency: int | None = Field(None, ge=1, description="autoscale the actor pool up to this size")
+    batch_size: int = Field(4, ge=1)
+
+
+class ModelStage(_Strict):
+    """How one stage gets its model: a named backend plus, for neural backends, a checkpoint."""
+
+    backend: str
+    model: str | None = Field(None, description="hub id or local folder, loaded with from_pretrained")
+    revision: str | None = None
+    dtype: Literal["float32", "float16", "bfloat16", "auto"] = "float32"
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
+    trust_remote_code: bool = False
+    options: dict[str, Any] = Field(default_factory=dict, description="backend-specific settings")
+    resources: Resources = Field(default_factory=Resources)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+            raise ValueError(f"device must be auto, cpu, mps, cuda or cuda:N, got {value!r}")
+        return value
+
+
+class SegmentConfig(ModelStage):
+    backend: Literal["hf", "alpha", "backdrop"] = "backdrop"
+    fallback: Literal["backdrop", "none"] = Field(
+        "backdrop", description="what `alpha` uses for images without a usable alpha channel"
+    )
+    threshold: float = Field(0.5, gt=0, lt=1, description="soft mask value at which a pixel is product")
+    min_area: float = Field(0.002, ge=0, lt=1, description="a product mask smaller than this share is an error")
+
+
+class CaptionConfig(ModelStage):
+    backend: Literal["hf", "metadata"] = "metadata"
+    prompt: str = (
+        "Describe this product photo in detail in two parts. "
+        "Product: what the product is, its material, colour and shape. "
+        "Background: the setting, surface, lighting and colours behind the product."
+    )
+    max_new_tokens: int = Field(96, ge=1, le=1024)
+    max_words: int = Field(48, ge=4, description="product description length cap used in prompts")
+
+
+class LoraSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    path: str
+    weight: float = 1.0
+    weight_name: str | None = None
+
+
+class InpaintConfig(ModelStage):
+    backend: Literal["diffusers", "studio"] = "studio"
+    resolution: int = Field(512, ge=64, le=2048, description="long side of the model canvas (multiple of 8)")
+    steps: int = Field(30, ge=1, le=500)
+    guidance_scale: float = Field(7.5, ge=0, le=50)
+    strength: float = Field(1.0, gt=0, le=1)
+    scheduler: str | None = Field(None, description="diffusers scheduler class name, e.g. DPMSolverMultistepScheduler")
+    keep_dilate_px: int = Field(0, ge=0, le=64, description="grow the kept (product) region given to the model")
+    loras: list[LoraSpec] = Field(default_factory=list, description="adapters always loaded, mixed by weight")
+
+    @field_validator("resolution")
+    @classmethod
+    def _multiple_of_8(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError(f"resolution must be a multiple of 8, got {value}")
+        return value
+
+
+class CompositeConfig(_Strict):
+    fill: float = Field(0.78, gt=0.05, le=1.0, description="largest share of canvas width/height the product takes")
+    placement: Literal["center", "floor"] = "floor"
+    floor_margin: float = Field(0.1, ge=0, lt=0.5, description="gap under the product for `floor`, share of height")
+    scale: Literal["native", "fit"] = Field(
+        "native", description="native keeps source pixels bit-exact; fit resamples the product to output.long_side"
+    )
+    shadow: float | None = Field(None, ge=0, le=1, description="contact shadow strength; None = the style's")
+    feather_px: int = Field(2, ge=0, le=32, description="soft edge width, applied outside the product only")
+    resources: Resources = Field(default_factory=lambda: Resources(batch_size=8))
+
+
+class OutputConfig(_Strict):
+    aspect_ratios: list[str] = Field(default_factory=lambda: ["1:1"], min_length=1)
+    variants: int = Field(1, ge=1, le=64)
+    format: Literal["png", "jpeg", "webp"] = "png"
+    quality: int = Field(95, ge=1, le=100)
+    long_side: int | None = Field(None, ge=64, le=8192, description="output size for composite.scale=fit")
+    shard_width: int = Field(2, ge=1, le=4, description="hex chars of the image-folder shard prefix")
+
+    @field_validator("aspect_ratios")
+    @classmethod
+    def _aspects(cls, values: list[str]) -> list[str]:
+        for value in values:
+            parse_aspect(value)
+        if len(set(values)) != len(values):
+            raise ValueError(f"aspect ratios repeat: {values}")
+        return values
+
+
+class StylesConfig(_Strict):
+    file: str = Field(str(DEFAULT_STYLES_FILE), description="YAML file of named presets")
+    default: list[str] = Field(default_factory=lambda: ["studio white"], min_length=1)
+    extra_files: list[str] = Field(default_factory=list, description="more preset files, e.g. published LoRA styles")
+
+
+class LimitsConfig(_Strict):
+    max_image_bytes: int = Field(40 * 1024 * 1024, ge=1024)
+    max_pixels: int = Field(40_000_000, ge=64 * 64)
+    min_side: int = Field(16, ge=1)
+    fetch_timeout_s: float = Field(60.0, gt=0)
+
+
+class RayConfig(_Strict):
+    address: str | None = Field(None, description="None: RAY_ADDRESS or a local cluster")
+    read_parallelism: int | None = Field(None, ge=1)
+    io_concurrency: int = Field(4, ge=1, description="parallel fetch/write tasks")
+
+
+class ServeConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_batch_size: int = Field(8, ge=1, le=256)
+    batch_wait_timeout_s: float = Field(0.05, ge=0, le=10)
+    max_upload_bytes: int = Field(15 * 1024 * 1024, ge=1024)
+    max_pixels: int = Field(25_000_000, ge=64 * 64)
+    max_variants: int = Field(4, ge=1, le=16)
+    api_keys: list[str] = Field(default_factory=list)
+    api_keys_env: str = "CANVAS_RAY_API_KEYS"
+    allowed_uri_prefixes: list[str] = Field(default_factory=list)
+    output_root: str | None = None
+
+
+class CanvasConfig(_Strict):
+    """Everything a run needs; the same file drives `canvas-ray generate`, `generate-one` and `serve`."""
+
+    segment: SegmentConfig = Field(default_factory=SegmentConfig)
+    caption: CaptionConfig = Field(default_factory=CaptionConfig)
+    inpaint: InpaintConfig = Field(default_factory=InpaintConfig)
+    composite: CompositeConfig = Field(default_factory=CompositeConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    styles: StylesConfig = Field(default_factory=StylesConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    source: str | None = Field(None, exclude=True, description="file this config was read from")
+
+    @model_validator(mode="after")
+    def _fit_needs_size(self) -> CanvasConfig:
+        if self.composite.scale == "fit" and self.output.long_side is None:
+            raise ValueError("composite.scale=fit needs output.long_side")
+        return self
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes pixels (not resources, not serving), plus the style presets."""
+        payload = self.model_dump(mode="json", exclude={"ray", "serve", "limits", "source"})
+        for stage in ("segment", "caption", "inpaint"):
+            payload[stage].pop("resources", None)
+            payload[stage].pop("device", None)
+        payload["composite"].pop("resources", None)
+        styles = []
+        for name in [self.styles.file, *self.styles.extra_files]:
+            path = Path(name)
+            styles.append(path.read_bytes().decode() if path.is_file() else name)
+        payload["styles_content"] = styles
+        blob = json.dumps(payload, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def parse_aspect(value: str) -> float:
+    """``"2:3"`` (also ``2x3``, ``2/3``) → width / height."""
+    match = _ASPECT_RE.match(value)
+    if not match or float(match.group(1)) <= 0 or float(match.group(2)) <= 0:
+        raise ValueError(f"aspect ratio must look like 'W:H' with positive numbers, got {value!r}")
+    ratio = float(match.group(1)) / float(match.group(2))
+    if not 0.2 <= ratio <= 5.0:
+        raise ValueError(f"aspect ratio {value!r} is outside 1:5 .. 5:1")
+    return ratio
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; see configs/local.yaml for every key)"
+        lines.append(f"  {key}: {message}")
+    return f"invalid config {source}:\n" + "\n".join(lines)
+
+
+def _resolve_relative(data: dict[str, Any], base: Path) -> None:
+    """Make relative file paths in a config file relative to that file, if they exist there."""
+
+    def fix(value: str | None) -> str | None:
+        if not value or "://" in value or Path(value).is_absolute():
+            return value
+        candidate = (base / value).resolve()
+        return str(candidate) if candidate.exists() or value.startswith(".") else value
+
+    for stage in ("segment", "caption", "inpaint"):
+        section = data.get(stage)
+        if isinstance(section, dict) and isinstance(section.get("model"), str):
+            section["model"] = fix(section["model"])
+        if isinstance(section, dict) and isinstance(section.get("loras"), list):
+            for lora in section["loras"]:
+                if isinstance(lora, dict) and isinstance(lora.get("path"), str):
+                    lora["path"] = fix(lora["path"])
+    styles = data.get("styles")
+    if isinstance(styles, dict):
+        if isinstance(styles.get("file"), str):
+            styles["file"] = fix(styles["file"])
+        if isinstance(styles.get("extra_files"), list):
+            styles["extra_files"] = [fix(v) if isinstance(v, str) else v for v in styles["extra_files"]]
+
+
+def config_from_dict(data: dict[str, Any] | None, source: str = "<dict>", base: Path | None = None) -> CanvasConfig:
+    data = dict(data or {})
+    if base is not None:
+        _resolve_relative(data, base)
+    try:
+        config = CanvasConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(error, source)) from None
+    config.source = source
+    return config
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> CanvasConfig:
+    """Read a YAML config (None: the built-in defaults) and apply dotted overrides like ``{"output.variants": 2}``."""
+    data: dict[str, Any] = {}
+    base = None
+    source = "<defaults>"
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"config file not found: {file} (pass --config with a path to a YAML file)")
+        try:
+            loaded = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config {file} is not valid YAML: {error}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config {file} must be a mapping of sections (segment:, inpaint:, ...)")
+        data, base, source = loaded, file.resolve().parent, str(file)
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {dotted}: {part} is not a section")
+        node[leaf] = value
+    return config_from_dict(data, source=source, base=base)

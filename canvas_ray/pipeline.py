@@ -1,0 +1,97 @@
+"""The whole pipeline in one process: the same stage classes the Ray drivers use, run one after another.
+
+Used by ``canvas-ray generate-one``, by tests of the stages together, and as the single-process baseline
+in ``benchmarks/engine.py``. The Ray Data plan (``canvas_ray.batch``) and the Serve app compose the very
+same classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from canvas_ray.config import CanvasConfig
+from canvas_ray.stages.base import Batch, object_column
+from canvas_ray.stages.caption import Caption
+from canvas_ray.stages.composite import Composite
+from canvas_ray.stages.decode import Decode, Fetch
+from canvas_ray.stages.inpaint import Inpaint
+from canvas_ray.stages.prompt import Prompt
+from canvas_ray.stages.segment import Segment
+from canvas_ray.styles import StyleBook
+
+
+@dataclass
+class GeneratedImage:
+    """One requested output of one product image."""
+
+    output_id: str
+    status: str
+    error: str
+    image: np.ndarray | None
+    style: str
+    aspect: str
+    variant: int
+    seed: int
+    prompt: str
+    caption: str
+    product_preserved: bool
+    max_product_diff: int
+    timings: dict[str, float]
+
+
+TIMING_COLUMNS = ("fetch_s", "decode_s", "segment_s", "caption_s", "inpaint_s", "composite_s")
+
+
+def items_batch(items: list[dict[str, Any]]) -> Batch:
+    """Catalog-like rows (dicts) → a batch; ``image_bytes`` stays an object column."""
+    keys: list[str] = []
+    for item in items:
+        keys.extend(k for k in item if k not in keys)
+    batch: Batch = {}
+    for key in keys:
+        values = [item.get(key) for item in items]
+        batch[key] = object_column(values) if key == "image_bytes" else np.asarray(values, dtype=object)
+    return batch
+
+
+class LocalPipeline:
+    """All stages in this process. ``keep_intermediate`` keeps canvas/mask/background columns."""
+
+    def __init__(self, config: CanvasConfig, keep_intermediate: bool = False):
+        self.config = config
+        self.styles = StyleBook.from_config(config)
+        self.fetch = Fetch(config)
+        self.decode = Decode(config)
+        self.segment = Segment(config)
+        self.caption = Caption(config)
+        self.prompt = Prompt(config, self.styles)
+        self.inpaint = Inpaint(config, self.styles)
+        self.composite = Composite(config, self.styles, keep_intermediate=keep_intermediate)
+
+    def run_batch(self, batch: Batch) -> Batch:
+        if "image_uri" in batch:
+            batch = self.fetch(batch)
+        for stage in (self.decode, self.segment, self.caption, self.prompt, self.inpaint, self.composite):
+            batch = stage(batch)
+            if not batch:
+                break
+        return batch
+
+    def generate(self, items: list[dict[str, Any]]) -> list[GeneratedImage]:
+        out = self.run_batch(items_batch(items))
+        results = []
+        for i in range(len(out.get("status", []))):
+            ok = out["status"][i] == "ok"
+            results.append(GeneratedImage(
+                output_id=str(out["output_id"][i]), status=str(out["status"][i]), error=str(out["error"][i]),
+                image=out["result"][i] if ok else None, style=str(out["style"][i]), aspect=str(out["aspect"][i]),
+                variant=int(out["variant"][i]), seed=int(out["seed"][i]), prompt=str(out["prompt"][i]),
+                caption=str(out["caption"][i]) if "caption" in out else "",
+                product_preserved=bool(out["product_preserved"][i]),
+                max_product_diff=int(out["max_product_diff"][i]),
+                timings={c: float(out[c][i]) for c in TIMING_COLUMNS if c in out},
+            ))
+        return results

@@ -1,0 +1,109 @@
+"""Batch conventions every stage follows.
+
+A batch is a dict of equal-length NumPy columns (what Ray Data's ``batch_format="numpy"`` gives).
+Image-like columns are 1-D object arrays of per-row ndarrays (rows differ in size). Every row carries
+``status`` (``ok``/``error``) and ``error`` (``"stage: reason"``); a stage works on ``ok`` rows only and
+passes error rows through untouched, so no row is ever dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+Batch = dict[str, np.ndarray]
+T = TypeVar("T")
+
+OK = "ok"
+ERROR = "error"
+PLACEHOLDER_IMAGE = np.zeros((1, 1, 3), np.uint8)
+PLACEHOLDER_MASK = np.zeros((1, 1), np.uint8)
+
+
+def object_column(values: Sequence[Any]) -> np.ndarray:
+    """A 1-D object array, even when every element is an ndarray of the same shape."""
+    column = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):
+        column[i] = value
+    return column
+
+
+def num_rows(batch: Batch) -> int:
+    return len(next(iter(batch.values()))) if batch else 0
+
+
+def ensure_status(batch: Batch) -> Batch:
+    n = num_rows(batch)
+    if "status" not in batch:
+        batch["status"] = np.array([OK] * n, dtype=object)
+    else:
+        batch["status"] = np.asarray(batch["status"], dtype=object).copy()
+    if "error" not in batch:
+        batch["error"] = np.array([""] * n, dtype=object)
+    else:
+        batch["error"] = np.asarray(batch["error"], dtype=object).copy()
+    return batch
+
+
+def ok_indices(batch: Batch) -> list[int]:
+    return [i for i, status in enumerate(batch["status"]) if status == OK]
+
+
+def set_error(batch: Batch, index: int, stage: str, reason: str) -> None:
+    batch["status"][index] = ERROR
+    batch["error"][index] = f"{stage}: {reason}"[:2000]
+
+
+def describe(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return text if isinstance(error, ValueError) else f"{type(error).__name__}: {text}"
+
+
+def run_rows(
+    batch: Batch,
+    indices: list[int],
+    stage: str,
+    batched: Callable[[list[int]], list[T]],
+) -> dict[int, T]:
+    """Run ``batched`` on all rows at once; if it raises, retry row by row so one bad row fails alone."""
+    if not indices:
+        return {}
+    try:
+        return dict(zip(indices, batched(indices), strict=True))
+    except Exception as error:  # noqa: BLE001 - a batch failure is retried per row below
+        if len(indices) == 1:
+            set_error(batch, indices[0], stage, describe(error))
+            return {}
+        log.warning("%s: batch of %d failed (%s); retrying row by row", stage, len(indices), describe(error))
+    results: dict[int, T] = {}
+    for index in indices:
+        try:
+            results[index] = batched([index])[0]
+        except Exception as error:  # noqa: BLE001 - becomes an error row
+            set_error(batch, index, stage, describe(error))
+    return results
+
+
+@contextmanager
+def timed(batch: Batch, column: str, indices: list[int]) -> Iterator[None]:
+    """Record the batch's wall time, shared equally, in ``column`` for the given rows."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        elapsed = time.perf_counter() - start
+        n = num_rows(batch)
+        values = np.asarray(batch.get(column, np.zeros(n)), dtype=np.float64).copy()
+        if indices:
+            values[indices] = elapsed / len(indices)
+        batch[column] = values
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(image[..., :3]) if image.shape[-1] == 4 else image

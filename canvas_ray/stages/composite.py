@@ -1,0 +1,72 @@
+"""Composite + Verify: the final image, with the product pasted back and checked pixel by pixel.
+
+Adds ``result`` (HxWx3 uint8), ``product_preserved`` (bool), ``max_product_diff`` (int),
+``product_pixels`` and ``composite_s``; drops the large intermediate columns (``canvas``,
+``canvas_mask``, ``background``) unless asked to keep them. A row whose product check fails is an error
+row: an altered product is never delivered as ``ok``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from canvas_ray.compose import composite, verify_product_preserved
+from canvas_ray.config import CanvasConfig
+from canvas_ray.stages.base import (
+    PLACEHOLDER_IMAGE,
+    Batch,
+    ensure_status,
+    object_column,
+    ok_indices,
+    run_rows,
+    set_error,
+    timed,
+)
+from canvas_ray.styles import StyleBook
+
+STAGE = "composite"
+INTERMEDIATE = ("canvas", "canvas_mask", "background")
+
+
+class Composite:
+    def __init__(self, config: CanvasConfig, styles: StyleBook | None = None, keep_intermediate: bool = False):
+        self.spec = config.composite
+        self.styles = styles or StyleBook.from_config(config)
+        self.keep_intermediate = keep_intermediate
+
+    def _one(self, batch: Batch, index: int) -> tuple[np.ndarray, int, int]:
+        canvas, mask, background = batch["canvas"][index], batch["canvas_mask"][index], batch["background"][index]
+        shadow = self.spec.shadow
+        if shadow is None:
+            shadow = self.styles.resolve(str(batch["style"][index])).backdrop.shadow
+        result = composite(canvas, mask, background, feather_px=self.spec.feather_px, shadow=shadow)
+        check = verify_product_preserved(result, canvas, mask)
+        if not check.product_preserved:
+            raise RuntimeError(f"product pixels changed (max difference {check.max_product_diff}); output rejected")
+        return result, check.max_product_diff, check.product_pixels
+
+    def __call__(self, batch: Batch) -> Batch:
+        batch = ensure_status(batch)
+        n = len(batch["status"])
+        indices = ok_indices(batch)
+        results = [PLACEHOLDER_IMAGE] * n
+        preserved = np.zeros(n, dtype=bool)
+        max_diff = np.full(n, -1, dtype=np.int64)
+        pixels = np.zeros(n, dtype=np.int64)
+        with timed(batch, "composite_s", indices):
+            done = run_rows(batch, indices, STAGE, lambda rows: [self._one(batch, i) for i in rows])
+        for index, (result, diff, count) in done.items():
+            if batch["status"][index] != "ok":
+                continue
+            if result.shape[:2] != batch["canvas"][index].shape[:2]:
+                set_error(batch, index, STAGE, "result size differs from canvas")
+                continue
+            results[index], preserved[index], max_diff[index], pixels[index] = result, diff == 0, diff, count
+        batch["result"] = object_column(results)
+        batch["product_preserved"] = preserved
+        batch["max_product_diff"] = max_diff
+        batch["product_pixels"] = pixels
+        if not self.keep_intermediate:
+            for column in INTERMEDIATE:
+                batch.pop(column, None)
+        return batch

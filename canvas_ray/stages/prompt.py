@@ -1,0 +1,150 @@
+"""Prompt: one row per item becomes one row per requested output (style × variant × aspect ratio).
+
+For each output it resolves the style, builds the prompt and negative prompt, derives the seed
+(hash of item id, variant, style and config fingerprint) and lays the product out on a canvas of the
+target aspect ratio. Error rows expand too, so every requested output has exactly one record.
+
+Per-row requests override the config: ``style`` ("a|b" for several), ``variants``, ``aspect_ratios``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import numpy as np
+
+from canvas_ray.compose import aspect_slug, place_product, plan_placement
+from canvas_ray.config import CanvasConfig, parse_aspect
+from canvas_ray.stages.base import (
+    ERROR,
+    OK,
+    PLACEHOLDER_IMAGE,
+    PLACEHOLDER_MASK,
+    Batch,
+    describe,
+    ensure_status,
+    object_column,
+)
+from canvas_ray.styles import StyleBook, build_prompt
+
+STAGE = "prompt"
+# Item columns copied to every output row (when present).
+CARRIED = ("item_id", "image_uri", "title", "category", "brand", "caption", "product_description",
+           "mask_area", "fetch_s", "decode_s", "segment_s", "caption_s", "source_width", "source_height")
+
+
+def derive_seed(item_id: str, variant: int, style_key: str, fingerprint: str) -> int:
+    digest = hashlib.sha256(f"{item_id}\x1f{variant}\x1f{style_key}\x1f{fingerprint}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def output_id(item_id: str, style_key: str, aspect: str, variant: int) -> str:
+    return f"{item_id}__{style_key}__{aspect_slug(aspect)}__v{variant}"
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+def _split(value: Any, default: list[str]) -> list[str]:
+    if _missing(value):
+        return default
+    parts = [part.strip() for part in str(value).split("|") if part.strip()]
+    return parts or default
+
+
+class Prompt:
+    """Stage (CPU): expand items into outputs with style, prompt, seed and the placed canvas."""
+
+    def __init__(self, config: CanvasConfig, styles: StyleBook | None = None):
+        self.config = config
+        self.styles = styles or StyleBook.from_config(config)
+        self.fingerprint = config.fingerprint()
+
+    def requests(self, batch: Batch, index: int) -> tuple[list[str], int, list[str]]:
+        output = self.config.output
+        styles = _split(batch["style"][index] if "style" in batch else None, self.config.styles.default)
+        variants = output.variants
+        if "variants" in batch and not _missing(batch["variants"][index]):
+            variants = int(batch["variants"][index])
+        aspects = _split(batch["aspect_ratios"][index] if "aspect_ratios" in batch else None,
+                         output.aspect_ratios)
+        return styles, max(1, variants), aspects
+
+    def __call__(self, batch: Batch) -> Batch:
+        batch = ensure_status(batch)
+        composite = self.config.composite
+        long_side = self.config.output.long_side if composite.scale == "fit" else None
+        rows: list[dict[str, Any]] = []
+        for index in range(len(batch["status"])):
+            carried = {c: batch[c][index] for c in CARRIED if c in batch}
+            item_id = str(batch["item_id"][index])
+            styles, variants, aspects = self.requests(batch, index)
+            for requested in styles:
+                for aspect in aspects:
+                    for variant in range(variants):
+                        row: dict[str, Any] = dict(carried)
+                        row.update(status=batch["status"][index], error=batch["error"][index], style=requested,
+                                   style_key="", aspect=aspect, variant=variant, seed=-1, prompt="",
+                                   negative_prompt="", placement="", output_id="",
+                                   canvas=PLACEHOLDER_IMAGE, canvas_mask=PLACEHOLDER_MASK)
+                        self._fill(row, batch, index, item_id, requested, aspect, variant, long_side)
+                        rows.append(row)
+        return _columns(rows)
+
+    def _fill(self, row: dict[str, Any], batch: Batch, index: int, item_id: str, requested: str, aspect: str,
+              variant: int, long_side: int | None) -> None:
+        try:
+            style = self.styles.resolve(requested)
+            row["style"], row["style_key"] = style.name, style.key
+            row["output_id"] = output_id(item_id, style.key, aspect, variant)
+            requested_seed = batch["seed"][index] if "seed" in batch else None
+            if requested_seed is not None and not _missing(requested_seed) and int(requested_seed) >= 0:
+                row["seed"] = (int(requested_seed) + variant) & 0x7FFFFFFF
+            else:
+                row["seed"] = derive_seed(item_id, variant, style.key, self.fingerprint)
+            row["negative_prompt"] = style.negative_prompt
+            row["prompt"] = build_prompt(style, str(batch["product_description"][index]) if
+                                         "product_description" in batch else "", self.config.caption.max_words)
+            if row["status"] != OK:
+                return
+            ratio = parse_aspect(aspect)
+            composite = self.config.composite
+            where = plan_placement(batch["product_mask"][index], ratio, fill=composite.fill,
+                                   placement=composite.placement, floor_margin=composite.floor_margin,
+                                   long_side=long_side)
+            width, height = where.canvas
+            if width * height > self.config.limits.max_pixels:
+                raise ValueError(f"canvas {width}x{height} for aspect {aspect} exceeds limits.max_pixels")
+            row["canvas"], row["canvas_mask"] = place_product(batch["image"][index], batch["product_mask"][index],
+                                                              where)
+            row["placement"] = where.to_json()
+        except Exception as error:  # noqa: BLE001 - becomes an error row
+            if row["status"] == OK:
+                row["status"], row["error"] = ERROR, f"{STAGE}: {describe(error)}"
+            if not row["output_id"]:
+                row["output_id"] = output_id(item_id, "invalid-style", aspect, variant)
+
+
+def _columns(rows: list[dict[str, Any]]) -> Batch:
+    if not rows:
+        return {}
+    out: Batch = {}
+    for key in rows[0]:
+        values = [row[key] for row in rows]
+        if key in ("canvas", "canvas_mask"):
+            out[key] = object_column(values)
+        elif key in ("variant", "seed"):
+            out[key] = np.asarray(values, dtype=np.int64)
+        elif isinstance(values[0], float | np.floating):
+            out[key] = np.asarray(values, dtype=np.float64)
+        else:
+            out[key] = np.asarray([v if not isinstance(v, np.generic) else v.item() for v in values],
+                                  dtype=object)
+    return out
+
+
+def placement_of(row_placement: str) -> dict[str, Any]:
+    return json.loads(row_placement) if row_placement else {}

@@ -1,0 +1,182 @@
+"""Segment: the product mask of each image.
+
+Adds ``product_mask`` (HxW uint8, 255 = product, soft edge) and ``mask_area`` (share of pixels that are
+product). Backends, chosen by ``segment.backend``:
+
+- ``hf``: a transformers segmentation model (semantic segmentation with a background label, or a
+  one-channel matting model such as BiRefNet with ``trust_remote_code``);
+- ``alpha``: the image's own alpha channel, for cut-outs; images without one use ``segment.fallback``;
+- ``backdrop``: weight-free, a border colour model refined with GrabCut (uses alpha when present).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from canvas_ray.config import CanvasConfig, SegmentConfig
+from canvas_ray.stages.backdrop_mask import backdrop_product_mask
+from canvas_ray.stages.base import (
+    PLACEHOLDER_MASK,
+    Batch,
+    ensure_status,
+    object_column,
+    ok_indices,
+    run_rows,
+    set_error,
+    timed,
+    to_rgb,
+)
+
+STAGE = "segment"
+
+
+class Segmenter(Protocol):
+    def product_masks(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Float32 HxW masks in [0, 1] (1 = product), one per image, at the image's size."""
+        ...
+
+
+_BACKENDS: dict[str, type] = {}
+
+
+def register(name: str):
+    def wrap(cls: type) -> type:
+        _BACKENDS[name] = cls
+        return cls
+
+    return wrap
+
+
+def _alpha_mask(image: np.ndarray) -> np.ndarray | None:
+    if image.ndim == 3 and image.shape[2] == 4 and image[..., 3].min() < 250:
+        return image[..., 3].astype(np.float32) / 255.0
+    return None
+
+
+@register("backdrop")
+class BackdropSegmenter:
+    def __init__(self, spec: SegmentConfig):
+        self.options = dict(spec.options)
+
+    def product_masks(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        masks = []
+        for image in images:
+            alpha = _alpha_mask(image)
+            masks.append(alpha if alpha is not None else backdrop_product_mask(to_rgb(image), **self.options))
+        return masks
+
+
+@register("alpha")
+class AlphaSegmenter:
+    def __init__(self, spec: SegmentConfig):
+        self.fallback = BackdropSegmenter(spec) if spec.fallback == "backdrop" else None
+
+    def product_masks(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        masks = []
+        for image in images:
+            alpha = _alpha_mask(image)
+            if alpha is None:
+                if self.fallback is None:
+                    raise ValueError("image has no transparency and segment.fallback is none")
+                alpha = self.fallback.product_masks([image])[0]
+            masks.append(alpha)
+        return masks
+
+
+@register("hf")
+class HFSegmenter:
+    """Any transformers segmentation checkpoint; batched forward, logits resized to each image."""
+
+    def __init__(self, spec: SegmentConfig):
+        from canvas_ray.models.loading import load_segmenter
+
+        self.loaded = load_segmenter(spec)
+        config = self.loaded.model.config
+        labels = {int(k): str(v).lower() for k, v in (getattr(config, "id2label", None) or {}).items()}
+        background = [i for i, name in labels.items() if "background" in name or name in ("bg", "backdrop")]
+        self.background_index = background[0] if background else 0
+        self.input_size = int(spec.options.get("input_size", 1024))
+
+    def _inputs(self, images: list[np.ndarray]):
+        import torch
+        from PIL import Image
+
+        pil = [Image.fromarray(to_rgb(image)) for image in images]
+        processor = self.loaded.processor
+        if processor is not None:
+            pixel_values = processor(images=pil, return_tensors="pt")["pixel_values"]
+        else:  # matting models without a processor: ImageNet normalisation at a fixed size
+            size = (self.input_size, self.input_size)
+            arrays = [np.asarray(p.resize(size, Image.Resampling.BILINEAR), np.float32) / 255.0 for p in pil]
+            mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+            stacked = ((np.stack(arrays) - mean) / std).transpose(0, 3, 1, 2).astype(np.float32)
+            pixel_values = torch.from_numpy(stacked)
+        return pixel_values.to(self.loaded.device, self.loaded.dtype)
+
+    def product_masks(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        import torch
+        import torch.nn.functional as F
+
+        pixel_values = self._inputs(images)
+        with torch.inference_mode():
+            outputs = self.loaded.model(pixel_values=pixel_values)
+        logits = getattr(outputs, "logits", outputs)
+        if isinstance(logits, list | tuple):
+            logits = logits[-1]
+        logits = logits.float()
+        if logits.ndim == 3:
+            logits = logits[:, None]
+        masks = []
+        for image, logit in zip(images, logits, strict=True):
+            up = F.interpolate(logit[None], size=image.shape[:2], mode="bilinear", align_corners=False)[0]
+            if up.shape[0] == 1:
+                prob = torch.sigmoid(up[0])
+            else:
+                prob = 1.0 - torch.softmax(up, dim=0)[self.background_index]
+            masks.append(prob.cpu().numpy().astype(np.float32))
+        return masks
+
+
+def build_segmenter(spec: SegmentConfig) -> Segmenter:
+    if spec.backend not in _BACKENDS:
+        raise ValueError(f"segment.backend {spec.backend!r} unknown; choose one of {sorted(_BACKENDS)}")
+    return _BACKENDS[spec.backend](spec)
+
+
+class Segment:
+    """Stage: ``image`` → ``product_mask`` (uint8), ``mask_area``, ``segment_s``."""
+
+    def __init__(self, config: CanvasConfig):
+        self.spec = config.segment
+        self.segmenter = build_segmenter(self.spec)
+
+    def __call__(self, batch: Batch) -> Batch:
+        batch = ensure_status(batch)
+        n = len(batch["status"])
+        indices = ok_indices(batch)
+        masks = [PLACEHOLDER_MASK] * n
+        areas = np.zeros(n, dtype=np.float64)
+        with timed(batch, "segment_s", indices):
+            results = run_rows(
+                batch, indices, STAGE, lambda rows: self.segmenter.product_masks([batch["image"][i] for i in rows])
+            )
+        for index, soft in results.items():
+            soft = np.clip(np.nan_to_num(soft), 0.0, 1.0)
+            hard = soft >= self.spec.threshold
+            area = float(hard.mean())
+            if area < max(self.spec.min_area, 1e-9):
+                set_error(batch, index, STAGE, f"no product found (mask covers {area:.2%} of the image)")
+                continue
+            if area > 0.995:
+                set_error(batch, index, STAGE, "the mask covers the whole image: no background to replace")
+                continue
+            mask = np.round(soft * 255).astype(np.uint8)
+            mask[hard] = np.maximum(mask[hard], 128)
+            mask[~hard] = np.minimum(mask[~hard], 127)
+            masks[index] = mask
+            areas[index] = area
+        batch["product_mask"] = object_column(masks)
+        batch["mask_area"] = areas
+        return batch
