@@ -58,10 +58,11 @@ def _split(value: Any, default: list[str]) -> list[str]:
 class Prompt:
     """Stage (CPU): expand items into outputs with style, prompt, seed and the placed canvas."""
 
-    def __init__(self, config: CanvasConfig, styles: StyleBook | None = None):
+    def __init__(self, config: CanvasConfig, styles: StyleBook | None = None, fingerprint: str | None = None):
         self.config = config
         self.styles = styles or StyleBook.from_config(config)
-        self.fingerprint = config.fingerprint()
+        # Computed on the driver and passed in: workers on other nodes may not see the styles file.
+        self.fingerprint = fingerprint or config.fingerprint()
 
     def requests(self, batch: Batch, index: int) -> tuple[list[str], int, list[str]]:
         output = self.config.output

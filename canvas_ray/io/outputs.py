@@ -1,0 +1,233 @@
+"""Output layout, the manifest schema, and the writer stage.
+
+```
+OUTPUT/images/<shard>/<output name>.<ext>   final images (shard = hash prefix of item_id)
+OUTPUT/thumbs/<shard>/<item>.jpg|_mask.png  review thumbnails (original, mask)
+OUTPUT/_parts/<run>/<hash>.parquet          manifest parts written while the job runs
+OUTPUT/manifest/manifest.parquet            compacted manifest: one row per output_id (latest wins)
+OUTPUT/summary.json, OUTPUT/index.html      counts and throughput; the review contact sheet
+```
+Part files are named by the hash of the output ids they hold, so a retried write task rewrites the same
+file; compaction keeps the newest row per ``output_id``. File names are sanitised: nothing is ever
+written outside OUTPUT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import posixpath
+import re
+import time
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from canvas_ray.io.images import encode_image
+from canvas_ray.stages.base import Batch, describe, ensure_status
+
+log = logging.getLogger(__name__)
+_SAFE_RE = re.compile(r"[^A-Za-z0-9._-]+")
+
+MANIFEST_SCHEMA = pa.schema([
+    ("output_id", pa.string()), ("item_id", pa.string()), ("status", pa.string()), ("error", pa.string()),
+    ("output_uri", pa.string()), ("style", pa.string()), ("style_key", pa.string()), ("aspect", pa.string()),
+    ("variant", pa.int64()), ("seed", pa.int64()), ("prompt", pa.string()), ("negative_prompt", pa.string()),
+    ("caption", pa.string()), ("image_uri", pa.string()), ("title", pa.string()), ("category", pa.string()),
+    ("brand", pa.string()), ("thumb_uri", pa.string()), ("mask_uri", pa.string()),
+    ("mask_area", pa.float64()), ("product_preserved", pa.bool_()), ("max_product_diff", pa.int64()),
+    ("product_pixels", pa.int64()), ("width", pa.int64()), ("height", pa.int64()),
+    ("source_width", pa.int64()), ("source_height", pa.int64()), ("placement", pa.string()),
+    ("fetch_s", pa.float64()), ("decode_s", pa.float64()), ("segment_s", pa.float64()),
+    ("caption_s", pa.float64()), ("inpaint_s", pa.float64()), ("composite_s", pa.float64()),
+    ("write_s", pa.float64()), ("config_fingerprint", pa.string()), ("run_id", pa.string()),
+    ("finished_at", pa.float64()),
+])
+
+
+def safe_name(text: str, limit: int = 80) -> str:
+    """A filesystem-safe name; changed names get a hash suffix so two ids never collide."""
+    cleaned = _SAFE_RE.sub("_", text).strip("._") or "item"
+    if cleaned == text and len(text) <= limit:
+        return text
+    return f"{cleaned[:limit]}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def shard_of(item_id: str, width: int = 2) -> str:
+    return hashlib.sha1(item_id.encode()).hexdigest()[:width]
+
+
+def join_uri(root: str, *parts: str) -> str:
+    return posixpath.join(root.rstrip("/"), *parts)
+
+
+class OutputLayout:
+    def __init__(self, root: str, image_format: str = "png", shard_width: int = 2):
+        self.root = root.rstrip("/")
+        self.ext = {"jpeg": "jpg"}.get(image_format, image_format)
+        self.shard_width = shard_width
+
+    def image_rel(self, item_id: str, style_key: str, aspect: str, variant: int) -> str:
+        name = f"{safe_name(item_id)}__{safe_name(style_key, 60)}__{safe_name(aspect.replace(':', 'x'), 12)}__v{variant}"
+        return posixpath.join("images", shard_of(item_id, self.shard_width), f"{name}.{self.ext}")
+
+    def thumb_rel(self, item_id: str, kind: str) -> str:
+        suffix = "jpg" if kind == "image" else "png"
+        name = safe_name(item_id) + ("" if kind == "image" else "_mask")
+        return posixpath.join("thumbs", shard_of(item_id, self.shard_width), f"{name}.{suffix}")
+
+    def uri(self, rel: str) -> str:
+        return join_uri(self.root, rel)
+
+    @property
+    def parts(self) -> str:
+        return self.uri("_parts")
+
+    @property
+    def manifest(self) -> str:
+        return self.uri("manifest/manifest.parquet")
+
+
+def write_bytes(uri: str, data: bytes, storage_options: dict[str, Any]) -> None:
+    fs, path = fsspec.core.url_to_fs(uri, **storage_options)
+    parent = posixpath.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    protocol = fs.protocol[0] if isinstance(fs.protocol, tuple | list) else fs.protocol
+    if protocol in ("file", "local"):
+        tmp = f"{path}.tmp-{time.time_ns()}"
+        with fs.open(tmp, "wb") as handle:
+            handle.write(data)
+        fs.mv(tmp, path)
+    else:
+        with fs.open(path, "wb") as handle:
+            handle.write(data)
+
+
+def _value(batch: Batch, column: str, index: int, default: Any) -> Any:
+    if column not in batch:
+        return default
+    value = batch[column][index]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or (isinstance(value, float) and value != value and not isinstance(default, float)):
+        return default
+    return value
+
+
+class WriteOutputs:
+    """Stage (task): encode and store each ok ``result``; emit manifest rows and write them as a part file."""
+
+    def __init__(self, root: str, run_id: str, fingerprint: str, image_format: str = "png", quality: int = 95,
+                 shard_width: int = 2, storage_options: dict[str, Any] | None = None, write_part: bool = True):
+        self.layout = OutputLayout(root, image_format, shard_width)
+        self.format, self.quality = image_format, quality
+        self.run_id, self.fingerprint = run_id, fingerprint
+        self.storage_options = storage_options or {}
+        self.write_part = write_part
+
+    def __call__(self, batch: Batch) -> Batch:
+        batch = ensure_status(batch)
+        n = len(batch["status"])
+        rows: list[dict[str, Any]] = []
+        for index in range(n):
+            start = time.perf_counter()
+            item_id = str(batch["item_id"][index])
+            row = {field.name: None for field in MANIFEST_SCHEMA}
+            for field in MANIFEST_SCHEMA:
+                if field.name in batch:
+                    default = 0.0 if pa.types.is_floating(field.type) else None
+                    row[field.name] = _value(batch, field.name, index, default)
+            row.update(item_id=item_id, status=str(batch["status"][index]), error=str(batch["error"][index] or ""),
+                       run_id=self.run_id, config_fingerprint=self.fingerprint, output_uri="")
+            if row["status"] == "ok":
+                rel = self.layout.image_rel(item_id, str(row["style_key"]), str(row["aspect"]), int(row["variant"]))
+                try:
+                    result = batch["result"][index]
+                    write_bytes(self.layout.uri(rel), encode_image(result, self.format, self.quality),
+                                self.storage_options)
+                    row.update(output_uri=rel, height=int(result.shape[0]), width=int(result.shape[1]))
+                except Exception as error:  # noqa: BLE001 - becomes an error row
+                    row.update(status="error", error=f"write: {describe(error)}")
+            else:
+                row["product_preserved"] = False
+            row["write_s"] = time.perf_counter() - start
+            row["finished_at"] = time.time()
+            rows.append(row)
+        table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+        if self.write_part and rows:
+            digest = hashlib.sha256("\n".join(sorted(r["output_id"] for r in rows)).encode()).hexdigest()[:24]
+            buffer = io.BytesIO()
+            pq.write_table(table, buffer)
+            write_bytes(join_uri(self.layout.parts, self.run_id, f"{digest}.parquet"), buffer.getvalue(),
+                        self.storage_options)
+        keep = ("output_id", "item_id", "status", "error", "product_preserved")
+        return {name: table.column(name).to_numpy(zero_copy_only=False) for name in keep}
+
+
+def read_manifest(root: str, storage_options: dict[str, Any] | None = None, include_parts: bool = True) -> pa.Table:
+    """The current manifest: compacted file plus any parts, newest row per output_id. Empty if none."""
+    options = dict(storage_options or {})
+    layout = OutputLayout(root)
+    fs, manifest_path = fsspec.core.url_to_fs(layout.manifest, **options)
+    if hasattr(fs, "invalidate_cache"):
+        fs.invalidate_cache()
+    tables = []
+    if fs.exists(manifest_path):
+        tables.append(_read_parquet(fs, manifest_path))
+    if include_parts:
+        _, parts_path = fsspec.core.url_to_fs(layout.parts, **options)
+        if fs.exists(parts_path):
+            for path in sorted(fs.find(parts_path)):
+                if path.endswith(".parquet"):
+                    table = _read_parquet(fs, path)
+                    if table is not None:
+                        tables.append(table)
+    tables = [t for t in tables if t is not None]
+    if not tables:
+        return MANIFEST_SCHEMA.empty_table()
+    return latest_per_output(pa.concat_tables([t.cast(MANIFEST_SCHEMA) for t in tables]))
+
+
+def _read_parquet(fs: Any, path: str) -> pa.Table | None:
+    try:
+        with fs.open(path, "rb") as handle:
+            table = pq.read_table(io.BytesIO(handle.read()))
+        missing = [f for f in MANIFEST_SCHEMA if f.name not in table.column_names]
+        for field in missing:
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+        return table.select(MANIFEST_SCHEMA.names)
+    except Exception as error:  # noqa: BLE001 - a torn part from a killed run is skipped, its rows redone
+        log.warning("skipping unreadable manifest part %s (%s); its items will be redone", path, describe(error))
+        return None
+
+
+def latest_per_output(table: pa.Table) -> pa.Table:
+    if table.num_rows == 0:
+        return table
+    order = np.argsort(np.nan_to_num(table.column("finished_at").to_numpy(zero_copy_only=False).astype(float)),
+                       kind="stable")
+    ids = table.column("output_id").to_numpy(zero_copy_only=False)
+    latest: dict[str, int] = {}
+    for position in order:
+        latest[ids[position]] = int(position)
+    keep = sorted(latest.values(), key=lambda p: (str(table.column("item_id")[p]), str(ids[p])))
+    return table.take(pa.array(keep, pa.int64()))
+
+
+def compact_manifest(root: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
+    """Fold every part into ``manifest/manifest.parquet`` (atomic replace), then delete the parts."""
+    options = dict(storage_options or {})
+    table = read_manifest(root, options)
+    layout = OutputLayout(root)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    write_bytes(layout.manifest, buffer.getvalue(), options)
+    fs, parts_path = fsspec.core.url_to_fs(layout.parts, **options)
+    if fs.exists(parts_path):
+        fs.rm(parts_path, recursive=True)
+    return table
