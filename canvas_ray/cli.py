@@ -76,13 +76,17 @@ def cmd_tiny_models(args: argparse.Namespace) -> int:
 
     out = Path(args.dir).resolve()
     paths = build_tiny_models(out, seed=args.seed)
+    # A randomly initialised segmenter cannot find products, so the runnable tiny config segments with the
+    # weight-free backend; the tiny segmenter is there for `segment.backend: hf` tests and round trips.
     config = {
-        "segment": {"backend": "hf", "model": str(paths["segmenter"]),
-                    "resources": {"concurrency": 1, "batch_size": 8}},
+        "segment": {"backend": "backdrop", "resources": {"num_cpus": 0.5, "concurrency": 1, "batch_size": 4},
+                    "options": {}},
         "caption": {"backend": "hf", "model": str(paths["captioner"]), "max_new_tokens": 16,
-                    "resources": {"concurrency": 1, "batch_size": 8}},
+                    "resources": {"num_cpus": 0.25, "concurrency": 1, "batch_size": 8}},
         "inpaint": {"backend": "diffusers", "model": str(paths["inpainter"]), "resolution": 64, "steps": 4,
-                    "resources": {"concurrency": 1, "batch_size": 8}},
+                    "resources": {"num_cpus": 0.5, "concurrency": 1, "batch_size": 8}},
+        "composite": {"resources": {"num_cpus": 0.25, "batch_size": 8}},
+        "styles": {"file": str(REPO_ROOT / "configs" / "styles.yaml"), "default": ["studio white", "beach summer"]},
     }
     config_path = out / "tiny.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -77,7 +77,7 @@ class CaptionConfig(ModelStage):
         "Background: the setting, surface, lighting and colours behind the product."
     )
     max_new_tokens: int = Field(96, ge=1, le=1024)
-    max_words: int = Field(48, ge=4, description="product description length cap used in prompts")
+    max_words: int = Field(20, ge=4, description="product description cap in prompts (CLIP reads 77 tokens)")
 
 
 class LoraSpec(_Strict):

@@ -179,7 +179,7 @@ class StyleBook:
                      negative_prompt=self.default_negative, backdrop=_free_text_backdrop(text), preset=False)
 
 
-def build_prompt(style: Style, product_description: str, max_words: int = 48) -> str:
+def build_prompt(style: Style, product_description: str, max_words: int = 20) -> str:
     """Product first (what must stay), then the scene the style asks for."""
     words = product_description.split()
     product = " ".join(words[:max_words]).rstrip(" ,.")
