@@ -20,6 +20,7 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,7 @@ class GenerateRequest:
     address: str | None = None
     storage_options: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
+    on_progress: Callable[[dict[str, int]], None] | None = None  # called after each finished block
 
 
 # ---- cheap stages, run as Ray tasks (functions; constructors are cheap) ----
@@ -113,8 +115,14 @@ def _pool(resources: Resources) -> dict[str, Any]:
 
 
 def _tasks(resources: Resources) -> dict[str, Any]:
+    import ray.data
+
     return {"num_cpus": resources.num_cpus, "batch_size": resources.batch_size, "batch_format": "numpy",
-            "concurrency": resources.concurrency if resources.concurrency > 1 else None}
+            "compute": ray.data.TaskPoolStrategy(size=resources.concurrency) if resources.concurrency > 1 else None}
+
+
+# Catalog columns the generation plan carries (engagement counts are for curation, not generation).
+PLAN_COLUMNS = ("item_id", "image_uri", "title", "description", "category", "brand", "style", "status", "error")
 
 
 def check_resources(config: CanvasConfig) -> None:
@@ -140,11 +148,12 @@ def build_plan(table: pa.Table, request: GenerateRequest, styles: StyleBook, fin
     import ray.data
 
     config = request.config
+    table = table.select([c for c in PLAN_COLUMNS if c in table.column_names])
     rows_per_block = max(1, min(config.segment.resources.batch_size, 64))
     blocks = [table.slice(start, rows_per_block) for start in range(0, table.num_rows, rows_per_block)]
     ds = ray.data.from_arrow(blocks)
     io_tasks = {"batch_size": rows_per_block, "batch_format": "numpy", "num_cpus": 0.25,
-                "concurrency": config.ray.io_concurrency}
+                "compute": ray.data.TaskPoolStrategy(size=config.ray.io_concurrency)}
     ds = ds.map_batches(fetch_decode, fn_kwargs={"config": config, "storage_options": request.storage_options},
                         **io_tasks)
     ds = ds.map_batches(Segment, fn_constructor_kwargs={"config": config}, **_pool(config.segment.resources))
@@ -235,6 +244,8 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
             if bar is not None:
                 bar.update(len(statuses))
                 bar.set_postfix(ok=processed["ok"], errors=processed["error"])
+            if request.on_progress is not None:
+                request.on_progress(dict(processed, total=total_outputs))
         if bar is not None:
             bar.close()
     manifest = compact_manifest(request.output, options)

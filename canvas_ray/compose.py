@@ -166,11 +166,19 @@ def composite(
         base *= contact_shadow(canvas_mask, shadow)[..., None]
     alpha = canvas_mask.astype(np.float32) / 255.0
     if feather_px > 0:
-        sigma = feather_px / 2.0
-        feather = cv2.GaussianBlur(hard.astype(np.float32), (0, 0), sigmaX=sigma) * 0.6
+        feather = cv2.GaussianBlur(hard.astype(np.float32), (0, 0), sigmaX=feather_px / 2.0) * 0.6
         alpha = np.maximum(alpha, feather)
     alpha[hard] = 1.0
-    out = alpha[..., None] * canvas.astype(np.float32) + (1.0 - alpha[..., None]) * base
+    # Edge pixels outside the product take the colour of the nearest product pixels, never the photo's
+    # old background: premultiplied blur of the product, normalised by the blurred mask.
+    hard_f = hard.astype(np.float32)
+    sigma = max(1.0, feather_px)
+    weight = cv2.GaussianBlur(hard_f, (0, 0), sigmaX=sigma)
+    bleed = cv2.GaussianBlur(canvas.astype(np.float32) * hard_f[..., None], (0, 0), sigmaX=sigma)
+    edge = bleed / np.maximum(weight, 1e-6)[..., None]
+    edge[weight < 1e-3] = base[weight < 1e-3]
+    foreground = np.where(hard[..., None], canvas.astype(np.float32), edge)
+    out = alpha[..., None] * foreground + (1.0 - alpha[..., None]) * base
     result = np.clip(np.round(out), 0, 255).astype(np.uint8)
     result[hard] = canvas[hard]  # the product, bit for bit
     return result

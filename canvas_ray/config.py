@@ -128,11 +128,10 @@ class OutputConfig(_Strict):
     @field_validator("aspect_ratios")
     @classmethod
     def _aspects(cls, values: list[str]) -> list[str]:
-        for value in values:
-            parse_aspect(value)
-        if len(set(values)) != len(values):
+        canonical = [canonical_aspect(value) for value in values]
+        if len(set(canonical)) != len(canonical):
             raise ValueError(f"aspect ratios repeat: {values}")
-        return values
+        return canonical
 
 
 class StylesConfig(_Strict):
@@ -195,11 +194,13 @@ class CanvasConfig(_Strict):
             payload[stage].pop("resources", None)
             payload[stage].pop("device", None)
         payload["composite"].pop("resources", None)
-        styles = []
-        for name in [self.styles.file, *self.styles.extra_files]:
-            path = Path(name)
-            styles.append(path.read_bytes().decode() if path.is_file() else name)
-        payload["styles_content"] = styles
+        # Style files count by content, not by path: the same job from another checkout keeps its seeds.
+        files = [payload["styles"].pop("file"), *payload["styles"].pop("extra_files")]
+        payload["styles_content"] = [Path(f).read_bytes().decode() if Path(f).is_file() else f for f in files]
+        for stage in ("segment", "caption", "inpaint"):
+            model = payload[stage].get("model")
+            if model and Path(model).is_dir():  # local folders count by name, not by absolute path
+                payload[stage]["model"] = Path(model).name
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -213,6 +214,15 @@ def parse_aspect(value: str) -> float:
     if not 0.2 <= ratio <= 5.0:
         raise ValueError(f"aspect ratio {value!r} is outside 1:5 .. 5:1")
     return ratio
+
+
+def canonical_aspect(value: str) -> str:
+    """``"16x9"``, ``" 16 / 9 "`` → ``"16:9"`` (so equal ratios get equal output ids)."""
+    parse_aspect(value)
+    match = _ASPECT_RE.match(value)
+    assert match is not None
+    width, height = (f"{float(g):g}" for g in match.groups())
+    return f"{width}:{height}"
 
 
 def _format_errors(error: ValidationError, source: str) -> str:

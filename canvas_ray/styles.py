@@ -140,6 +140,9 @@ class StyleBook:
                 raise ConfigError(f"styles file {path} must have a top-level 'styles:' mapping of name -> preset")
             negative = data.get("default_negative_prompt") or negative
             for name, raw in data["styles"].items():
+                if raw is not None and not isinstance(raw, dict):
+                    raise ConfigError(f"styles file {path}: style {name!r}: must be a mapping of fields "
+                                      f"(prompt:, backdrop:, ...), got {type(raw).__name__}")
                 raw = dict(raw or {})
                 if raw.get("lora") and not Path(raw["lora"]).is_absolute():
                     candidate = (path.parent / raw["lora"]).resolve()

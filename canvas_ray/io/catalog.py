@@ -86,9 +86,12 @@ def _normalise(table: pa.Table, base: str) -> tuple[pa.Table, list[str]]:
         raise ValueError("catalog has no image_uri column (required: item_id, image_uri)")
     seen: Counter[str] = Counter()
     first_row: dict[str, int] = {}
+    # every id the catalog itself uses: a renamed duplicate must not take one of them
+    taken = {str(row.get("item_id")).strip() for row in rows if row.get("item_id") is not None}
     out = []
     for number, row in enumerate(rows):
-        item = {c: (None if row.get(c) is None else str(row.get(c))) for c in TEXT_COLUMNS}
+        # "" rather than null: a block of all-null text would turn into float NaN columns downstream
+        item = {c: ("" if row.get(c) is None or row.get(c) != row.get(c) else str(row.get(c))) for c in TEXT_COLUMNS}
         for c in COUNT_COLUMNS:
             value = row.get(c)
             item[c] = int(value) if isinstance(value, int | float) and value == value else None
@@ -103,7 +106,11 @@ def _normalise(table: pa.Table, base: str) -> tuple[pa.Table, list[str]]:
             item["status"] = "error"
             item["error"] = f"catalog: duplicate item_id {item_id!r} (first at row {first_row[item_id]})"
             problems.append(item["error"])
-            item_id = f"{item_id}#dup{seen[item_id] - 1}"
+            dup = seen[item_id] - 1
+            while f"{item_id}#dup{dup}" in taken:
+                dup += 1
+            item_id = f"{item_id}#dup{dup}"
+            taken.add(item_id)
         else:
             first_row[item_id] = number
         item["item_id"] = item_id

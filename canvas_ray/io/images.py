@@ -63,7 +63,10 @@ def decode_image(
 
 def _to_uint8_array(image: Image.Image) -> np.ndarray:
     mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if mode in ("I;16", "I;16B", "I;16L"):  # 16-bit: a fixed scale keeps flat images flat, not black
+        grey = (np.asarray(image, dtype=np.float64) / 257.0).round().clip(0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if mode in ("I", "F"):
         values = np.asarray(image, dtype=np.float64)
         lo, hi = float(values.min()), float(values.max())
         scale = 255.0 / (hi - lo) if hi > lo else 0.0

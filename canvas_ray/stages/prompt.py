@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from canvas_ray.compose import aspect_slug, place_product, plan_placement
-from canvas_ray.config import CanvasConfig, parse_aspect
+from canvas_ray.config import CanvasConfig, canonical_aspect, parse_aspect
 from canvas_ray.stages.base import (
     ERROR,
     OK,
@@ -42,6 +42,14 @@ def derive_seed(item_id: str, variant: int, style_key: str, fingerprint: str) ->
 
 def output_id(item_id: str, style_key: str, aspect: str, variant: int) -> str:
     return f"{item_id}__{style_key}__{aspect_slug(aspect)}__v{variant}"
+
+
+def _valid_aspect(value: str) -> bool:
+    try:
+        parse_aspect(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _missing(value: Any) -> bool:
@@ -72,6 +80,7 @@ class Prompt:
             variants = int(batch["variants"][index])
         aspects = _split(batch["aspect_ratios"][index] if "aspect_ratios" in batch else None,
                          output.aspect_ratios)
+        aspects = list(dict.fromkeys(canonical_aspect(a) if _valid_aspect(a) else a for a in aspects))
         return styles, max(1, variants), aspects
 
     def __call__(self, batch: Batch) -> Batch:

@@ -1,0 +1,241 @@
+"""The catalog job on a real local Ray: end to end, bad inputs, resume, a killed actor."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from canvas_ray.batch import GenerateRequest, expected_outputs, run_generate
+from canvas_ray.config import load_config
+from canvas_ray.io.catalog import read_catalog
+from canvas_ray.io.outputs import read_manifest
+from canvas_ray.styles import StyleBook
+from tests.conftest import REPO, SAMPLE_CATALOG
+
+LOCAL = REPO / "configs" / "local.yaml"
+
+
+def _config(**overrides):
+    return load_config(LOCAL, overrides)
+
+
+def _manifest(root: Path):
+    return pq.read_table(root / "manifest" / "manifest.parquet").to_pylist()
+
+
+def _check_outputs(root: Path, rows: list[dict]) -> None:
+    """Every ok row's image exists, decodes, and its recorded size and product check hold."""
+    for row in rows:
+        if row["status"] != "ok":
+            continue
+        image = np.asarray(Image.open(root / row["output_uri"]))
+        assert image.shape[:2] == (row["height"], row["width"])
+        assert row["product_preserved"] is True and row["max_product_diff"] == 0
+        assert row["product_pixels"] > 0
+
+
+def test_sample_catalog_end_to_end(ray_local, tmp_path):
+    config = _config()
+    summary = run_generate(GenerateRequest(config, str(SAMPLE_CATALOG / "catalog.jsonl"), str(tmp_path),
+                                           progress=False))
+    rows = _manifest(tmp_path)
+    catalog = read_catalog(str(SAMPLE_CATALOG / "catalog.jsonl"))
+    expected = expected_outputs(catalog.table, config, StyleBook.from_config(config))
+    wanted = sorted(o for outputs in expected.values() for o in outputs)
+    assert sorted(r["output_id"] for r in rows) == wanted  # exactly one row per requested output
+    assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows if r["status"] != "ok"]
+    _check_outputs(tmp_path, rows)
+    assert summary["ok"] == len(wanted) and summary["errors"] == 0
+    assert summary["product_preserved"] == len(wanted)
+    # the catalog's own style column wins over the config's defaults
+    styled = {r["item_id"]: r["style"] for r in rows if r["item_id"] in ("sku-0008", "sku-0012")}
+    assert styled == {"sku-0008": "luxury dark", "sku-0012": "marble countertop"}
+    page = (tmp_path / "index.html").read_text()
+    assert "sku-0001" in page and all(r["output_uri"] in page for r in rows[:5])
+    assert json.loads((tmp_path / "summary.json").read_text())["ok"] == len(wanted)
+    # determinism: the same config re-run from scratch gives byte-identical images
+    again = tmp_path / "again"
+    run_generate(GenerateRequest(config, str(SAMPLE_CATALOG / "catalog.jsonl"), str(again), limit=3,
+                                 progress=False))
+    for row in _manifest(again):
+        assert (again / row["output_uri"]).read_bytes() == (tmp_path / row["output_uri"]).read_bytes()
+
+
+def _png(array: np.ndarray, mode: str | None = None, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image = Image.fromarray(array)
+    if mode:
+        image = image.convert(mode)
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _product(height=120, width=100) -> np.ndarray:
+    image = np.full((height, width, 3), 238, np.uint8)
+    image[height // 4: height * 3 // 4, width // 3: width * 2 // 3] = (30, 90, 160)
+    return image
+
+
+def _write_mixed_catalog(folder: Path) -> list[dict]:
+    images = folder / "images"
+    images.mkdir(parents=True)
+    good = _png(_product())
+    files = {
+        "good.png": good,
+        "corrupt.png": b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4,
+        "truncated.png": good[: len(good) // 2],
+        "empty.png": b"",
+        "text.jpg": b"this is not an image at all",
+        "tiny.png": _png(np.zeros((4, 4, 3), np.uint8)),
+        "huge.png": _png(np.zeros((9000, 9000), np.uint8), mode="1"),
+        "cmyk.jpg": _png(_product(), mode="CMYK", fmt="JPEG"),
+        "grey16.png": _png((_product()[..., 0].astype(np.uint16) * 200), fmt="PNG"),
+        "blank.png": _png(np.full((80, 80, 3), 200, np.uint8)),
+    }
+    for name, data in files.items():
+        (images / name).write_bytes(data)
+    rows = [{"item_id": Path(name).stem, "image_uri": f"images/{name}", "title": name} for name in files]
+    rows += [
+        {"item_id": "missing", "image_uri": "images/does-not-exist.png"},
+        {"item_id": "good", "image_uri": "images/good.png"},  # duplicate id
+        {"item_id": "", "image_uri": "images/good.png"},  # missing id
+        {"item_id": "no-uri", "image_uri": ""},
+    ]
+    (folder / "catalog.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    return rows
+
+
+def test_bad_inputs_become_error_rows(ray_local, tmp_path):
+    rows = _write_mixed_catalog(tmp_path / "catalog")
+    config = _config(**{"limits.max_pixels": 50_000_000, "output.aspect_ratios": ["1:1", "3:4"],
+                        "styles.default": ["studio white"], "output.variants": 2})
+    config.limits.max_pixels = 20_000_000
+    summary = run_generate(GenerateRequest(config, str(tmp_path / "catalog" / "catalog.jsonl"),
+                                           str(tmp_path / "out"), progress=False))
+    manifest = _manifest(tmp_path / "out")
+    per_item: dict[str, list[dict]] = {}
+    for row in manifest:
+        per_item.setdefault(row["item_id"], []).append(row)
+    assert len(per_item) == len(rows)  # nothing dropped, duplicates and missing ids kept apart
+    assert all(len(outputs) == 4 for outputs in per_item.values())  # 1 style x 2 aspects x 2 variants
+    assert len({r["output_id"] for r in manifest}) == len(manifest) == 4 * len(rows)
+
+    def reason(item: str) -> str:
+        errors = {r["error"] for r in per_item[item]}
+        assert len(errors) == 1 and all(r["status"] == "error" for r in per_item[item]), per_item[item]
+        return errors.pop()
+
+    assert "not an image" in reason("corrupt") or "corrupt" in reason("corrupt")
+    assert "truncated" in reason("truncated")
+    assert "empty" in reason("empty")
+    assert "not an image" in reason("text")
+    assert "at least" in reason("tiny")
+    assert "MP" in reason("huge") and reason("huge").startswith("decode:")
+    assert "file not found" in reason("missing")
+    assert "duplicate item_id" in reason("good#dup1")
+    assert "no item_id" in reason(f"row-{12:07d}")
+    assert "no image_uri" in reason("no-uri")
+    assert reason("blank").startswith("segment: no product found")
+    for item in ("good", "cmyk", "grey16"):  # odd modes decode and work
+        assert all(r["status"] == "ok" and r["product_preserved"] for r in per_item[item]), per_item[item]
+    assert summary["errors"] == sum(r["status"] == "error" for r in manifest)
+    _check_outputs(tmp_path / "out", manifest)
+    assert "Errors (" in (tmp_path / "out" / "index.html").read_text()
+
+
+def test_resume_skips_finished_items_and_writes_no_duplicates(ray_local, tmp_path):
+    config = _config(**{"output.aspect_ratios": ["1:1"], "styles.default": ["studio white", "halloween"]})
+    catalog = str(SAMPLE_CATALOG / "catalog.jsonl")
+    first = run_generate(GenerateRequest(config, catalog, str(tmp_path), limit=6, progress=False))
+    assert first["items_processed"] == 6 and first["ok"] == first["outputs_expected"]
+    before = {r["output_id"]: r for r in _manifest(tmp_path)}
+
+    # forget two items (as if the job died before writing them) and tear a manifest part
+    manifest_path = tmp_path / "manifest" / "manifest.parquet"
+    table = pq.read_table(manifest_path)
+    keep = [i for i, item in enumerate(table.column("item_id").to_pylist()) if item not in ("sku-0002", "sku-0005")]
+    pq.write_table(table.take(keep), manifest_path)
+    parts = tmp_path / "_parts" / "crashed-run"
+    parts.mkdir(parents=True)
+    (parts / "torn.parquet").write_bytes(b"PAR1 torn write")
+
+    second = run_generate(GenerateRequest(config, catalog, str(tmp_path), limit=8, progress=False))
+    assert second["items_skipped_done"] == 4  # finished items are not recomputed
+    assert second["items_processed"] == 4  # the two forgotten + two new ones
+    table8 = read_catalog(catalog, limit=8).table
+    expected = expected_outputs(table8, config, StyleBook.from_config(config))
+    redone = ("sku-0002", "sku-0005", "sku-0007", "sku-0008")
+    assert second["outputs_this_run"] == sum(len(expected[item]) for item in redone)
+    after = _manifest(tmp_path)
+    ids = [r["output_id"] for r in after]
+    assert sorted(ids) == sorted(o for outputs in expected.values() for o in outputs)
+    assert len(ids) == len(set(ids)) == second["outputs_expected"]
+    for row in after:  # rows of untouched items are the very same records
+        if row["item_id"] not in redone:
+            assert row["run_id"] == before[row["output_id"]]["run_id"]
+    assert not (tmp_path / "_parts").exists()
+
+    third = run_generate(GenerateRequest(config, catalog, str(tmp_path), limit=8, overwrite=True, progress=False))
+    assert third["items_skipped_done"] == 0 and third["items_processed"] == 8
+    assert len(_manifest(tmp_path)) == len(ids)
+
+
+def test_killed_model_actor_loses_nothing(ray_local, tmp_path):
+    """SIGKILL a model actor's process mid-job: Ray restarts it and retries; every output recorded once."""
+    import os
+    import signal
+
+    import ray
+
+    lines = [json.loads(line) for line in (SAMPLE_CATALOG / "catalog.jsonl").read_text().splitlines()]
+    rows = []
+    for copy in range(3):
+        for line in lines:
+            rows.append(dict(line, item_id=f"{line['item_id']}-c{copy}",
+                             image_uri=str(SAMPLE_CATALOG / line["image_uri"])))
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_text("\n".join(json.dumps(r) for r in rows))
+    config = _config(**{"output.aspect_ratios": ["1:1"], "segment.resources.batch_size": 2,
+                        "caption.resources.batch_size": 2, "inpaint.resources.batch_size": 4,
+                        "composite.resources.batch_size": 4})
+    killed: list[str] = []
+    lock = threading.Lock()
+
+    def kill_segment_actor(progress: dict) -> None:
+        with lock:
+            if killed or progress["ok"] + progress["error"] == 0:
+                return
+            for actor_id, info in ray._private.state.actors().items():
+                # every actor in the plan is a model stage's pool worker (cheap stages are tasks)
+                if "MapWorker" in info.get("ActorClassName", "") and info.get("State") == "ALIVE" and info.get("Pid"):
+                    os.kill(int(info["Pid"]), signal.SIGKILL)
+                    killed.append(actor_id)
+                    return
+
+    summary = run_generate(GenerateRequest(config, str(catalog), str(tmp_path / "out"), progress=False,
+                                           on_progress=kill_segment_actor))
+    assert killed, "no model actor was found to kill"
+    manifest = _manifest(tmp_path / "out")
+    ids = [r["output_id"] for r in manifest]
+    assert len(ids) == len(set(ids)) == summary["outputs_expected"]
+    assert all(r["status"] == "ok" for r in manifest), {r["error"] for r in manifest}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "folder"])
+def test_other_catalog_formats(ray_local, tmp_path, fmt):
+    config = _config(**{"output.aspect_ratios": ["1:1"], "styles.default": ["botanical"]})
+    source = str(SAMPLE_CATALOG / "catalog.csv") if fmt == "csv" else str(SAMPLE_CATALOG / "images")
+    summary = run_generate(GenerateRequest(config, source, str(tmp_path), limit=4, progress=False))
+    manifest = _manifest(tmp_path)
+    assert summary["items"] == 4 and len(manifest) == summary["outputs_expected"]
+    assert all(r["status"] == "ok" for r in manifest)
+    if fmt == "folder":
+        assert {r["item_id"] for r in manifest} == {"sku-0001", "sku-0002", "sku-0003", "sku-0004"}
+    assert read_manifest(str(tmp_path)).num_rows == len(manifest)
