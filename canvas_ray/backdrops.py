@@ -32,9 +32,10 @@ def _smooth_noise(rng: np.random.Generator, height: int, width: int, scale: floa
 def _texture(kind: str, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """Zero-mean brightness modulation (float32 HxW, roughly in [-1, 1])."""
     if kind == "noise":
-        return rng.standard_normal((height, width)).astype(np.float32) * 0.35 + _smooth_noise(
-            rng, height, width, 24
-        ) * 0.4
+        return (
+            rng.standard_normal((height, width)).astype(np.float32) * 0.35
+            + _smooth_noise(rng, height, width, 24) * 0.4
+        )
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     if kind == "marble":
         turbulence = _smooth_noise(rng, height, width, 40) * 6 + _smooth_noise(rng, height, width, 12) * 2

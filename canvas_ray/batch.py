@@ -58,12 +58,19 @@ class GenerateRequest:
 
 # ---- cheap stages, run as Ray tasks (functions; constructors are cheap) ----
 
+
 def fetch_decode(batch: Batch, config: CanvasConfig, storage_options: dict[str, Any]) -> Batch:
     return Decode(config)(Fetch(config, storage_options)(batch))
 
 
-def thumbnails_and_prompt(batch: Batch, config: CanvasConfig, styles: StyleBook, fingerprint: str, root: str,
-                          storage_options: dict[str, Any]) -> Batch:
+def thumbnails_and_prompt(
+    batch: Batch,
+    config: CanvasConfig,
+    styles: StyleBook,
+    fingerprint: str,
+    root: str,
+    storage_options: dict[str, Any],
+) -> Batch:
     """Write review thumbnails (original, mask) per item, then expand items into outputs."""
     batch = ensure_status(batch)
     layout = OutputLayout(root, shard_width=config.output.shard_width)
@@ -78,10 +85,16 @@ def thumbnails_and_prompt(batch: Batch, config: CanvasConfig, styles: StyleBook,
             scale = 192 / max(image.shape[:2])
             size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
             thumb = resize(np.ascontiguousarray(image[..., :3]), size)
-            write_bytes(layout.uri(layout.thumb_rel(item_id, "image")), encode_image(thumb, "jpeg", 85),
-                        storage_options)
-            write_bytes(layout.uri(layout.thumb_rel(item_id, "mask")), encode_image(resize(mask, size), "png"),
-                        storage_options)
+            write_bytes(
+                layout.uri(layout.thumb_rel(item_id, "image")),
+                encode_image(thumb, "jpeg", 85),
+                storage_options,
+            )
+            write_bytes(
+                layout.uri(layout.thumb_rel(item_id, "mask")),
+                encode_image(resize(mask, size), "png"),
+                storage_options,
+            )
             thumbs[index] = layout.thumb_rel(item_id, "image")
             masks[index] = layout.thumb_rel(item_id, "mask")
         except Exception as error:  # noqa: BLE001 - thumbnails are for review only
@@ -101,6 +114,7 @@ def composite_and_write(batch: Batch, config: CanvasConfig, styles: StyleBook, w
 
 # ---- the plan ----
 
+
 def _pool(resources: Resources) -> dict[str, Any]:
     import ray.data
 
@@ -117,12 +131,28 @@ def _pool(resources: Resources) -> dict[str, Any]:
 def _tasks(resources: Resources) -> dict[str, Any]:
     import ray.data
 
-    return {"num_cpus": resources.num_cpus, "batch_size": resources.batch_size, "batch_format": "numpy",
-            "compute": ray.data.TaskPoolStrategy(size=resources.concurrency) if resources.concurrency > 1 else None}
+    return {
+        "num_cpus": resources.num_cpus,
+        "batch_size": resources.batch_size,
+        "batch_format": "numpy",
+        "compute": ray.data.TaskPoolStrategy(size=resources.concurrency)
+        if resources.concurrency > 1
+        else None,
+    }
 
 
 # Catalog columns the generation plan carries (engagement counts are for curation, not generation).
-PLAN_COLUMNS = ("item_id", "image_uri", "title", "description", "category", "brand", "style", "status", "error")
+PLAN_COLUMNS = (
+    "item_id",
+    "image_uri",
+    "title",
+    "description",
+    "category",
+    "brand",
+    "style",
+    "status",
+    "error",
+)
 
 
 def check_resources(config: CanvasConfig) -> None:
@@ -136,11 +166,15 @@ def check_resources(config: CanvasConfig) -> None:
     held_gpu = sum(r.num_gpus * r.concurrency for r in pools.values())
     if held_cpu > cpus - 0.25:
         detail = ", ".join(f"{n} {r.num_cpus}x{r.concurrency}" for n, r in pools.items())
-        raise ConfigError(f"actor pools reserve {held_cpu:g} CPUs ({detail}) but the cluster has {cpus:g}; the "
-                          f"task stages need some left: lower resources.num_cpus or concurrency of a model stage")
+        raise ConfigError(
+            f"actor pools reserve {held_cpu:g} CPUs ({detail}) but the cluster has {cpus:g}; the "
+            f"task stages need some left: lower resources.num_cpus or concurrency of a model stage"
+        )
     if held_gpu > gpus:
-        raise ConfigError(f"actor pools reserve {held_gpu:g} GPUs but the cluster has {gpus:g}: lower "
-                          f"resources.num_gpus/concurrency, or use a CPU config such as configs/local.yaml")
+        raise ConfigError(
+            f"actor pools reserve {held_gpu:g} GPUs but the cluster has {gpus:g}: lower "
+            f"resources.num_gpus/concurrency, or use a CPU config such as configs/local.yaml"
+        )
 
 
 def build_plan(table: pa.Table, request: GenerateRequest, styles: StyleBook, fingerprint: str, run_id: str):
@@ -151,23 +185,46 @@ def build_plan(table: pa.Table, request: GenerateRequest, styles: StyleBook, fin
     table = table.select([c for c in PLAN_COLUMNS if c in table.column_names])
     rows_per_block = max(1, min(config.segment.resources.batch_size, 64))
     blocks = [table.slice(start, rows_per_block) for start in range(0, table.num_rows, rows_per_block)]
-    ds = ray.data.from_arrow(blocks)
-    io_tasks = {"batch_size": rows_per_block, "batch_format": "numpy", "num_cpus": 0.25,
-                "compute": ray.data.TaskPoolStrategy(size=config.ray.io_concurrency)}
-    ds = ds.map_batches(fetch_decode, fn_kwargs={"config": config, "storage_options": request.storage_options},
-                        **io_tasks)
+    ds: Any = ray.data.from_arrow(blocks)
+    io_tasks: dict[str, Any] = {
+        "batch_size": rows_per_block,
+        "batch_format": "numpy",
+        "num_cpus": 0.25,
+        "compute": ray.data.TaskPoolStrategy(size=config.ray.io_concurrency),
+    }
+    ds = ds.map_batches(
+        fetch_decode, fn_kwargs={"config": config, "storage_options": request.storage_options}, **io_tasks
+    )
     ds = ds.map_batches(Segment, fn_constructor_kwargs={"config": config}, **_pool(config.segment.resources))
     ds = ds.map_batches(Caption, fn_constructor_kwargs={"config": config}, **_pool(config.caption.resources))
-    ds = ds.map_batches(thumbnails_and_prompt,
-                        fn_kwargs={"config": config, "styles": styles, "fingerprint": fingerprint,
-                                   "root": request.output, "storage_options": request.storage_options},
-                        **io_tasks)
-    ds = ds.map_batches(Inpaint, fn_constructor_kwargs={"config": config, "styles": styles},
-                        **_pool(config.inpaint.resources))
-    writer = WriteOutputs(request.output, run_id, fingerprint, config.output.format, config.output.quality,
-                          config.output.shard_width, request.storage_options)
-    ds = ds.map_batches(composite_and_write, fn_kwargs={"config": config, "styles": styles, "writer": writer},
-                        **_tasks(config.composite.resources))
+    ds = ds.map_batches(
+        thumbnails_and_prompt,
+        fn_kwargs={
+            "config": config,
+            "styles": styles,
+            "fingerprint": fingerprint,
+            "root": request.output,
+            "storage_options": request.storage_options,
+        },
+        **io_tasks,
+    )
+    ds = ds.map_batches(
+        Inpaint, fn_constructor_kwargs={"config": config, "styles": styles}, **_pool(config.inpaint.resources)
+    )
+    writer = WriteOutputs(
+        request.output,
+        run_id,
+        fingerprint,
+        config.output.format,
+        config.output.quality,
+        config.output.shard_width,
+        request.storage_options,
+    )
+    ds = ds.map_batches(
+        composite_and_write,
+        fn_kwargs={"config": config, "styles": styles, "writer": writer},
+        **_tasks(config.composite.resources),
+    )
     return ds
 
 
@@ -183,8 +240,12 @@ def expected_outputs(table: pa.Table, config: CanvasConfig, styles: StyleBook) -
                 keys.append(styles.resolve(name).key)
             except ValueError:
                 keys.append("invalid-style")
-        out[row["item_id"]] = [output_id(row["item_id"], key, aspect, variant) for key in keys
-                               for aspect in config.output.aspect_ratios for variant in range(config.output.variants)]
+        out[row["item_id"]] = [
+            output_id(row["item_id"], key, aspect, variant)
+            for key in keys
+            for aspect in config.output.aspect_ratios
+            for variant in range(config.output.variants)
+        ]
     return out
 
 
@@ -194,8 +255,12 @@ def _init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, ignore_reinit_error=True, log_to_driver=True,
-             include_dashboard=False if address is None else None)
+    ray.init(
+        address=address,
+        ignore_reinit_error=True,
+        log_to_driver=True,
+        include_dashboard=False if address is None else None,
+    )
 
 
 def run_generate(request: GenerateRequest) -> dict[str, Any]:
@@ -224,8 +289,16 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
     todo = table.filter(pa.array([not s for s in skip]))
     skipped = table.num_rows - todo.num_rows
     total_outputs = sum(len(expected[i]) for i in todo.column("item_id").to_pylist())
-    log.info("catalog %s: %d items (%d already done, %d to process → %d outputs); config %s; output %s",
-             request.catalog, table.num_rows, skipped, todo.num_rows, total_outputs, fingerprint, request.output)
+    log.info(
+        "catalog %s: %d items (%d already done, %d to process → %d outputs); config %s; output %s",
+        request.catalog,
+        table.num_rows,
+        skipped,
+        todo.num_rows,
+        total_outputs,
+        fingerprint,
+        request.output,
+    )
 
     processed = {"ok": 0, "error": 0}
     if todo.num_rows:
@@ -250,8 +323,18 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
             bar.close()
     manifest = compact_manifest(request.output, options)
     elapsed = time.time() - started
-    summary = _summary(manifest, expected, request, fingerprint, run_id, elapsed, skipped, todo.num_rows,
-                       processed, catalog.problems)
+    summary = _summary(
+        manifest,
+        expected,
+        request,
+        fingerprint,
+        run_id,
+        elapsed,
+        skipped,
+        todo.num_rows,
+        processed,
+        catalog.problems,
+    )
     write_bytes(layout.uri("summary.json"), json.dumps(summary, indent=2).encode(), options)
     from canvas_ray.report import write_review_pages
 
@@ -278,9 +361,18 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, desc="outputs", unit="img", file=sys.stderr, dynamic_ncols=True)
 
 
-def _summary(manifest: pa.Table, expected: dict[str, list[str]], request: GenerateRequest, fingerprint: str,
-             run_id: str, elapsed: float, skipped: int, processed_items: int, processed: dict[str, int],
-             problems: list[str]) -> dict[str, Any]:
+def _summary(
+    manifest: pa.Table,
+    expected: dict[str, list[str]],
+    request: GenerateRequest,
+    fingerprint: str,
+    run_id: str,
+    elapsed: float,
+    skipped: int,
+    processed_items: int,
+    processed: dict[str, int],
+    problems: list[str],
+) -> dict[str, Any]:
     wanted = {o for outputs in expected.values() for o in outputs}
     rows = [r for r in manifest.to_pylist() if r["output_id"] in wanted or r["item_id"] in expected]
     ok = [r for r in rows if r["status"] == "ok"]
@@ -295,14 +387,25 @@ def _summary(manifest: pa.Table, expected: dict[str, list[str]], request: Genera
         reasons[reason] = reasons.get(reason, 0) + 1
     outputs_this_run = processed["ok"] + processed["error"]
     return {
-        "run_id": run_id, "catalog": request.catalog, "output": request.output, "config_fingerprint": fingerprint,
-        "items": len(expected), "items_skipped_done": skipped, "items_processed": processed_items,
-        "outputs_expected": len(wanted), "outputs": len(rows), "ok": len(ok), "errors": len(errors),
-        "errors_by_stage": reasons, "product_preserved": sum(bool(r["product_preserved"]) for r in ok),
-        "outputs_this_run": outputs_this_run, "seconds": round(elapsed, 3),
+        "run_id": run_id,
+        "catalog": request.catalog,
+        "output": request.output,
+        "config_fingerprint": fingerprint,
+        "items": len(expected),
+        "items_skipped_done": skipped,
+        "items_processed": processed_items,
+        "outputs_expected": len(wanted),
+        "outputs": len(rows),
+        "ok": len(ok),
+        "errors": len(errors),
+        "errors_by_stage": reasons,
+        "product_preserved": sum(bool(r["product_preserved"]) for r in ok),
+        "outputs_this_run": outputs_this_run,
+        "seconds": round(elapsed, 3),
         "outputs_per_second": round(outputs_this_run / elapsed, 3) if elapsed > 0 else None,
         "items_per_second": round(processed_items / elapsed, 3) if elapsed > 0 else None,
-        "mean_stage_seconds_per_output": stages, "catalog_problems": len(problems),
+        "mean_stage_seconds_per_output": stages,
+        "catalog_problems": len(problems),
         "missing_outputs": sorted(wanted - {r["output_id"] for r in rows})[:50],
     }
 
@@ -312,13 +415,21 @@ def _print_summary(summary: dict[str, Any]) -> None:
     rate = summary["outputs_per_second"]
     print(line)
     print(f"canvas-ray generate  run {summary['run_id']}  config {summary['config_fingerprint']}")
-    print(f"items {summary['items']}  (skipped, already done: {summary['items_skipped_done']}; "
-          f"processed: {summary['items_processed']})")
-    print(f"outputs {summary['outputs']}/{summary['outputs_expected']}  ok {summary['ok']}  errors {summary['errors']}"
-          f"  product preserved {summary['product_preserved']}/{summary['ok']}")
+    print(
+        f"items {summary['items']}  (skipped, already done: {summary['items_skipped_done']}; "
+        f"processed: {summary['items_processed']})"
+    )
+    print(
+        f"outputs {summary['outputs']}/{summary['outputs_expected']}  ok {summary['ok']}"
+        f"  errors {summary['errors']}"
+        f"  product preserved {summary['product_preserved']}/{summary['ok']}"
+    )
     if summary["errors_by_stage"]:
-        print("errors by stage: " + ", ".join(f"{k} {v}" for k, v in summary["errors_by_stage"].items())
-              + "  (reasons in the manifest's error column and index.html)")
+        print(
+            "errors by stage: "
+            + ", ".join(f"{k} {v}" for k, v in summary["errors_by_stage"].items())
+            + "  (reasons in the manifest's error column and index.html)"
+        )
     print(f"time {summary['seconds']:.1f} s   {rate if rate is not None else 0:.2f} outputs/s")
     print(f"manifest  {summary['output'].rstrip('/')}/manifest/manifest.parquet")
     print(f"review    {summary['output'].rstrip('/')}/index.html")

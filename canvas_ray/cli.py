@@ -34,24 +34,43 @@ def cmd_generate_one(args: argparse.Namespace) -> int:
     image = Path(args.image)
     if not image.is_file():
         raise SystemExit(f"error: image not found: {image}")
-    item = {"item_id": image.stem, "image_bytes": image.read_bytes(), "style": args.style,
-            "title": args.title, "seed": args.seed}
+    item = {
+        "item_id": image.stem,
+        "image_bytes": image.read_bytes(),
+        "style": args.style,
+        "title": args.title,
+        "seed": args.seed,
+    }
     results = LocalPipeline(config).generate([item])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     failed = 0
     for number, result in enumerate(results):
-        target = out if len(results) == 1 else out.with_name(f"{out.stem}-{result.aspect.replace(':', 'x')}"
-                                                             f"-v{result.variant}{out.suffix}")
+        target = (
+            out
+            if len(results) == 1
+            else out.with_name(f"{out.stem}-{result.aspect.replace(':', 'x')}-v{result.variant}{out.suffix}")
+        )
         if result.status != "ok" or result.image is None:
             failed += 1
             print(f"[{number}] error: {result.error}", file=sys.stderr)
             continue
         fmt = {".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}.get(target.suffix.lower(), "png")
         target.write_bytes(encode_image(result.image, fmt, quality=100 if fmt == "webp" else 95))
-        print(json.dumps({"output": str(target), "style": result.style, "aspect": result.aspect, "seed": result.seed,
-                          "product_preserved": result.product_preserved, "caption": result.caption,
-                          "prompt": result.prompt, "seconds": {k: round(v, 3) for k, v in result.timings.items()}}))
+        print(
+            json.dumps(
+                {
+                    "output": str(target),
+                    "style": result.style,
+                    "aspect": result.aspect,
+                    "seed": result.seed,
+                    "product_preserved": result.product_preserved,
+                    "caption": result.caption,
+                    "prompt": result.prompt,
+                    "seconds": {k: round(v, 3) for k, v in result.timings.items()},
+                }
+            )
+        )
     return 1 if failed else 0
 
 
@@ -66,8 +85,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.style:
         overrides["styles.default"] = args.style
     config = _config(args.config, overrides)
-    summary = run_generate(GenerateRequest(config=config, catalog=args.catalog, output=args.output,
-                                           limit=args.limit, overwrite=args.overwrite, address=args.address))
+    summary = run_generate(
+        GenerateRequest(
+            config=config,
+            catalog=args.catalog,
+            output=args.output,
+            limit=args.limit,
+            overwrite=args.overwrite,
+            address=args.address,
+        )
+    )
     return 0 if summary.get("errors", 0) == 0 or not args.strict else 2
 
 
@@ -79,14 +106,29 @@ def cmd_tiny_models(args: argparse.Namespace) -> int:
     # A randomly initialised segmenter cannot find products, so the runnable tiny config segments with the
     # weight-free backend; the tiny segmenter is there for `segment.backend: hf` tests and round trips.
     config = {
-        "segment": {"backend": "backdrop", "resources": {"num_cpus": 0.5, "concurrency": 1, "batch_size": 4},
-                    "options": {}},
-        "caption": {"backend": "hf", "model": str(paths["captioner"]), "max_new_tokens": 16,
-                    "resources": {"num_cpus": 0.25, "concurrency": 1, "batch_size": 8}},
-        "inpaint": {"backend": "diffusers", "model": str(paths["inpainter"]), "resolution": 64, "steps": 4,
-                    "resources": {"num_cpus": 0.5, "concurrency": 1, "batch_size": 8}},
+        "segment": {
+            "backend": "backdrop",
+            "resources": {"num_cpus": 0.5, "concurrency": 1, "batch_size": 4},
+            "options": {},
+        },
+        "caption": {
+            "backend": "hf",
+            "model": str(paths["captioner"]),
+            "max_new_tokens": 16,
+            "resources": {"num_cpus": 0.25, "concurrency": 1, "batch_size": 8},
+        },
+        "inpaint": {
+            "backend": "diffusers",
+            "model": str(paths["inpainter"]),
+            "resolution": 64,
+            "steps": 4,
+            "resources": {"num_cpus": 0.5, "concurrency": 1, "batch_size": 8},
+        },
         "composite": {"resources": {"num_cpus": 0.25, "batch_size": 8}},
-        "styles": {"file": str(REPO_ROOT / "configs" / "styles.yaml"), "default": ["studio white", "beach summer"]},
+        "styles": {
+            "file": str(REPO_ROOT / "configs" / "styles.yaml"),
+            "default": ["studio white", "beach summer"],
+        },
     }
     config_path = out / "tiny.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -105,8 +147,19 @@ def cmd_styles(args: argparse.Namespace) -> int:
             print(f"{name:28s} {preset.description}{lora}")
         return 0
     style = book.resolve(args.text)
-    print(json.dumps({"name": style.name, "key": style.key, "preset": style.preset, "prompt": style.prompt,
-                      "negative_prompt": style.negative_prompt, "backdrop": style.backdrop.model_dump()}, indent=2))
+    print(
+        json.dumps(
+            {
+                "name": style.name,
+                "key": style.key,
+                "preset": style.preset,
+                "prompt": style.prompt,
+                "negative_prompt": style.negative_prompt,
+                "backdrop": style.backdrop.model_dump(),
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -124,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="run the catalog job on Ray (local cluster or RAY_ADDRESS)")
     gen.add_argument("--config", help=f"YAML config (default {DEFAULT_CONFIG.relative_to(REPO_ROOT)})")
-    gen.add_argument("--catalog", required=True, help="Parquet/JSONL/CSV file or image folder (any fsspec URI)")
+    gen.add_argument(
+        "--catalog", required=True, help="Parquet/JSONL/CSV file or image folder (any fsspec URI)"
+    )
     gen.add_argument("--output", required=True, help="output root (any fsspec URI)")
     gen.add_argument("--limit", type=int, help="only the first N catalog rows")
     gen.add_argument("--style", action="append", help="style preset or description (repeatable)")
@@ -165,8 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         return int(args.func(args) or 0)
     except ConfigError as error:

@@ -92,11 +92,14 @@ def place_product(
         crop = np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.LANCZOS))
         crop_mask = np.asarray(Image.fromarray(crop_mask).resize(size, Image.Resampling.BILINEAR))
     width, height = where.canvas
+    fill_rgb: tuple[int, ...]
     if fill_color is None:
         outside = image[..., :3][mask < HARD]
-        fill_color = tuple(int(v) for v in np.median(outside, axis=0)) if len(outside) else (127, 127, 127)
+        fill_rgb = tuple(int(v) for v in np.median(outside, axis=0)) if len(outside) else (127, 127, 127)
+    else:
+        fill_rgb = fill_color
     canvas = np.empty((height, width, 3), np.uint8)
-    canvas[:] = np.array(fill_color, np.uint8)
+    canvas[:] = np.array(fill_rgb, np.uint8)
     canvas_mask = np.zeros((height, width), np.uint8)
     x, y = where.offset
     canvas[y : y + crop.shape[0], x : x + crop.shape[1]] = crop
@@ -104,32 +107,37 @@ def place_product(
     return canvas, canvas_mask
 
 
-def model_size(aspect_or_size: float | tuple[int, int], resolution: int, multiple: int = 8) -> tuple[int, int]:
+def model_size(
+    aspect_or_size: float | tuple[int, int], resolution: int, multiple: int = 8
+) -> tuple[int, int]:
     """(width, height) with long side ``resolution``, both multiples of ``multiple``, for the model canvas."""
-    if isinstance(aspect_or_size, tuple):
-        aspect = aspect_or_size[0] / aspect_or_size[1]
-    else:
-        aspect = aspect_or_size
+    aspect = aspect_or_size[0] / aspect_or_size[1] if isinstance(aspect_or_size, tuple) else aspect_or_size
+    width: float
+    height: float
     if aspect >= 1:
         width, height = resolution, resolution / aspect
     else:
         width, height = resolution * aspect, resolution
-    return max(multiple, round(width / multiple) * multiple), max(multiple, round(height / multiple) * multiple)
+    return max(multiple, round(width / multiple) * multiple), max(
+        multiple, round(height / multiple) * multiple
+    )
 
 
 def background_mask(canvas_mask: np.ndarray, keep_dilate_px: int = 0) -> np.ndarray:
     """Inpainting mask (uint8, 255 = repaint): everything that is not product. White repaints, black keeps."""
-    keep = (canvas_mask >= HARD).astype(np.uint8)
+    keep: np.ndarray = (canvas_mask >= HARD).astype(np.uint8)
     if keep_dilate_px > 0:
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * keep_dilate_px + 1, 2 * keep_dilate_px + 1))
+        kernel = cv2.getStructuringElement(
+            cv2.MORPH_ELLIPSE, (2 * keep_dilate_px + 1, 2 * keep_dilate_px + 1)
+        )
         keep = cv2.dilate(keep, kernel)
     return np.where(keep > 0, 0, 255).astype(np.uint8)
 
 
 def contact_shadow(canvas_mask: np.ndarray, strength: float) -> np.ndarray:
-    """A multiplicative shade map (float32, 1 = no shade): soft ellipse under the product plus a faint drop."""
+    """Multiplicative shade (float32, 1 = no shade): a soft ellipse under the product plus a faint drop."""
     height, width = canvas_mask.shape
-    shade = np.zeros((height, width), np.float32)
+    shade: np.ndarray = np.zeros((height, width), np.float32)
     if strength <= 0:
         return np.ones_like(shade)
     hard = canvas_mask >= HARD

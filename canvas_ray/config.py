@@ -66,7 +66,9 @@ class SegmentConfig(ModelStage):
         "backdrop", description="what `alpha` uses for images without a usable alpha channel"
     )
     threshold: float = Field(0.5, gt=0, lt=1, description="soft mask value at which a pixel is product")
-    min_area: float = Field(0.002, ge=0, lt=1, description="a product mask smaller than this share is an error")
+    min_area: float = Field(
+        0.002, ge=0, lt=1, description="a product mask smaller than this share is an error"
+    )
 
 
 class CaptionConfig(ModelStage):
@@ -93,8 +95,12 @@ class InpaintConfig(ModelStage):
     steps: int = Field(30, ge=1, le=500)
     guidance_scale: float = Field(7.5, ge=0, le=50)
     strength: float = Field(1.0, gt=0, le=1)
-    scheduler: str | None = Field(None, description="diffusers scheduler class name, e.g. DPMSolverMultistepScheduler")
-    keep_dilate_px: int = Field(0, ge=0, le=64, description="grow the kept (product) region given to the model")
+    scheduler: str | None = Field(
+        None, description="diffusers scheduler class name, e.g. DPMSolverMultistepScheduler"
+    )
+    keep_dilate_px: int = Field(
+        0, ge=0, le=64, description="grow the kept (product) region given to the model"
+    )
     loras: list[LoraSpec] = Field(default_factory=list, description="adapters always loaded, mixed by weight")
 
     @field_validator("resolution")
@@ -106,11 +112,16 @@ class InpaintConfig(ModelStage):
 
 
 class CompositeConfig(_Strict):
-    fill: float = Field(0.78, gt=0.05, le=1.0, description="largest share of canvas width/height the product takes")
+    fill: float = Field(
+        0.78, gt=0.05, le=1.0, description="largest share of canvas width/height the product takes"
+    )
     placement: Literal["center", "floor"] = "floor"
-    floor_margin: float = Field(0.1, ge=0, lt=0.5, description="gap under the product for `floor`, share of height")
+    floor_margin: float = Field(
+        0.1, ge=0, lt=0.5, description="gap under the product for `floor`, share of height"
+    )
     scale: Literal["native", "fit"] = Field(
-        "native", description="native keeps source pixels bit-exact; fit resamples the product to output.long_side"
+        "native",
+        description="native keeps source pixels bit-exact; fit resamples the product to output.long_side",
     )
     shadow: float | None = Field(None, ge=0, le=1, description="contact shadow strength; None = the style's")
     feather_px: int = Field(2, ge=0, le=32, description="soft edge width, applied outside the product only")
@@ -137,7 +148,9 @@ class OutputConfig(_Strict):
 class StylesConfig(_Strict):
     file: str = Field(str(DEFAULT_STYLES_FILE), description="YAML file of named presets")
     default: list[str] = Field(default_factory=lambda: ["studio white"], min_length=1)
-    extra_files: list[str] = Field(default_factory=list, description="more preset files, e.g. published LoRA styles")
+    extra_files: list[str] = Field(
+        default_factory=list, description="more preset files, e.g. published LoRA styles"
+    )
 
 
 class LimitsConfig(_Strict):
@@ -261,7 +274,9 @@ def _resolve_relative(data: dict[str, Any], base: Path) -> None:
             styles["extra_files"] = [fix(v) if isinstance(v, str) else v for v in styles["extra_files"]]
 
 
-def config_from_dict(data: dict[str, Any] | None, source: str = "<dict>", base: Path | None = None) -> CanvasConfig:
+def config_from_dict(
+    data: dict[str, Any] | None, source: str = "<dict>", base: Path | None = None
+) -> CanvasConfig:
     data = dict(data or {})
     if base is not None:
         _resolve_relative(data, base)
@@ -274,7 +289,7 @@ def config_from_dict(data: dict[str, Any] | None, source: str = "<dict>", base: 
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> CanvasConfig:
-    """Read a YAML config (None: the built-in defaults) and apply dotted overrides like ``{"output.variants": 2}``."""
+    """Read a YAML config (None: defaults); apply dotted overrides like ``{"output.variants": 2}``."""
     data: dict[str, Any] = {}
     base = None
     source = "<defaults>"

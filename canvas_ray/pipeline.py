@@ -85,13 +85,21 @@ class LocalPipeline:
         results = []
         for i in range(len(out.get("status", []))):
             ok = out["status"][i] == "ok"
-            results.append(GeneratedImage(
-                output_id=str(out["output_id"][i]), status=str(out["status"][i]), error=str(out["error"][i]),
-                image=out["result"][i] if ok else None, style=str(out["style"][i]), aspect=str(out["aspect"][i]),
-                variant=int(out["variant"][i]), seed=int(out["seed"][i]), prompt=str(out["prompt"][i]),
-                caption=str(out["caption"][i]) if "caption" in out else "",
-                product_preserved=bool(out["product_preserved"][i]),
-                max_product_diff=int(out["max_product_diff"][i]),
-                timings={c: float(out[c][i]) for c in TIMING_COLUMNS if c in out},
-            ))
+            results.append(
+                GeneratedImage(
+                    output_id=str(out["output_id"][i]),
+                    status=str(out["status"][i]),
+                    error=str(out["error"][i]),
+                    image=out["result"][i] if ok else None,
+                    style=str(out["style"][i]),
+                    aspect=str(out["aspect"][i]),
+                    variant=int(out["variant"][i]),
+                    seed=int(out["seed"][i]),
+                    prompt=str(out["prompt"][i]),
+                    caption=str(out["caption"][i]) if "caption" in out else "",
+                    product_preserved=bool(out["product_preserved"][i]),
+                    max_product_diff=int(out["max_product_diff"][i]),
+                    timings={c: float(out[c][i]) for c in TIMING_COLUMNS if c in out},
+                )
+            )
         return results

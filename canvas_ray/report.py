@@ -43,31 +43,42 @@ def _item_html(item_id: str, rows: list[dict[str, Any]], prefix: str) -> str:
     first = rows[0]
     figures = []
     if first.get("thumb_uri"):
-        figures.append(f'<figure><img src="{prefix}{_e(first["thumb_uri"])}" alt="original {_e(item_id)}">'
-                       f"<figcaption>original</figcaption></figure>")
+        figures.append(
+            f'<figure><img src="{prefix}{_e(first["thumb_uri"])}" alt="original {_e(item_id)}">'
+            f"<figcaption>original</figcaption></figure>"
+        )
     if first.get("mask_uri"):
-        figures.append(f'<figure><img src="{prefix}{_e(first["mask_uri"])}" alt="mask {_e(item_id)}">'
-                       f"<figcaption>product mask ({(first.get('mask_area') or 0):.1%})</figcaption></figure>")
+        figures.append(
+            f'<figure><img src="{prefix}{_e(first["mask_uri"])}" alt="mask {_e(item_id)}">'
+            f"<figcaption>product mask ({(first.get('mask_area') or 0):.1%})</figcaption></figure>"
+        )
     for row in rows:
         label = f"{_e(row['style'])} · {_e(row['aspect'])} · v{_e(row['variant'])} · seed {_e(row['seed'])}"
         if row["status"] == "ok":
             check = "product preserved" if row["product_preserved"] else "PRODUCT CHANGED"
-            figures.append(f'<figure><a href="{prefix}{_e(row["output_uri"])}"><img loading="lazy" '
-                           f'src="{prefix}{_e(row["output_uri"])}" alt="{label}"></a>'
-                           f'<figcaption><span class="ok">ok</span> · {label}<br>{check}'
-                           f'<br><details><summary>prompt</summary>{_e(row["prompt"])}</details>'
-                           f"</figcaption></figure>")
+            figures.append(
+                f'<figure><a href="{prefix}{_e(row["output_uri"])}"><img loading="lazy" '
+                f'src="{prefix}{_e(row["output_uri"])}" alt="{label}"></a>'
+                f'<figcaption><span class="ok">ok</span> · {label}<br>{check}'
+                f"<br><details><summary>prompt</summary>{_e(row['prompt'])}</details>"
+                f"</figcaption></figure>"
+            )
         else:
-            figures.append(f'<figure><figcaption><span class="error">error</span> · {label}<br>'
-                           f"{_e(row['error'])}</figcaption></figure>")
+            figures.append(
+                f'<figure><figcaption><span class="error">error</span> · {label}<br>'
+                f"{_e(row['error'])}</figcaption></figure>"
+            )
     title = f" — {_e(first.get('title'))}" if first.get("title") else ""
     caption = f'<div class="caption">{_e(first.get("caption"))}</div>' if first.get("caption") else ""
-    return (f'<section class="item" id="{_e(item_id)}"><b>{_e(item_id)}</b>{title}{caption}'
-            f'<div class="row">{"".join(figures)}</div></section>')
+    return (
+        f'<section class="item" id="{_e(item_id)}"><b>{_e(item_id)}</b>{title}{caption}'
+        f'<div class="row">{"".join(figures)}</div></section>'
+    )
 
 
-def render_pages(manifest: pa.Table, summary: dict[str, Any] | None = None,
-                 items_per_page: int = ITEMS_PER_PAGE) -> dict[str, str]:
+def render_pages(
+    manifest: pa.Table, summary: dict[str, Any] | None = None, items_per_page: int = ITEMS_PER_PAGE
+) -> dict[str, str]:
     """Relative path → HTML for every page."""
     items: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
     for row in manifest.to_pylist():
@@ -83,28 +94,51 @@ def render_pages(manifest: pa.Table, summary: dict[str, Any] | None = None,
             for p in range(1, pages + 1)
         )
         nav = f"<nav>pages: {links}</nav>" if pages > 1 else ""
-        body = [f"<h1>canvas-ray review</h1><div class='meta'>{len(ids)} items, {manifest.num_rows} outputs, "
-                f"page {page} of {pages}</div>"]
+        body = [
+            f"<h1>canvas-ray review</h1><div class='meta'>{len(ids)} items, {manifest.num_rows} outputs, "
+            f"page {page} of {pages}</div>"
+        ]
         if summary and page == 1:
-            keys = ("ok", "errors", "product_preserved", "seconds", "outputs_per_second", "config_fingerprint")
-            body.append('<div class="stats">' + "".join(f"<span>{k}: <b>{_e(summary.get(k))}</b></span>"
-                                                       for k in keys) + "</div>")
+            keys = (
+                "ok",
+                "errors",
+                "product_preserved",
+                "seconds",
+                "outputs_per_second",
+                "config_fingerprint",
+            )
+            body.append(
+                '<div class="stats">'
+                + "".join(f"<span>{k}: <b>{_e(summary.get(k))}</b></span>" for k in keys)
+                + "</div>"
+            )
         if errors and page == 1:
-            rows = "".join(f"<tr><td>{_e(r['item_id'])}</td><td>{_e(r['style'])}</td><td>{_e(r['aspect'])}</td>"
-                           f"<td>{_e(r['error'])}</td></tr>" for r in errors[:500])
-            body.append(f"<h2>Errors ({len(errors)})</h2><table id='errors'><tr><th>item</th><th>style</th>"
-                        f"<th>aspect</th><th>reason</th></tr>{rows}</table>")
+            rows = "".join(
+                f"<tr><td>{_e(r['item_id'])}</td><td>{_e(r['style'])}</td><td>{_e(r['aspect'])}</td>"
+                f"<td>{_e(r['error'])}</td></tr>"
+                for r in errors[:500]
+            )
+            body.append(
+                f"<h2>Errors ({len(errors)})</h2><table id='errors'><tr><th>item</th><th>style</th>"
+                f"<th>aspect</th><th>reason</th></tr>{rows}</table>"
+            )
         body.append(nav)
-        for item_id in ids[(page - 1) * items_per_page: page * items_per_page]:
+        for item_id in ids[(page - 1) * items_per_page : page * items_per_page]:
             body.append(_item_html(item_id, items[item_id], prefix))
         body.append(nav)
-        out[_page_name(page)] = (f"<!doctype html><html><head><meta charset='utf-8'><title>canvas-ray review</title>"
-                                 f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
+        out[_page_name(page)] = (
+            f"<!doctype html><html><head><meta charset='utf-8'><title>canvas-ray review</title>"
+            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>"
+        )
     return out
 
 
-def write_review_pages(manifest: pa.Table, root: str, storage_options: dict[str, Any] | None = None,
-                       summary: dict[str, Any] | None = None) -> list[str]:
+def write_review_pages(
+    manifest: pa.Table,
+    root: str,
+    storage_options: dict[str, Any] | None = None,
+    summary: dict[str, Any] | None = None,
+) -> list[str]:
     layout = OutputLayout(root)
     written = []
     for rel, text in render_pages(manifest, summary).items():

@@ -91,16 +91,52 @@ def hex_to_rgb(value: str) -> tuple[int, int, int]:
 
 # Colour words a free-text style may use, so the weight-free backdrop follows the request too.
 _COLOUR_WORDS = {
-    "white": "#f4f4f2", "black": "#1c1c1e", "grey": "#9a9a9e", "gray": "#9a9a9e", "red": "#c8413b",
-    "orange": "#e98a3c", "yellow": "#f0d264", "gold": "#c9a34a", "golden": "#c9a34a", "green": "#6f9a5b",
-    "sage": "#a3b18a", "mint": "#bfe3cf", "teal": "#3f8f8c", "blue": "#4f7cc0", "navy": "#22335a",
-    "sky": "#a9cdea", "purple": "#7d5ba6", "lavender": "#c9b8e6", "pink": "#efb6c8", "peach": "#f6c7a8",
-    "beige": "#e4d5bd", "cream": "#f3ead6", "brown": "#7a5537", "wood": "#a27650", "wooden": "#a27650",
-    "marble": "#eeeceb", "concrete": "#a8a6a1", "sand": "#dcc7a0", "beach": "#e6d2a8", "ocean": "#3f83a6",
-    "forest": "#3f5e3a", "snow": "#f1f4f8", "pastel": "#f3d9e2", "terracotta": "#c46d4e", "silver": "#c5c8cc",
+    "white": "#f4f4f2",
+    "black": "#1c1c1e",
+    "grey": "#9a9a9e",
+    "gray": "#9a9a9e",
+    "red": "#c8413b",
+    "orange": "#e98a3c",
+    "yellow": "#f0d264",
+    "gold": "#c9a34a",
+    "golden": "#c9a34a",
+    "green": "#6f9a5b",
+    "sage": "#a3b18a",
+    "mint": "#bfe3cf",
+    "teal": "#3f8f8c",
+    "blue": "#4f7cc0",
+    "navy": "#22335a",
+    "sky": "#a9cdea",
+    "purple": "#7d5ba6",
+    "lavender": "#c9b8e6",
+    "pink": "#efb6c8",
+    "peach": "#f6c7a8",
+    "beige": "#e4d5bd",
+    "cream": "#f3ead6",
+    "brown": "#7a5537",
+    "wood": "#a27650",
+    "wooden": "#a27650",
+    "marble": "#eeeceb",
+    "concrete": "#a8a6a1",
+    "sand": "#dcc7a0",
+    "beach": "#e6d2a8",
+    "ocean": "#3f83a6",
+    "forest": "#3f5e3a",
+    "snow": "#f1f4f8",
+    "pastel": "#f3d9e2",
+    "terracotta": "#c46d4e",
+    "silver": "#c5c8cc",
 }
-_TEXTURE_WORDS = {"marble": "marble", "wood": "wood", "wooden": "wood", "linen": "linen", "fabric": "linen",
-                  "concrete": "noise", "stone": "noise", "sand": "noise"}
+_TEXTURE_WORDS = {
+    "marble": "marble",
+    "wood": "wood",
+    "wooden": "wood",
+    "linen": "linen",
+    "fabric": "linen",
+    "concrete": "noise",
+    "stone": "noise",
+    "sand": "noise",
+}
 
 
 def _free_text_backdrop(text: str) -> Backdrop:
@@ -115,8 +151,14 @@ def _free_text_backdrop(text: str) -> Backdrop:
         r, g, b = hex_to_rgb(colours[0])
         colours.append("#{:02x}{:02x}{:02x}".format(*(max(0, int(c * 0.85)) for c in (r, g, b))))
     dark = sum(hex_to_rgb(colours[0])) < 300
-    return Backdrop(kind="sweep", colors=colours[:3], floor=colours[1], texture=texture,  # type: ignore[arg-type]
-                    shadow=0.5 if not dark else 0.25, light="top")
+    return Backdrop(
+        kind="sweep",
+        colors=colours[:3],
+        floor=colours[1],
+        texture=texture,  # type: ignore[arg-type]
+        shadow=0.5 if not dark else 0.25,
+        light="top",
+    )
 
 
 class StyleBook:
@@ -137,12 +179,16 @@ class StyleBook:
                 raise ConfigError(f"styles file not found: {path} (set styles.file in the config)")
             data = yaml.safe_load(path.read_text()) or {}
             if not isinstance(data, dict) or not isinstance(data.get("styles"), dict):
-                raise ConfigError(f"styles file {path} must have a top-level 'styles:' mapping of name -> preset")
+                raise ConfigError(
+                    f"styles file {path} must have a top-level 'styles:' mapping of name -> preset"
+                )
             negative = data.get("default_negative_prompt") or negative
             for name, raw in data["styles"].items():
                 if raw is not None and not isinstance(raw, dict):
-                    raise ConfigError(f"styles file {path}: style {name!r}: must be a mapping of fields "
-                                      f"(prompt:, backdrop:, ...), got {type(raw).__name__}")
+                    raise ConfigError(
+                        f"styles file {path}: style {name!r}: must be a mapping of fields "
+                        f"(prompt:, backdrop:, ...), got {type(raw).__name__}"
+                    )
                 raw = dict(raw or {})
                 if raw.get("lora") and not Path(raw["lora"]).is_absolute():
                     candidate = (path.parent / raw["lora"]).resolve()
@@ -166,20 +212,33 @@ class StyleBook:
         """A preset by name (case-insensitive), else the text itself as a free-text style."""
         text = " ".join(str(requested).split())
         if not text:
-            raise ValueError("style is empty: give a preset name (see `canvas-ray styles list`) or a description")
+            raise ValueError(
+                "style is empty: give a preset name (see `canvas-ray styles list`) or a description"
+            )
         if len(text) > MAX_STYLE_TEXT:
             raise ValueError(f"style text is {len(text)} characters; at most {MAX_STYLE_TEXT}")
         name = self._by_lower.get(text.lower())
         if name is not None:
             preset = self.presets[name]
-            return Style(name=name, key=style_key(name), prompt=preset.prompt,
-                         negative_prompt=preset.negative_prompt or self.default_negative,
-                         backdrop=preset.backdrop, lora=preset.lora, lora_weight=preset.lora_weight,
-                         description=preset.description)
+            return Style(
+                name=name,
+                key=style_key(name),
+                prompt=preset.prompt,
+                negative_prompt=preset.negative_prompt or self.default_negative,
+                backdrop=preset.backdrop,
+                lora=preset.lora,
+                lora_weight=preset.lora_weight,
+                description=preset.description,
+            )
         digest = hashlib.sha256(text.encode()).hexdigest()[:8]
-        return Style(name=text, key=f"custom-{style_key(text)[:24]}-{digest}",
-                     prompt=f"{text}, professional product photography, high detail, soft natural light",
-                     negative_prompt=self.default_negative, backdrop=_free_text_backdrop(text), preset=False)
+        return Style(
+            name=text,
+            key=f"custom-{style_key(text)[:24]}-{digest}",
+            prompt=f"{text}, professional product photography, high detail, soft natural light",
+            negative_prompt=self.default_negative,
+            backdrop=_free_text_backdrop(text),
+            preset=False,
+        )
 
 
 def build_prompt(style: Style, product_description: str, max_words: int = 20) -> str:

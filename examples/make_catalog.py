@@ -15,6 +15,7 @@ Outputs (relative to this file):
 Usage:
     python examples/make_catalog.py [--out DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,7 @@ cv2.setNumThreads(1)  # keep results independent of the thread count
 def C(hex_colour: str) -> np.ndarray:
     """'#rrggbb' -> float32 RGB in 0..1."""
     h = hex_colour.lstrip("#")
-    return np.array([int(h[i:i + 2], 16) / 255.0 for i in (0, 2, 4)], np.float32)
+    return np.array([int(h[i : i + 2], 16) / 255.0 for i in (0, 2, 4)], np.float32)
 
 
 WHITE = np.ones(3, np.float32)
@@ -91,7 +92,7 @@ class Canvas:
         return self.ellipse(cx, cy, rx, ry) & ~self.ellipse(cx, cy, rx - t, ry - t)
 
     def rect(self, x0, y0, x1, y1):
-        return (self.X >= x0) & (self.X < x1) & (self.Y >= y0) & (self.Y < y1)
+        return (x0 <= self.X) & (x1 > self.X) & (y0 <= self.Y) & (y1 > self.Y)
 
     def rrect(self, x0, y0, x1, y1, r):
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
@@ -110,8 +111,15 @@ class Canvas:
 
     def lines(self, pts, width, closed=False):
         m = np.zeros((self.H, self.W), np.uint8)
-        cv2.polylines(m, [self._pts(pts)], closed, 1, thickness=max(1, int(round(width * SS))),
-                      lineType=cv2.LINE_8, shift=4)
+        cv2.polylines(
+            m,
+            [self._pts(pts)],
+            closed,
+            1,
+            thickness=max(1, int(round(width * SS))),
+            lineType=cv2.LINE_8,
+            shift=4,
+        )
         return m.astype(bool)
 
     def text(self, s, cx, cy, height, thick=1.0, font=cv2.FONT_HERSHEY_DUPLEX):
@@ -133,7 +141,7 @@ class Canvas:
         along = (dx * ux + dy * uy) / length
         across = (-dx * uy + dy * ux) / (width / 2)
         t = np.clip(along, 0, 1)
-        half = np.power(np.maximum(np.sin(np.pi * t ** 0.8), 0), 0.75) * (1.0 - 0.15 * t)
+        half = np.power(np.maximum(np.sin(np.pi * t**0.8), 0), 0.75) * (1.0 - 0.15 * t)
         mask = (along >= 0) & (along <= 1) & (np.abs(across) <= half)
         return mask, along, across
 
@@ -145,7 +153,7 @@ class Canvas:
         d = np.clip(n * math.cos(light) + u * math.sin(light), 0, 1)
         lum = amb + (1 - amb) * d
         col = np.asarray(base, np.float32) * lum[..., None]
-        h = spec * np.exp(-((u - spec_pos) / spec_w) ** 2) + rim * np.exp(-((u - 0.88) / 0.07) ** 2)
+        h = spec * np.exp(-(((u - spec_pos) / spec_w) ** 2)) + rim * np.exp(-(((u - 0.88) / 0.07) ** 2))
         return col + h[..., None] * (1 - col)
 
     def vramp(self, col, y0, y1, top, bot):
@@ -258,7 +266,7 @@ def wood(h, w, rng, light, dark, plank=90, tone=0.12):
     tones = rng.uniform(1 - tone, 1 + tone, nplanks)[idx]
     freq = rng.uniform(0.22, 0.4, nplanks)[idx]
     rings = 0.5 + 0.5 * np.sin(local * freq + n1 * 22 + phase)
-    g = rings ** 4
+    g = rings**4
     t = np.clip(0.45 * g + 0.55 * n2 + 0.25 * (n3 - 0.5), 0, 1)
     img = light * (1 - t[..., None]) + dark * t[..., None]
     img = img * tones[..., None]
@@ -315,8 +323,17 @@ def contact_shadow(bg, alpha, strength, spread=1.15, flat=0.12):
     x0, x1 = xs[band].min(), xs[band].max()
     cx, hw = (x0 + x1) / 2, max((x1 - x0) / 2, 10)
     big = np.zeros((h, w), np.float32)
-    cv2.ellipse(big, (int(cx), int(ymax - 1)), (int(hw * spread), int(max(6, hw * flat))), 0, 0, 360, 1.0, -1,
-                cv2.LINE_AA)
+    cv2.ellipse(
+        big,
+        (int(cx), int(ymax - 1)),
+        (int(hw * spread), int(max(6, hw * flat))),
+        0,
+        0,
+        360,
+        1.0,
+        -1,
+        cv2.LINE_AA,
+    )
     big = cv2.GaussianBlur(big, (0, 0), max(3.0, hw * 0.14))
     tight = np.zeros((h, w), np.float32)
     cv2.ellipse(tight, (int(cx), int(ymax)), (int(hw * 0.95), 3), 0, 0, 360, 1.0, -1, cv2.LINE_AA)
@@ -343,15 +360,19 @@ def draw_perfume(c: Canvas):
     cx, hw = (x0 + x1) / 2, (x1 - x0) / 2
     glass = C("#e8eef0")
     # cap + collar first so the glass shoulder overlaps them cleanly
-    c.paint(c.rrect(196, 172, 284, 286, 10), c.vramp(c.cyl(C("#cfa45a"), cx, 44, amb=0.35, spec=0.85, spec_w=0.1),
-                                                     172, 286, 1.1, 0.85))
+    c.paint(
+        c.rrect(196, 172, 284, 286, 10),
+        c.vramp(c.cyl(C("#cfa45a"), cx, 44, amb=0.35, spec=0.85, spec_w=0.1), 172, 286, 1.1, 0.85),
+    )
     c.paint(c.rect(196, 172, 284, 180), c.cyl(C("#e6c27a"), cx, 44, amb=0.5, spec=0.6), cover=False)
     c.paint(c.rect(214, 282, 266, 304), c.cyl(C("#b8924a"), cx, 26, amb=0.35, spec=0.7))
     body = c.rrect(x0, y0, x1, y1, 22)
     c.paint(body, c.cyl(glass, cx, hw, amb=0.72, spec=0.0, rim=0.0))
     liq_y0, liq_y1 = 338, y1 - 24
     liquid = c.rrect(x0 + 14, liq_y0, x1 - 14, liq_y1, 12)
-    amber = c.vramp(c.cyl(C("#e39a3b"), cx, hw - 14, amb=0.5, light=-0.3, spec=0.2), liq_y0, liq_y1, 1.12, 0.7)
+    amber = c.vramp(
+        c.cyl(C("#e39a3b"), cx, hw - 14, amb=0.5, light=-0.3, spec=0.2), liq_y0, liq_y1, 1.12, 0.7
+    )
     c.paint(liquid, amber)
     c.paint(c.rect(x0 + 14, liq_y0, x1 - 14, liq_y0 + 4) & liquid, C("#f6d28f"), 0.8, cover=False)  # meniscus
     c.paint(c.rrect(x0 + 6, y1 - 22, x1 - 6, y1 - 4, 8), C("#c9d4d6"), 0.55, cover=False)  # thick glass base
@@ -379,18 +400,23 @@ def draw_mug(c: Canvas):
     n = np.sqrt(1 - t * t)
     lum = 0.35 + 0.65 * n * (0.8 - 0.2 * dy / ryo)
     hcol = sage * lum[..., None]
-    hcol = hcol + (0.35 * np.exp(-((t + 0.35) / 0.2) ** 2))[..., None] * (1 - hcol)
-    c.paint(c.ring(hcx, hcy, rxo, ryo, rxo - rxi) & (c.X > cx + 40), hcol)
+    hcol = hcol + (0.35 * np.exp(-(((t + 0.35) / 0.2) ** 2)))[..., None] * (1 - hcol)
+    c.paint(c.ring(hcx, hcy, rxo, ryo, rxo - rxi) & (cx + 40 < c.X), hcol)
     # body
     body = c.rect(cx - hw, top, cx + hw, bot) | c.ellipse(cx, bot, hw, 15)
     col = c.vramp(c.cyl(sage, cx, hw, amb=0.4, spec=0.35, spec_w=0.1), top, bot, 1.08, 0.88)
     c.paint(body, col)
     # unglazed clay foot
-    foot = body & (c.Y > bot - 12 + 15 * np.sqrt(np.clip(1 - ((c.X - cx) / hw) ** 2, 0, 1)) - 15)
+    foot = body & (bot - 12 + 15 * np.sqrt(np.clip(1 - ((c.X - cx) / hw) ** 2, 0, 1)) - 15 < c.Y)
     c.paint(foot, c.cyl(C("#d9c3a5"), cx, hw, amb=0.45, spec=0.1))
     # glaze drip line above the foot
-    c.paint(body & (np.abs(c.Y - (bot - 14 + 15 * np.sqrt(np.clip(1 - ((c.X - cx) / hw) ** 2, 0, 1)) - 15)) < 1.2),
-            C("#6d8a78"), 0.8, cover=False)
+    c.paint(
+        body
+        & (np.abs(c.Y - (bot - 14 + 15 * np.sqrt(np.clip(1 - ((c.X - cx) / hw) ** 2, 0, 1)) - 15)) < 1.2),
+        C("#6d8a78"),
+        0.8,
+        cover=False,
+    )
     # rim and interior
     c.paint(c.ellipse(cx, top, hw, 16), c.cyl(C("#eee8dc"), cx, hw, amb=0.7, spec=0.2))
     inner = c.ellipse(cx, top + 1, hw - 7, 12)
@@ -399,25 +425,54 @@ def draw_mug(c: Canvas):
 
 def draw_sneaker(c: Canvas):
     navy = C("#23375e")
-    upper = [(106, 312), (100, 250), (104, 200), (116, 160), (150, 146), (186, 152), (214, 170), (236, 186),
-             (292, 202), (352, 218), (420, 238), (478, 256), (528, 272), (556, 288), (568, 302), (568, 312)]
+    upper = [
+        (106, 312),
+        (100, 250),
+        (104, 200),
+        (116, 160),
+        (150, 146),
+        (186, 152),
+        (214, 170),
+        (236, 186),
+        (292, 202),
+        (352, 218),
+        (420, 238),
+        (478, 256),
+        (528, 272),
+        (556, 288),
+        (568, 302),
+        (568, 312),
+    ]
     ucol = c.vramp(c.hramp(navy, 100, 568, 0.85, 1.0), 146, 305, 1.3, 0.8)
     ucol = ucol * c.noise(3, 0.06, seed=31)
     c.paint(c.poly(upper), ucol)
     # tongue
-    c.paint(c.poly([(214, 172), (226, 138), (252, 136), (270, 152), (262, 196), (236, 186)]),
-            c.vramp(C("#31497a"), 136, 196, 1.25, 0.85))
+    c.paint(
+        c.poly([(214, 172), (226, 138), (252, 136), (270, 152), (262, 196), (236, 186)]),
+        c.vramp(C("#31497a"), 136, 196, 1.25, 0.85),
+    )
     # collar lining
-    c.paint(c.poly([(118, 160), (150, 148), (186, 154), (214, 172), (200, 178), (160, 166), (126, 170)]),
-            C("#1a2440"))
+    c.paint(
+        c.poly([(118, 160), (150, 148), (186, 154), (214, 172), (200, 178), (160, 166), (126, 170)]),
+        C("#1a2440"),
+    )
     # heel counter + toe cap (lighter suede panels)
-    c.paint(c.poly([(104, 300), (100, 250), (104, 200), (124, 206), (142, 230), (154, 262), (160, 300)]),
-            c.vramp(C("#3a5286"), 190, 300, 1.2, 0.85), cover=False)
-    c.paint(c.poly([(452, 300), (462, 252), (500, 262), (540, 276), (560, 290), (568, 302)]),
-            c.vramp(C("#3a5286"), 250, 302, 1.2, 0.9), cover=False)
+    c.paint(
+        c.poly([(104, 300), (100, 250), (104, 200), (124, 206), (142, 230), (154, 262), (160, 300)]),
+        c.vramp(C("#3a5286"), 190, 300, 1.2, 0.85),
+        cover=False,
+    )
+    c.paint(
+        c.poly([(452, 300), (462, 252), (500, 262), (540, 276), (560, 290), (568, 302)]),
+        c.vramp(C("#3a5286"), 250, 302, 1.2, 0.9),
+        cover=False,
+    )
     # side stripe
-    c.paint(c.poly([(196, 292), (300, 250), (430, 226), (462, 228), (330, 262), (236, 296)]), C("#f1f1ee"),
-            cover=False)
+    c.paint(
+        c.poly([(196, 292), (300, 250), (430, 226), (462, 228), (330, 262), (236, 296)]),
+        C("#f1f1ee"),
+        cover=False,
+    )
     # heel tab
     c.paint(c.rrect(96, 168, 112, 218, 5), C("#ef7b45"))
     # laces & eyelets along the throat
@@ -428,8 +483,22 @@ def draw_sneaker(c: Canvas):
         c.paint(c.ellipse(px + 10, py - 6, 3.5, 3.5), C("#c9ccd3"), cover=False)
         c.paint(c.lines([(px - 8, py + 10), (px + 12, py - 8)], 5), C("#f4f4f0"))
     # midsole and outsole
-    sole = c.poly([(98, 292), (100, 330), (112, 350), (140, 358), (500, 358), (540, 352), (564, 336), (574, 312),
-                   (566, 296), (470, 300), (300, 302), (150, 300)])
+    sole = c.poly(
+        [
+            (98, 292),
+            (100, 330),
+            (112, 350),
+            (140, 358),
+            (500, 358),
+            (540, 352),
+            (564, 336),
+            (574, 312),
+            (566, 296),
+            (470, 300),
+            (300, 302),
+            (150, 300),
+        ]
+    )
     c.paint(sole, c.vramp(C("#f6f5f0"), 292, 358, 1.0, 0.82))
     c.paint(sole & (c.Y > 347), C("#3b3b3d"))
     c.paint(sole & (np.abs(c.Y - 325) < 1.0), C("#c8c6bf"), cover=False)
@@ -488,24 +557,34 @@ def draw_watch(c: Canvas):
         a = math.radians(k * 30)
         sx, sy = math.sin(a), -math.cos(a)
         r0 = 74 if k % 3 == 0 else 82
-        c.paint(c.lines([(cx + sx * r0, cy + sy * r0), (cx + sx * 94, cy + sy * 94)], 5 if k % 3 == 0 else 3.5),
-                C("#e9eaec"), cover=False)
+        c.paint(
+            c.lines([(cx + sx * r0, cy + sy * r0), (cx + sx * 94, cy + sy * 94)], 5 if k % 3 == 0 else 3.5),
+            C("#e9eaec"),
+            cover=False,
+        )
     c.paint(c.text("ALDERMOOR", cx, cy - 40, 7, 0.8), C("#e9e4d6"), cover=False)
     c.paint(c.text("AUTOMATIC", cx, cy + 44, 5, 0.6), C("#b9bfca"), cover=False)
 
     def hand(deg, length, width, col, tail=12):
         a = math.radians(deg)
         sx, sy = math.sin(a), -math.cos(a)
-        c.paint(c.lines([(cx - sx * tail, cy - sy * tail), (cx + sx * length, cy + sy * length)], width), col,
-                cover=False)
+        c.paint(
+            c.lines([(cx - sx * tail, cy - sy * tail), (cx + sx * length, cy + sy * length)], width),
+            col,
+            cover=False,
+        )
 
     hand(305, 56, 8, C("#f2f2f2"))
     hand(60, 86, 5.5, C("#f2f2f2"))
     hand(200, 90, 1.8, C("#e0483a"), tail=20)
     c.paint(c.ellipse(cx, cy, 6, 6), c.sphere(steel, cx, cy, 6, amb=0.5), cover=False)
     # crystal reflection
-    c.paint(dial & c.ellipse(236, 226, 80, 36, ang=-40) & ~c.ellipse(250, 244, 80, 36, ang=-40), WHITE, 0.22,
-            cover=False)
+    c.paint(
+        dial & c.ellipse(236, 226, 80, 36, ang=-40) & ~c.ellipse(250, 244, 80, 36, ang=-40),
+        WHITE,
+        0.22,
+        cover=False,
+    )
 
 
 def draw_backpack(c: Canvas):
@@ -515,14 +594,19 @@ def draw_backpack(c: Canvas):
     c.paint(c.ring(cx, 134, 38, 32, 9) & (c.Y < 140), c.cyl(C("#3c3a36"), cx, 40, amb=0.5, spec=0.2))
     body = (c.ellipse(cx, 240, 122, 115) & (c.Y < 241)) | c.rrect(118, 200, 362, 545, 44) & (c.Y >= 240)
     tex = c.noise(1.5, 0.07, seed=61)
-    c.paint(body, c.vramp(c.cyl(mustard, cx, 122, amb=0.55, spec=0.12, spec_w=0.25), 120, 545, 1.1, 0.85) * tex)
+    c.paint(
+        body, c.vramp(c.cyl(mustard, cx, 122, amb=0.55, spec=0.12, spec_w=0.25), 120, 545, 1.1, 0.85) * tex
+    )
     # main zip arc
     c.paint(c.ring(cx, 246, 106, 100, 3) & (c.Y < 262), C("#2d2a26"), cover=False)
     c.paint(c.rrect(340, 248, 350, 274, 3), C("#8f8a80"), cover=False)
     # front pocket
     pocket = c.rrect(148, 340, 332, 528, 34)
-    c.paint(pocket, c.vramp(c.cyl(C("#c58d28"), cx, 92, amb=0.55, spec=0.18, spec_w=0.2), 340, 528, 1.1, 0.8) * tex,
-            cover=False)
+    c.paint(
+        pocket,
+        c.vramp(c.cyl(C("#c58d28"), cx, 92, amb=0.55, spec=0.18, spec_w=0.2), 340, 528, 1.1, 0.8) * tex,
+        cover=False,
+    )
     c.paint(pocket & ~c.rrect(152, 344, 328, 524, 30), C("#8a601b"), cover=False)
     c.paint(c.rect(170, 366, 310, 369), C("#2d2a26"), cover=False)
     c.paint(c.rrect(296, 368, 306, 392, 3), C("#8f8a80"), cover=False)
@@ -531,7 +615,9 @@ def draw_backpack(c: Canvas):
     c.paint(c.text("TN", cx, 436, 9, 1.0), C("#e2c9a6"), 0.8, cover=False)
     # compression straps with buckles
     for sx in (176, 304):
-        c.paint(c.rect(sx - 7, 232, sx + 7, 350), c.hramp(C("#3c3a36"), sx - 7, sx + 7, 1.15, 0.85), cover=False)
+        c.paint(
+            c.rect(sx - 7, 232, sx + 7, 350), c.hramp(C("#3c3a36"), sx - 7, sx + 7, 1.15, 0.85), cover=False
+        )
         c.paint(c.rrect(sx - 10, 300, sx + 10, 318, 3), C("#24221f"), cover=False)
 
 
@@ -541,20 +627,29 @@ def draw_lamp(c: Canvas):
     # finial + harp top
     c.paint(c.ellipse(cx, 98, 7, 7), c.sphere(brass, cx, 98, 7, amb=0.45))
     # shade
-    shade = c.poly([(170, 112), (310, 112), (362, 292), (118, 292)]) | c.ellipse(cx, 292, 122, 14) | \
-        c.ellipse(cx, 112, 70, 8)
+    shade = (
+        c.poly([(170, 112), (310, 112), (362, 292), (118, 292)])
+        | c.ellipse(cx, 292, 122, 14)
+        | c.ellipse(cx, 112, 70, 8)
+    )
     hw = np.clip(70 + (c.Y - 112) * (52 / 180), 70, 122)
     lin = C("#f3e6cc")
-    col = c.vramp(c.cyl(lin, cx, hw, amb=0.78, light=-0.25, spec=0.05), 112, 306, 0.95, 1.08) * c.noise(1, 0.05, 71)
+    col = c.vramp(c.cyl(lin, cx, hw, amb=0.78, light=-0.25, spec=0.05), 112, 306, 0.95, 1.08) * c.noise(
+        1, 0.05, 71
+    )
     c.paint(shade, col)
     c.paint(c.ellipse(cx, 112, 66, 6), C("#8c7a5c"), cover=False)
     c.paint(shade & (c.Y > 288) & ~c.ellipse(cx, 290, 122, 11), C("#b89250"), cover=False)  # trim
     # stem
     c.paint(c.rect(cx - 7, 300, cx + 7, 412), c.cyl(brass, cx, 7, amb=0.4, spec=0.8))
     # glazed ceramic base
-    c.paint(c.ellipse(cx, 472, 78, 72), c.sphere(C("#245a73"), cx - 0, 472, 78, 72, amb=0.28, spec=0.75, shin=40))
-    c.paint(c.rect(cx - 18, 398, cx + 18, 412) | c.ellipse(cx, 398, 18, 4),
-            c.cyl(C("#245a73"), cx, 18, amb=0.4, spec=0.5))
+    c.paint(
+        c.ellipse(cx, 472, 78, 72), c.sphere(C("#245a73"), cx - 0, 472, 78, 72, amb=0.28, spec=0.75, shin=40)
+    )
+    c.paint(
+        c.rect(cx - 18, 398, cx + 18, 412) | c.ellipse(cx, 398, 18, 4),
+        c.cyl(C("#245a73"), cx, 18, amb=0.4, spec=0.5),
+    )
     c.paint(c.rrect(186, 530, 294, 550, 5), c.cyl(brass, cx, 54, amb=0.4, spec=0.8))
 
 
@@ -567,7 +662,7 @@ def wine_profile(y):
     hw = np.where((y >= 210) & (y < 305), 18 + 37 * (t * t * (3 - 2 * t)), hw)
     hw = np.where((y >= 305) & (y <= 600), 55.0, hw)
     corner = np.clip(y - 590, 0, 10)
-    hw = np.where(y > 590, 55 - 10 + np.sqrt(np.maximum(100 - corner ** 2, 0)), hw)
+    hw = np.where(y > 590, 55 - 10 + np.sqrt(np.maximum(100 - corner**2, 0)), hw)
     return hw
 
 
@@ -575,7 +670,9 @@ def draw_wine(c: Canvas):
     cx = 192
     ys = np.arange(62, 600.01, 0.5)
     hws = wine_profile(ys)
-    pts = [(cx - w, y) for y, w in zip(ys, hws)] + [(cx + w, y) for y, w in zip(ys[::-1], hws[::-1])]
+    pts = [(cx - w, y) for y, w in zip(ys, hws, strict=False)] + [
+        (cx + w, y) for y, w in zip(ys[::-1], hws[::-1], strict=False)
+    ]
     bottle = c.poly(pts)
     hw = np.maximum(wine_profile(c.Y), 1.0)
     c.paint(bottle, c.cyl(C("#1d3b24"), cx, hw, amb=0.35, spec=0.55, spec_pos=-0.55, spec_w=0.08, rim=0.3))
@@ -588,12 +685,18 @@ def draw_wine(c: Canvas):
     # label with curved (cylindrical) edges
     u = np.clip((c.X - cx) / 55, -1, 1)
     bow = 7 * np.sqrt(1 - u * u)
-    label = bottle & (c.Y > 372 + bow) & (c.Y < 512 + bow) & (np.abs(c.X - cx) < 52)
+    label = bottle & (372 + bow < c.Y) & (512 + bow > c.Y) & (np.abs(c.X - cx) < 52)
     paper = c.cyl(C("#f1ead8"), cx, 55, amb=0.55, spec=0.15, spec_pos=-0.5, rim=0.0) * c.noise(1, 0.03, 81)
     c.paint(label, paper, cover=False)
-    c.paint(label & ((np.abs(c.Y - (380 + bow)) < 1) | (np.abs(c.Y - (504 + bow)) < 1)), C("#a8843c"), cover=False)
-    c.paint(c.text("CHATEAU", cx, 406 + 6, 8, 0.8, cv2.FONT_HERSHEY_TRIPLEX) * label, C("#2a1c14"), cover=False)
-    c.paint(c.text("VERLAINE", cx, 426 + 6, 10, 1.0, cv2.FONT_HERSHEY_TRIPLEX) * label, C("#6b1423"), cover=False)
+    c.paint(
+        label & ((np.abs(c.Y - (380 + bow)) < 1) | (np.abs(c.Y - (504 + bow)) < 1)), C("#a8843c"), cover=False
+    )
+    c.paint(
+        c.text("CHATEAU", cx, 406 + 6, 8, 0.8, cv2.FONT_HERSHEY_TRIPLEX) * label, C("#2a1c14"), cover=False
+    )
+    c.paint(
+        c.text("VERLAINE", cx, 426 + 6, 10, 1.0, cv2.FONT_HERSHEY_TRIPLEX) * label, C("#6b1423"), cover=False
+    )
     c.paint(c.ring(cx, 462, 13, 13, 2) & label, C("#a8843c"), cover=False)
     c.paint(c.text("V", cx, 462, 9, 1.0, cv2.FONT_HERSHEY_TRIPLEX) * label, C("#a8843c"), cover=False)
     c.paint(c.text("BORDEAUX 2019", cx, 490 + 6, 5, 0.6) * label, C("#2a1c14"), cover=False)
@@ -604,8 +707,8 @@ def draw_pouch(c: Canvas):
     ys = np.linspace(92, 540, 120)
     t = (ys - 92) / (540 - 92)
     bulge = 14 * np.sin(np.pi * np.clip(t * 1.1, 0, 1))
-    left = [(122 - b, y) for y, b in zip(ys, bulge)]
-    right = [(358 + b, y) for y, b in zip(ys[::-1], bulge[::-1])]
+    left = [(122 - b, y) for y, b in zip(ys, bulge, strict=False)]
+    right = [(358 + b, y) for y, b in zip(ys[::-1], bulge[::-1], strict=False)]
     bottom = [(cx + 118 * math.cos(a), 540 + 10 * math.sin(a)) for a in np.linspace(0, np.pi, 40)]
     pts = left + sorted(bottom, key=lambda p: p[0]) + right
     body = c.poly(pts)
@@ -622,11 +725,11 @@ def draw_pouch(c: Canvas):
     c.paint(seal, c.vramp(kraft * 0.92, 92, 124, 1.05, 0.9) * ridge[..., None], cover=False)
     c.paint(body & (np.abs(c.Y - 124) < 1.2), C("#7d5c39"), cover=False)
     # soft wrinkle highlights
-    for (hx, hy, rx, ry, ang, op) in ((190, 300, 14, 160, 8, 0.10), (318, 360, 10, 130, -6, 0.08)):
+    for hx, hy, rx, ry, ang, op in ((190, 300, 14, 160, 8, 0.10), (318, 360, 10, 130, -6, 0.08)):
         dx, dy = c.X - hx, c.Y - hy
         ca, sa = math.cos(math.radians(ang)), math.sin(math.radians(ang))
         u, v = dx * ca + dy * sa, -dx * sa + dy * ca
-        blob = np.exp(-(u / rx) ** 2 - (v / ry) ** 2)
+        blob = np.exp(-((u / rx) ** 2) - (v / ry) ** 2)
         c.paint(blob * body, WHITE, op, cover=False)
     # degassing valve
     c.paint(c.ellipse(cx, 182, 14, 14), c.sphere(C("#e8e4da"), cx, 182, 14, amb=0.6, spec=0.3), cover=False)
@@ -636,7 +739,9 @@ def draw_pouch(c: Canvas):
     c.paint(lab, c.cyl(C("#1f1d1b"), cx, 134, amb=0.7, spec=0.06, spec_w=0.25), cover=False)
     cream = C("#efe3c8")
     c.paint(c.ellipse(cx, 280, 15, 21, ang=20), cream, cover=False)
-    c.paint(c.lines([(cx - 2, 261), (cx + 4, 272), (cx - 4, 288), (cx + 2, 299)], 2.2), C("#1f1d1b"), cover=False)
+    c.paint(
+        c.lines([(cx - 2, 261), (cx + 4, 272), (cx - 4, 288), (cx + 2, 299)], 2.2), C("#1f1d1b"), cover=False
+    )
     c.paint(c.text("RIDGELINE", cx, 326, 10, 1.1), cream, cover=False)
     c.paint(c.text("ROASTERS", cx, 344, 6, 0.7), cream, cover=False)
     c.paint(c.rect(196, 360, 284, 361.5), C("#c98b3c"), cover=False)
@@ -673,7 +778,11 @@ def draw_plant(c: Canvas):
         side_light = 0.8 + 0.25 * np.clip(-across * np.sign(ang or 1), -1, 1)
         lum = (0.75 + 0.3 * (1 - np.abs(across))) * side_light * (0.85 + 0.25 * np.clip(1 - along, 0, 1))
         col = green * lum[..., None]
-        gloss = 0.35 * np.exp(-((across + 0.35 * np.sign(ang or 1)) / 0.18) ** 2) * np.clip(np.sin(np.pi * along), 0, 1)
+        gloss = (
+            0.35
+            * np.exp(-(((across + 0.35 * np.sign(ang or 1)) / 0.18) ** 2))
+            * np.clip(np.sin(np.pi * along), 0, 1)
+        )
         col = col + gloss[..., None] * (1 - col)
         c.paint(mask, col)
         c.paint(mask & (np.abs(across) < 0.05) & (along < 0.92), C("#a7c47f"), 0.8, cover=False)
@@ -681,8 +790,10 @@ def draw_plant(c: Canvas):
     pot = c.poly([(178, 436), (334, 436), (316, 600), (196, 600)]) | c.ellipse(cx, 600, 60, 7)
     hw = np.clip(78 - (c.Y - 436) * (18 / 164), 60, 78)
     c.paint(pot, c.cyl(terracotta, cx, hw, amb=0.45, spec=0.12, spec_w=0.2) * c.noise(1.5, 0.08, 102))
-    c.paint(c.rect(164, 408, 348, 440) | c.ellipse(cx, 440, 92, 6),
-            c.vramp(c.cyl(terracotta * 1.05, cx, 92, amb=0.5, spec=0.15, spec_w=0.2), 408, 446, 1.1, 0.9))
+    c.paint(
+        c.rect(164, 408, 348, 440) | c.ellipse(cx, 440, 92, 6),
+        c.vramp(c.cyl(terracotta * 1.05, cx, 92, amb=0.5, spec=0.15, spec_w=0.2), 408, 446, 1.1, 0.9),
+    )
     c.paint(c.ellipse(cx, 408, 92, 10), c.cyl(C("#d58a63"), cx, 92, amb=0.6, spec=0.1))
     c.paint(c.ellipse(cx, 409, 84, 7), C("#3b2a1e") * c.noise(0.8, 0.25, 103), cover=False)
     # re-draw stem base over the soil
@@ -701,7 +812,7 @@ def draw_headphones(c: Canvas):
     band = c.ring(bcx, bcy, rx, ry, 18) & (c.Y < 262)
     lum = 0.35 + 0.65 * np.sqrt(1 - t * t)
     bcol = black * lum[..., None]
-    bcol = bcol + (0.3 * np.exp(-((t + 0.3) / 0.25) ** 2))[..., None] * (1 - bcol)
+    bcol = bcol + (0.3 * np.exp(-(((t + 0.3) / 0.25) ** 2)))[..., None] * (1 - bcol)
     c.paint(band, bcol)
     pad = c.ring(bcx, bcy, rx - 15, ry - 15, 14) & (c.Y < 175)
     c.paint(pad & ~band, c.vramp(C("#4a4b52"), 100, 175, 1.2, 0.8))
@@ -714,14 +825,18 @@ def draw_headphones(c: Canvas):
         c.paint(c.rrect(ex - 12, 284, ex + 12, 300, 5), c.cyl(C("#3a3b40"), ex, 12, amb=0.5, spec=0.3))
         # cup shell
         sx0, sx1 = (ex - 26, ex + 20) if sgn < 0 else (ex - 20, ex + 26)
-        c.paint(c.rrect(sx0, 292, sx1, 430, 22),
-                c.vramp(c.cyl(black, (sx0 + sx1) / 2, 23, amb=0.4, spec=0.35, spec_w=0.15), 292, 430, 1.1, 0.85))
+        c.paint(
+            c.rrect(sx0, 292, sx1, 430, 22),
+            c.vramp(c.cyl(black, (sx0 + sx1) / 2, 23, amb=0.4, spec=0.35, spec_w=0.15), 292, 430, 1.1, 0.85),
+        )
         c.paint(c.rect(sx0 + 6, 358, sx1 - 6, 362), silver, 0.8, cover=False)
         # cushion on the inner side
         kx0, kx1 = (sx1 - 4, sx1 + 34) if sgn < 0 else (sx0 - 34, sx0 + 4)
         kc = (kx0 + kx1) / 2
-        c.paint(c.rrect(kx0, 300, kx1, 422, 18),
-                c.vramp(c.cyl(C("#3c3d44"), kc, 19, amb=0.4, spec=0.25, spec_w=0.2), 300, 422, 1.1, 0.85))
+        c.paint(
+            c.rrect(kx0, 300, kx1, 422, 18),
+            c.vramp(c.cyl(C("#3c3d44"), kc, 19, amb=0.4, spec=0.25, spec_w=0.2), 300, 422, 1.1, 0.85),
+        )
 
 
 def draw_jar(c: Canvas):
@@ -729,9 +844,15 @@ def draw_jar(c: Canvas):
     glass = C("#f0cdd2")
     rose = C("#d49a86")
     body = c.rect(cx - 90, 214, cx + 90, 348) | c.ellipse(cx, 348, 90, 15)
-    c.paint(body, c.vramp(c.cyl(glass, cx, 90, amb=0.7, spec=0.45, spec_w=0.08, rim=0.25), 214, 360, 1.02, 0.88))
-    c.paint(body & (c.Y > 336 + 15 * np.sqrt(np.clip(1 - ((c.X - cx) / 90) ** 2, 0, 1)) - 15),
-            C("#e2b4bc"), 0.7, cover=False)
+    c.paint(
+        body, c.vramp(c.cyl(glass, cx, 90, amb=0.7, spec=0.45, spec_w=0.08, rim=0.25), 214, 360, 1.02, 0.88)
+    )
+    c.paint(
+        body & (336 + 15 * np.sqrt(np.clip(1 - ((c.X - cx) / 90) ** 2, 0, 1)) - 15 < c.Y),
+        C("#e2b4bc"),
+        0.7,
+        cover=False,
+    )
     c.paint(c.text("PETAL & PEARL", cx, 268, 9, 1.0, cv2.FONT_HERSHEY_TRIPLEX), C("#7c4c55"), cover=False)
     c.paint(c.rect(cx - 40, 284, cx + 40, 285.5), C("#b98a7b"), cover=False)
     c.paint(c.text("ROSE NIGHT CREAM", cx, 300, 5, 0.6), C("#7c4c55"), cover=False)
@@ -743,8 +864,12 @@ def draw_jar(c: Canvas):
     c.paint(top, c.conic(C("#e8b9a6"), cx, 150, 0.8, 1.08, phase=-1.9), cover=False)
     c.paint(c.ring(cx, 150, 95, 16, 2), C("#b07a66"), cover=False)
     for y in (166, 204):
-        c.paint(lid & (np.abs(c.Y - (y + 15 * np.sqrt(np.clip(1 - ((c.X - cx) / 95) ** 2, 0, 1)))) < 1),
-                C("#a8705e"), 0.6, cover=False)
+        c.paint(
+            lid & (np.abs(c.Y - (y + 15 * np.sqrt(np.clip(1 - ((c.X - cx) / 95) ** 2, 0, 1)))) < 1),
+            C("#a8705e"),
+            0.6,
+            cover=False,
+        )
 
 
 # ----------------------------------------------------------------------------
@@ -762,6 +887,7 @@ def scene_studio(colours, kind="solid", shadow=0.0, vig=0.06, horizon=0.7, soft=
         if shadow:
             bg = contact_shadow(bg, alpha, shadow)
         return bg
+
     return make
 
 
@@ -783,7 +909,7 @@ def scene_tiles(w, h, alpha, rng):
     table = wood(h - horizon, w, rng, C("#a8754a"), C("#5e3a22"), plank=400, tone=0.0)
     table = table * np.linspace(0.95, 0.7, h - horizon, dtype=np.float32)[:, None, None]
     bg = np.concatenate([wall, table], axis=0)
-    bg[horizon:horizon + 3] *= 0.6
+    bg[horizon : horizon + 3] *= 0.6
     bg = vignette(bg, 0.15)
     return contact_shadow(bg, alpha, 0.55, spread=1.25)
 
@@ -794,8 +920,8 @@ def scene_wallpaper(w, h, alpha, rng):
     wall = wall * np.linspace(0.95, 1.05, horizon, dtype=np.float32)[:, None, None]
     floor = wood(h - horizon, w, rng, C("#d2b48c"), C("#9c7650"), plank=24)
     bg = np.concatenate([wall, floor], axis=0)
-    bg[horizon - 14:horizon] = C("#efebe3") * np.linspace(1.0, 0.85, 14, dtype=np.float32)[:, None, None]
-    bg[horizon:horizon + 2] *= 0.65
+    bg[horizon - 14 : horizon] = C("#efebe3") * np.linspace(1.0, 0.85, 14, dtype=np.float32)[:, None, None]
+    bg[horizon : horizon + 2] *= 0.65
     bg = vignette(bg, 0.2)
     return contact_shadow(bg, alpha, 0.6, spread=1.3)
 
@@ -804,70 +930,212 @@ def scene_wallpaper(w, h, alpha, rng):
 # Catalogue definition
 # ----------------------------------------------------------------------------
 ITEMS = [
-    dict(item_id="sku-0001", size=(480, 640), draw=draw_perfume, fmt="jpg", backdrop="studio white sweep + shadow",
-         scene=scene_studio(["#f7f6f3", "#ecebe7"], "sweep", shadow=0.45, horizon=0.78),
-         title="Maison Lumière Ambre Nuit Eau de Parfum, 50 ml",
-         description="A warm amber and vanilla eau de parfum in a weighted glass flacon with a brushed-gold cap.",
-         category="fragrance", brand="Maison Lumière", style="", impressions=18450, saves=612, clicks=934),
-    dict(item_id="sku-0002", size=(512, 512), draw=draw_mug, fmt="jpg", backdrop="light grey solid + shadow",
-         scene=scene_studio(["#e3e3e1"], "solid", shadow=0.5, vig=0.1),
-         title="Hearthstone Sage Stoneware Mug, 12 oz",
-         description="Hand-glazed stoneware mug in matte sage with a cream interior and an unglazed clay foot.",
-         category="kitchen", brand="Hearthstone Ceramics", style="", impressions=9320, saves=287, clicks=401),
-    dict(item_id="sku-0003", size=(640, 427), draw=draw_sneaker, fmt="jpg", backdrop="pastel mint solid + shadow",
-         scene=scene_studio(["#cfe8dc"], "solid", shadow=0.5, vig=0.08),
-         title="Stridewell Aero Runner Men's Running Shoe – Navy",
-         description="Lightweight knit running shoe with a cushioned foam midsole and a grippy rubber outsole.",
-         category="footwear", brand="Stridewell", style="", impressions=25610, saves=1104, clicks=1873),
-    dict(item_id="sku-0004", size=(384, 576), draw=draw_lipstick, fmt="png", backdrop="transparent (RGBA)",
-         scene=None,
-         title="Velour & Co. Satin Matte Lipstick – Cherry Crush",
-         description="A creamy satin-matte lipstick in a deep cherry red, housed in a polished gold bullet case.",
-         category="beauty", brand="Velour & Co.", style="", impressions=14200, saves=730, clicks=655),
-    dict(item_id="sku-0005", size=(560, 560), draw=draw_watch, fmt="jpg", backdrop="busy: wood-grain table",
-         scene=scene_wood_table,
-         title="Aldermoor Heritage 40 mm Automatic Watch, Brown Leather Strap",
-         description="A 40 mm stainless-steel automatic watch with a navy sunburst dial and a stitched leather strap.",
-         category="accessories", brand="Aldermoor", style="", impressions=7860, saves=398, clicks=512),
-    dict(item_id="sku-0006", size=(480, 600), draw=draw_backpack, fmt="jpg", backdrop="peach vertical gradient",
-         scene=scene_studio(["#fbeee2", "#efc7a6"], "gradient", shadow=0.4, vig=0.05),
-         title="Trailnest Daypack 22 L Water-Resistant Backpack – Mustard",
-         description="A 22-litre everyday backpack in water-resistant canvas with a zip front pocket and compression straps.",
-         category="bags", brand="Trailnest", style="", impressions=11875, saves=455, clicks=702),
-    dict(item_id="sku-0007", size=(480, 640), draw=draw_lamp, fmt="jpg", backdrop="busy: tiled wall + wood table",
-         scene=scene_tiles,
-         title="Lumo Home Ceramic Table Lamp with Linen Shade",
-         description="A glossy cobalt ceramic table lamp with brass accents and a natural linen drum shade.",
-         category="home", brand="Lumo Home", style="", impressions=5390, saves=341, clicks=228),
-    dict(item_id="sku-0008", size=(384, 640), draw=draw_wine, fmt="jpg", backdrop="warm beige sweep + shadow",
-         scene=scene_studio(["#f1ece4", "#d8cfc2"], "sweep", shadow=0.5, horizon=0.8, vig=0.12),
-         title="Château Verlaine Bordeaux Rouge 2019, 750 ml",
-         description="A structured Merlot–Cabernet blend from Bordeaux with notes of blackcurrant, cedar and plum.",
-         category="wine", brand="Château Verlaine", style="luxury dark", impressions=4120, saves=96, clicks=187),
-    dict(item_id="sku-0009", size=(480, 600), draw=draw_pouch, fmt="png", backdrop="transparent (RGBA)",
-         scene=None,
-         title="Ridgeline Roasters Ethiopia Yirgacheffe Whole Bean Coffee, 340 g",
-         description="Light-roast single-origin whole beans with bright citrus and jasmine notes, sealed with a one-way valve.",
-         category="coffee", brand="Ridgeline Roasters", style="", impressions=0, saves=0, clicks=0),
-    dict(item_id="sku-0010", size=(512, 640), draw=draw_plant, fmt="jpg", backdrop="busy: patterned wallpaper + floor",
-         scene=scene_wallpaper,
-         title="Greenhaus Rubber Plant (Ficus elastica) in Terracotta Pot, 14 cm",
-         description="An easy-care rubber plant with glossy deep-green leaves, potted in a classic terracotta planter.",
-         category="garden", brand="Greenhaus", style="", impressions=6730, saves=519, clicks=344),
-    dict(item_id="sku-0011", size=(640, 480), draw=draw_headphones, fmt="jpg", backdrop="white solid + soft shadow",
-         scene=scene_studio(["#fbfbfa"], "solid", shadow=0.3, vig=0.04),
-         title="Sonique Studio Pro Wireless Over-Ear Headphones – Matte Black",
-         description="Over-ear wireless headphones with active noise cancelling, memory-foam cushions and 40-hour battery life.",
-         category="electronics", brand="Sonique", style="", impressions=32980, saves=1420, clicks=2651),
-    dict(item_id="sku-0012", size=(448, 448), draw=draw_jar, fmt="jpg", backdrop="pastel pink solid + shadow",
-         scene=scene_studio(["#f6d9de"], "solid", shadow=0.45, vig=0.08),
-         title="Petal & Pearl Rose Hydrating Night Cream, 50 ml",
-         description="A rich overnight moisturiser with rosehip oil and hyaluronic acid in a frosted glass jar.",
-         category="beauty", brand="Petal & Pearl", style="marble countertop", impressions=10450, saves=866, clicks=590),
+    {
+        "item_id": "sku-0001",
+        "size": (480, 640),
+        "draw": draw_perfume,
+        "fmt": "jpg",
+        "backdrop": "studio white sweep + shadow",
+        "scene": scene_studio(["#f7f6f3", "#ecebe7"], "sweep", shadow=0.45, horizon=0.78),
+        "title": "Maison Lumière Ambre Nuit Eau de Parfum, 50 ml",
+        "description": "A warm amber and vanilla eau de parfum in a weighted glass flacon with a brushed-gold cap.",
+        "category": "fragrance",
+        "brand": "Maison Lumière",
+        "style": "",
+        "impressions": 18450,
+        "saves": 612,
+        "clicks": 934,
+    },
+    {
+        "item_id": "sku-0002",
+        "size": (512, 512),
+        "draw": draw_mug,
+        "fmt": "jpg",
+        "backdrop": "light grey solid + shadow",
+        "scene": scene_studio(["#e3e3e1"], "solid", shadow=0.5, vig=0.1),
+        "title": "Hearthstone Sage Stoneware Mug, 12 oz",
+        "description": "Hand-glazed stoneware mug in matte sage with a cream interior and an unglazed clay foot.",
+        "category": "kitchen",
+        "brand": "Hearthstone Ceramics",
+        "style": "",
+        "impressions": 9320,
+        "saves": 287,
+        "clicks": 401,
+    },
+    {
+        "item_id": "sku-0003",
+        "size": (640, 427),
+        "draw": draw_sneaker,
+        "fmt": "jpg",
+        "backdrop": "pastel mint solid + shadow",
+        "scene": scene_studio(["#cfe8dc"], "solid", shadow=0.5, vig=0.08),
+        "title": "Stridewell Aero Runner Men's Running Shoe – Navy",
+        "description": "Lightweight knit running shoe with a cushioned foam midsole and a grippy rubber outsole.",
+        "category": "footwear",
+        "brand": "Stridewell",
+        "style": "",
+        "impressions": 25610,
+        "saves": 1104,
+        "clicks": 1873,
+    },
+    {
+        "item_id": "sku-0004",
+        "size": (384, 576),
+        "draw": draw_lipstick,
+        "fmt": "png",
+        "backdrop": "transparent (RGBA)",
+        "scene": None,
+        "title": "Velour & Co. Satin Matte Lipstick – Cherry Crush",
+        "description": "A creamy satin-matte lipstick in a deep cherry red, housed in a polished gold bullet case.",
+        "category": "beauty",
+        "brand": "Velour & Co.",
+        "style": "",
+        "impressions": 14200,
+        "saves": 730,
+        "clicks": 655,
+    },
+    {
+        "item_id": "sku-0005",
+        "size": (560, 560),
+        "draw": draw_watch,
+        "fmt": "jpg",
+        "backdrop": "busy: wood-grain table",
+        "scene": scene_wood_table,
+        "title": "Aldermoor Heritage 40 mm Automatic Watch, Brown Leather Strap",
+        "description": "A 40 mm stainless-steel automatic watch with a navy sunburst dial and a stitched leather strap.",
+        "category": "accessories",
+        "brand": "Aldermoor",
+        "style": "",
+        "impressions": 7860,
+        "saves": 398,
+        "clicks": 512,
+    },
+    {
+        "item_id": "sku-0006",
+        "size": (480, 600),
+        "draw": draw_backpack,
+        "fmt": "jpg",
+        "backdrop": "peach vertical gradient",
+        "scene": scene_studio(["#fbeee2", "#efc7a6"], "gradient", shadow=0.4, vig=0.05),
+        "title": "Trailnest Daypack 22 L Water-Resistant Backpack – Mustard",
+        "description": "A 22-litre everyday backpack in water-resistant canvas with a zip front pocket and compression straps.",
+        "category": "bags",
+        "brand": "Trailnest",
+        "style": "",
+        "impressions": 11875,
+        "saves": 455,
+        "clicks": 702,
+    },
+    {
+        "item_id": "sku-0007",
+        "size": (480, 640),
+        "draw": draw_lamp,
+        "fmt": "jpg",
+        "backdrop": "busy: tiled wall + wood table",
+        "scene": scene_tiles,
+        "title": "Lumo Home Ceramic Table Lamp with Linen Shade",
+        "description": "A glossy cobalt ceramic table lamp with brass accents and a natural linen drum shade.",
+        "category": "home",
+        "brand": "Lumo Home",
+        "style": "",
+        "impressions": 5390,
+        "saves": 341,
+        "clicks": 228,
+    },
+    {
+        "item_id": "sku-0008",
+        "size": (384, 640),
+        "draw": draw_wine,
+        "fmt": "jpg",
+        "backdrop": "warm beige sweep + shadow",
+        "scene": scene_studio(["#f1ece4", "#d8cfc2"], "sweep", shadow=0.5, horizon=0.8, vig=0.12),
+        "title": "Château Verlaine Bordeaux Rouge 2019, 750 ml",
+        "description": "A structured Merlot–Cabernet blend from Bordeaux with notes of blackcurrant, cedar and plum.",
+        "category": "wine",
+        "brand": "Château Verlaine",
+        "style": "luxury dark",
+        "impressions": 4120,
+        "saves": 96,
+        "clicks": 187,
+    },
+    {
+        "item_id": "sku-0009",
+        "size": (480, 600),
+        "draw": draw_pouch,
+        "fmt": "png",
+        "backdrop": "transparent (RGBA)",
+        "scene": None,
+        "title": "Ridgeline Roasters Ethiopia Yirgacheffe Whole Bean Coffee, 340 g",
+        "description": "Light-roast single-origin whole beans with bright citrus and jasmine notes, sealed with a one-way valve.",
+        "category": "coffee",
+        "brand": "Ridgeline Roasters",
+        "style": "",
+        "impressions": 0,
+        "saves": 0,
+        "clicks": 0,
+    },
+    {
+        "item_id": "sku-0010",
+        "size": (512, 640),
+        "draw": draw_plant,
+        "fmt": "jpg",
+        "backdrop": "busy: patterned wallpaper + floor",
+        "scene": scene_wallpaper,
+        "title": "Greenhaus Rubber Plant (Ficus elastica) in Terracotta Pot, 14 cm",
+        "description": "An easy-care rubber plant with glossy deep-green leaves, potted in a classic terracotta planter.",
+        "category": "garden",
+        "brand": "Greenhaus",
+        "style": "",
+        "impressions": 6730,
+        "saves": 519,
+        "clicks": 344,
+    },
+    {
+        "item_id": "sku-0011",
+        "size": (640, 480),
+        "draw": draw_headphones,
+        "fmt": "jpg",
+        "backdrop": "white solid + soft shadow",
+        "scene": scene_studio(["#fbfbfa"], "solid", shadow=0.3, vig=0.04),
+        "title": "Sonique Studio Pro Wireless Over-Ear Headphones – Matte Black",
+        "description": "Over-ear wireless headphones with active noise cancelling, memory-foam cushions and 40-hour battery life.",
+        "category": "electronics",
+        "brand": "Sonique",
+        "style": "",
+        "impressions": 32980,
+        "saves": 1420,
+        "clicks": 2651,
+    },
+    {
+        "item_id": "sku-0012",
+        "size": (448, 448),
+        "draw": draw_jar,
+        "fmt": "jpg",
+        "backdrop": "pastel pink solid + shadow",
+        "scene": scene_studio(["#f6d9de"], "solid", shadow=0.45, vig=0.08),
+        "title": "Petal & Pearl Rose Hydrating Night Cream, 50 ml",
+        "description": "A rich overnight moisturiser with rosehip oil and hyaluronic acid in a frosted glass jar.",
+        "category": "beauty",
+        "brand": "Petal & Pearl",
+        "style": "marble countertop",
+        "impressions": 10450,
+        "saves": 866,
+        "clicks": 590,
+    },
 ]
 
-FIELDS = ["item_id", "image_uri", "title", "description", "category", "brand", "style",
-          "impressions", "saves", "clicks"]
+FIELDS = [
+    "item_id",
+    "image_uri",
+    "title",
+    "description",
+    "category",
+    "brand",
+    "style",
+    "impressions",
+    "saves",
+    "clicks",
+]
 
 
 def render(item, seed):

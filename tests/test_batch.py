@@ -43,8 +43,9 @@ def _check_outputs(root: Path, rows: list[dict]) -> None:
 
 def test_sample_catalog_end_to_end(ray_local, tmp_path):
     config = _config()
-    summary = run_generate(GenerateRequest(config, str(SAMPLE_CATALOG / "catalog.jsonl"), str(tmp_path),
-                                           progress=False))
+    summary = run_generate(
+        GenerateRequest(config, str(SAMPLE_CATALOG / "catalog.jsonl"), str(tmp_path), progress=False)
+    )
     rows = _manifest(tmp_path)
     catalog = read_catalog(str(SAMPLE_CATALOG / "catalog.jsonl"))
     expected = expected_outputs(catalog.table, config, StyleBook.from_config(config))
@@ -62,8 +63,9 @@ def test_sample_catalog_end_to_end(ray_local, tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["ok"] == len(wanted)
     # determinism: the same config re-run from scratch gives byte-identical images
     again = tmp_path / "again"
-    run_generate(GenerateRequest(config, str(SAMPLE_CATALOG / "catalog.jsonl"), str(again), limit=3,
-                                 progress=False))
+    run_generate(
+        GenerateRequest(config, str(SAMPLE_CATALOG / "catalog.jsonl"), str(again), limit=3, progress=False)
+    )
     for row in _manifest(again):
         assert (again / row["output_uri"]).read_bytes() == (tmp_path / row["output_uri"]).read_bytes()
 
@@ -79,7 +81,7 @@ def _png(array: np.ndarray, mode: str | None = None, fmt: str = "PNG") -> bytes:
 
 def _product(height=120, width=100) -> np.ndarray:
     image = np.full((height, width, 3), 238, np.uint8)
-    image[height // 4: height * 3 // 4, width // 3: width * 2 // 3] = (30, 90, 160)
+    image[height // 4 : height * 3 // 4, width // 3 : width * 2 // 3] = (30, 90, 160)
     return image
 
 
@@ -114,11 +116,20 @@ def _write_mixed_catalog(folder: Path) -> list[dict]:
 
 def test_bad_inputs_become_error_rows(ray_local, tmp_path):
     rows = _write_mixed_catalog(tmp_path / "catalog")
-    config = _config(**{"limits.max_pixels": 50_000_000, "output.aspect_ratios": ["1:1", "3:4"],
-                        "styles.default": ["studio white"], "output.variants": 2})
+    config = _config(
+        **{
+            "limits.max_pixels": 50_000_000,
+            "output.aspect_ratios": ["1:1", "3:4"],
+            "styles.default": ["studio white"],
+            "output.variants": 2,
+        }
+    )
     config.limits.max_pixels = 20_000_000
-    summary = run_generate(GenerateRequest(config, str(tmp_path / "catalog" / "catalog.jsonl"),
-                                           str(tmp_path / "out"), progress=False))
+    summary = run_generate(
+        GenerateRequest(
+            config, str(tmp_path / "catalog" / "catalog.jsonl"), str(tmp_path / "out"), progress=False
+        )
+    )
     manifest = _manifest(tmp_path / "out")
     per_item: dict[str, list[dict]] = {}
     for row in manifest:
@@ -160,7 +171,11 @@ def test_resume_skips_finished_items_and_writes_no_duplicates(ray_local, tmp_pat
     # forget two items (as if the job died before writing them) and tear a manifest part
     manifest_path = tmp_path / "manifest" / "manifest.parquet"
     table = pq.read_table(manifest_path)
-    keep = [i for i, item in enumerate(table.column("item_id").to_pylist()) if item not in ("sku-0002", "sku-0005")]
+    keep = [
+        i
+        for i, item in enumerate(table.column("item_id").to_pylist())
+        if item not in ("sku-0002", "sku-0005")
+    ]
     pq.write_table(table.take(keep), manifest_path)
     parts = tmp_path / "_parts" / "crashed-run"
     parts.mkdir(parents=True)
@@ -182,7 +197,9 @@ def test_resume_skips_finished_items_and_writes_no_duplicates(ray_local, tmp_pat
             assert row["run_id"] == before[row["output_id"]]["run_id"]
     assert not (tmp_path / "_parts").exists()
 
-    third = run_generate(GenerateRequest(config, catalog, str(tmp_path), limit=8, overwrite=True, progress=False))
+    third = run_generate(
+        GenerateRequest(config, catalog, str(tmp_path), limit=8, overwrite=True, progress=False)
+    )
     assert third["items_skipped_done"] == 0 and third["items_processed"] == 8
     assert len(_manifest(tmp_path)) == len(ids)
 
@@ -198,13 +215,24 @@ def test_killed_model_actor_loses_nothing(ray_local, tmp_path):
     rows = []
     for copy in range(3):
         for line in lines:
-            rows.append(dict(line, item_id=f"{line['item_id']}-c{copy}",
-                             image_uri=str(SAMPLE_CATALOG / line["image_uri"])))
+            rows.append(
+                dict(
+                    line,
+                    item_id=f"{line['item_id']}-c{copy}",
+                    image_uri=str(SAMPLE_CATALOG / line["image_uri"]),
+                )
+            )
     catalog = tmp_path / "catalog.jsonl"
     catalog.write_text("\n".join(json.dumps(r) for r in rows))
-    config = _config(**{"output.aspect_ratios": ["1:1"], "segment.resources.batch_size": 2,
-                        "caption.resources.batch_size": 2, "inpaint.resources.batch_size": 4,
-                        "composite.resources.batch_size": 4})
+    config = _config(
+        **{
+            "output.aspect_ratios": ["1:1"],
+            "segment.resources.batch_size": 2,
+            "caption.resources.batch_size": 2,
+            "inpaint.resources.batch_size": 4,
+            "composite.resources.batch_size": 4,
+        }
+    )
     killed: list[str] = []
     lock = threading.Lock()
 
@@ -214,13 +242,20 @@ def test_killed_model_actor_loses_nothing(ray_local, tmp_path):
                 return
             for actor_id, info in ray._private.state.actors().items():
                 # every actor in the plan is a model stage's pool worker (cheap stages are tasks)
-                if "MapWorker" in info.get("ActorClassName", "") and info.get("State") == "ALIVE" and info.get("Pid"):
+                if (
+                    "MapWorker" in info.get("ActorClassName", "")
+                    and info.get("State") == "ALIVE"
+                    and info.get("Pid")
+                ):
                     os.kill(int(info["Pid"]), signal.SIGKILL)
                     killed.append(actor_id)
                     return
 
-    summary = run_generate(GenerateRequest(config, str(catalog), str(tmp_path / "out"), progress=False,
-                                           on_progress=kill_segment_actor))
+    summary = run_generate(
+        GenerateRequest(
+            config, str(catalog), str(tmp_path / "out"), progress=False, on_progress=kill_segment_actor
+        )
+    )
     assert killed, "no model actor was found to kill"
     manifest = _manifest(tmp_path / "out")
     ids = [r["output_id"] for r in manifest]
@@ -239,3 +274,26 @@ def test_other_catalog_formats(ray_local, tmp_path, fmt):
     if fmt == "folder":
         assert {r["item_id"] for r in manifest} == {"sku-0001", "sku-0002", "sku-0003", "sku-0004"}
     assert read_manifest(str(tmp_path)).num_rows == len(manifest)
+
+
+def test_sample_catalog_with_tiny_neural_models(ray_local, tmp_path, tiny_models):
+    """The same plan with the neural backends: captioner and diffusers inpainter in their actor pools."""
+    config = load_config(
+        REPO / "configs" / "tiny.yaml",
+        {
+            "caption.model": str(tiny_models["captioner"]),
+            "inpaint.model": str(tiny_models["inpainter"]),
+            "inpaint.steps": 2,
+            "output.aspect_ratios": ["1:1", "9:16"],
+            "styles.default": ["beach summer"],
+        },
+    )
+    summary = run_generate(
+        GenerateRequest(config, str(SAMPLE_CATALOG / "catalog.jsonl"), str(tmp_path), limit=4, progress=False)
+    )
+    rows = _manifest(tmp_path)
+    assert len(rows) == summary["outputs_expected"] == 4 * 2
+    assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
+    assert all(r["caption"].startswith("Product:") and "Background:" in r["caption"] for r in rows)
+    assert all(r["inpaint_s"] > 0 for r in rows)
+    _check_outputs(tmp_path, rows)

@@ -24,7 +24,12 @@ from PIL import Image
 
 from canvas_ray.compose import HARD, model_size
 from canvas_ray.config import DEFAULT_STYLES_FILE, config_from_dict, load_config
-from canvas_ray.models.tiny import build_tiny_models, make_tiny_captioner, make_tiny_inpainter, make_tiny_segmenter
+from canvas_ray.models.tiny import (
+    build_tiny_models,
+    make_tiny_captioner,
+    make_tiny_inpainter,
+    make_tiny_segmenter,
+)
 from canvas_ray.pipeline import LocalPipeline, items_batch
 from canvas_ray.stages.base import PLACEHOLDER_MASK, Batch
 from canvas_ray.stages.caption import Caption, split_caption
@@ -36,8 +41,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # Target modules of diffusers' LCM-LoRA script: every UNet layer type (shared/NOTES.md).
 LORA_TARGETS = (
-    "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
-    "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj",
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "proj_in",
+    "proj_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "conv1",
+    "conv2",
+    "conv_shortcut",
+    "downsamplers.0.conv",
+    "upsamplers.0.conv",
+    "time_emb_proj",
 )
 ASPECTS = ["1:1", "2:3", "16:9"]
 CAPTION_RE = re.compile(r"^Product: (?P<product>.+)\. Background: (?P<background>.+)\.$", re.S)
@@ -66,8 +83,13 @@ def make_config(tiny: dict[str, Path], **sections: dict[str, Any]):
     data: dict[str, Any] = {
         "segment": {"backend": "backdrop", "device": "cpu"},
         "caption": {"backend": "hf", "model": str(tiny["captioner"]), "max_new_tokens": 8, "device": "cpu"},
-        "inpaint": {"backend": "diffusers", "model": str(tiny["inpainter"]), "resolution": 64, "steps": 2,
-                    "device": "cpu"},
+        "inpaint": {
+            "backend": "diffusers",
+            "model": str(tiny["inpainter"]),
+            "resolution": 64,
+            "steps": 2,
+            "device": "cpu",
+        },
         "output": {"aspect_ratios": ASPECTS, "variants": 2},
         "styles": {"default": ["studio white"]},
     }
@@ -185,8 +207,11 @@ def lora_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def lora_styles(tmp_path_factory: pytest.TempPathFactory, lora_dir: Path) -> Path:
     """configs/styles.yaml plus a LoRA preset and a twin preset (same prompts) without the LoRA."""
     data = yaml.safe_load(DEFAULT_STYLES_FILE.read_text())
-    twin = {"prompt": "a wooden table in a bright studio, soft light",
-            "negative_prompt": "text, watermark, blurry", "backdrop": {"kind": "solid", "colors": ["#ddccbb"]}}
+    twin = {
+        "prompt": "a wooden table in a bright studio, soft light",
+        "negative_prompt": "text, watermark, blurry",
+        "backdrop": {"kind": "solid", "colors": ["#ddccbb"]},
+    }
     data["styles"]["tiny lora style"] = {**twin, "lora": str(lora_dir), "lora_weight": 1.0}
     data["styles"]["tiny nolora style"] = {**twin, "lora": None}
     path = tmp_path_factory.mktemp("lora-styles") / "styles.yaml"
@@ -203,8 +228,12 @@ def test_production_loaders_round_trip(tiny: dict[str, Path]) -> None:
     from canvas_ray.models.loading import load_captioner, load_inpainter, load_segmenter
 
     # float16 asked for on CPU must come back as float32 (and so equal the float32 builders bit for bit)
-    config = make_config(tiny, segment={"backend": "hf", "model": str(tiny["segmenter"]), "dtype": "float16"},
-                         caption={"dtype": "float16"}, inpaint={"dtype": "float16"})
+    config = make_config(
+        tiny,
+        segment={"backend": "hf", "model": str(tiny["segmenter"]), "dtype": "float16"},
+        caption={"dtype": "float16"},
+        inpaint={"dtype": "float16"},
+    )
 
     segmenter = load_segmenter(config.segment)
     assert segmenter.device.type == "cpu" and segmenter.dtype == torch.float32
@@ -292,7 +321,8 @@ def test_segment_hf_planted_biases_and_error_rows(tiny: dict[str, Path]) -> None
     _plant_bias(stage, (-8.0, 8.0))  # product everywhere
     out = stage(_decoded(images))
     assert list(out["status"]) == ["error", "error"]
-    assert all(e == "segment: the mask covers the whole image: no background to replace" for e in out["error"])
+    whole = "segment: the mask covers the whole image: no background to replace"
+    assert list(out["error"]) == [whole, whole]
 
 
 def test_segment_hf_masks_follow_each_image_size(tiny: dict[str, Path]) -> None:
@@ -337,7 +367,7 @@ def test_segment_hf_masks_follow_each_image_size(tiny: dict[str, Path]) -> None:
         assert mask.shape == (height, width)
         margin = max(2, width // 8)
         assert (mask[:, : width // 2 - margin] >= HARD).all()
-        assert (mask[:, width // 2 + margin:] < HARD).all()
+        assert (mask[:, width // 2 + margin :] < HARD).all()
         assert out["mask_area"][index] == pytest.approx(0.5, abs=0.1)
         assert out["segment_s"][index] > 0
     # the corrupt row passes through untouched
@@ -357,8 +387,13 @@ def test_caption_hf(tiny: dict[str, Path]) -> None:
     titles = ["red bottle", "leather shoe", None]
 
     def batch() -> Batch:
-        rows = [{"image": img, "product_mask": m, "title": t} for img, m, t in zip(images, masks, titles, strict=True)]
-        rows.append({"image": np.zeros((1, 1, 3), np.uint8), "product_mask": PLACEHOLDER_MASK, "title": "broken"})
+        rows = [
+            {"image": img, "product_mask": m, "title": t}
+            for img, m, t in zip(images, masks, titles, strict=True)
+        ]
+        rows.append(
+            {"image": np.zeros((1, 1, 3), np.uint8), "product_mask": PLACEHOLDER_MASK, "title": "broken"}
+        )
         out = items_batch(rows)
         for column in ("image", "product_mask"):
             column_values = out[column]
@@ -402,7 +437,8 @@ def test_pipeline_diffusers_outputs_keep_product(first_run: Batch) -> None:
     assert list(out["status"]) == ["ok"] * n, list(out["error"])
     assert sorted(set(out["aspect"])) == sorted(ASPECTS)
     for i in range(n):
-        canvas, mask, background, result = (out[c][i] for c in ("canvas", "canvas_mask", "background", "result"))
+        canvas, mask = out["canvas"][i], out["canvas_mask"][i]
+        background, result = out["background"][i], out["result"][i]
         height, width = canvas.shape[:2]
         width_over_height = {"1:1": 1.0, "2:3": 2 / 3, "16:9": 16 / 9}[out["aspect"][i]]
         assert width / height == pytest.approx(width_over_height, rel=0.05)
@@ -418,7 +454,9 @@ def test_pipeline_diffusers_outputs_keep_product(first_run: Batch) -> None:
         assert out["caption"][i].startswith("Product: ")
 
 
-def test_pipeline_diffusers_is_deterministic_and_variants_differ(pipeline: LocalPipeline, first_run: Batch) -> None:
+def test_pipeline_diffusers_is_deterministic_and_variants_differ(
+    pipeline: LocalPipeline, first_run: Batch
+) -> None:
     again = pipeline.run_batch(items_batch(items()))
     assert list(again["output_id"]) == list(first_run["output_id"])
     assert list(again["seed"]) == list(first_run["seed"])
@@ -431,7 +469,7 @@ def test_pipeline_diffusers_is_deterministic_and_variants_differ(pipeline: Local
         if output_id.endswith("__v0"):
             other = by_id[output_id[: -len("__v0")] + "__v1"]
             assert first_run["seed"][index] != first_run["seed"][other]
-            background = (first_run["canvas_mask"][index] < HARD)
+            background = first_run["canvas_mask"][index] < HARD
             a, b = first_run["background"][index], first_run["background"][other]
             assert not np.array_equal(a[background], b[background]), output_id
             pairs += 1
@@ -452,12 +490,17 @@ class PipeSpy:
         return getattr(self.pipe, name)
 
     def __call__(self, **kwargs: Any) -> Any:
-        self.calls.append({
-            "width": kwargs["width"], "height": kwargs["height"], "prompts": len(kwargs["prompt"]),
-            "image_sizes": {image.size for image in kwargs["image"]},
-            "mask_sizes": {mask.size for mask in kwargs["mask_image"]},
-            "generators": len(kwargs["generator"]), "negatives": len(kwargs["negative_prompt"]),
-        })
+        self.calls.append(
+            {
+                "width": kwargs["width"],
+                "height": kwargs["height"],
+                "prompts": len(kwargs["prompt"]),
+                "image_sizes": {image.size for image in kwargs["image"]},
+                "mask_sizes": {mask.size for mask in kwargs["mask_image"]},
+                "generators": len(kwargs["generator"]),
+                "negatives": len(kwargs["negative_prompt"]),
+            }
+        )
         return self.pipe(**kwargs)
 
 
@@ -565,13 +608,17 @@ def test_config_wide_lora_loads_with_weight(
     reference = pipeline.inpaint(_with_style(rows, "studio white", indices))
     assert list(mixed["status"]) == ["ok"] * len(indices)
     assert pipe.get_active_adapters() == ["x"]
-    scales = {m.scaling["x"] for m in pipe.unet.modules() if isinstance(getattr(m, "scaling", None), dict)
-              and "x" in m.scaling}
+    scales = {
+        m.scaling["x"]
+        for m in pipe.unet.modules()
+        if isinstance(getattr(m, "scaling", None), dict) and "x" in m.scaling
+    }
     assert scales == {0.5}  # weight 0.5 × lora_alpha / r (= 1)
     for position, index in enumerate(indices):
         repaint = rows["canvas_mask"][index] < HARD
-        assert not np.array_equal(mixed["background"][position][repaint],
-                                  reference["background"][position][repaint])
+        assert not np.array_equal(
+            mixed["background"][position][repaint], reference["background"][position][repaint]
+        )
 
 
 # --------------------------------------------------------------------------------------------------- 7. CLI
@@ -594,8 +641,22 @@ def test_cli_tiny_models_and_generate_one(
     source = tmp_path / "mug.png"
     source.write_bytes(png_bytes(product_image(80, 96, 3)))
     out = tmp_path / "out" / "mug-beach.png"
-    code = main(["generate-one", str(source), "--config", str(tiny_yaml), "--style", "beach summer",
-                 "--out", str(out), "--aspect", "1:1", "--title", "white mug"])
+    code = main(
+        [
+            "generate-one",
+            str(source),
+            "--config",
+            str(tiny_yaml),
+            "--style",
+            "beach summer",
+            "--out",
+            str(out),
+            "--aspect",
+            "1:1",
+            "--title",
+            "white mug",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     lines = [line for line in captured.out.splitlines() if line.startswith("{")]

@@ -23,7 +23,16 @@ import pyarrow.parquet as pq
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
-TEXT_COLUMNS = ("item_id", "image_uri", "title", "description", "category", "brand", "style", "style_image_uri")
+TEXT_COLUMNS = (
+    "item_id",
+    "image_uri",
+    "title",
+    "description",
+    "category",
+    "brand",
+    "style",
+    "style_image_uri",
+)
 COUNT_COLUMNS = ("impressions", "saves", "clicks")
 
 
@@ -91,7 +100,10 @@ def _normalise(table: pa.Table, base: str) -> tuple[pa.Table, list[str]]:
     out = []
     for number, row in enumerate(rows):
         # "" rather than null: a block of all-null text would turn into float NaN columns downstream
-        item = {c: ("" if row.get(c) is None or row.get(c) != row.get(c) else str(row.get(c))) for c in TEXT_COLUMNS}
+        item: dict[str, Any] = {
+            c: ("" if row.get(c) is None or row.get(c) != row.get(c) else str(row.get(c)))
+            for c in TEXT_COLUMNS
+        }
         for c in COUNT_COLUMNS:
             value = row.get(c)
             item[c] = int(value) if isinstance(value, int | float) and value == value else None
@@ -122,12 +134,17 @@ def _normalise(table: pa.Table, base: str) -> tuple[pa.Table, list[str]]:
         if item.get("style_image_uri"):
             item["style_image_uri"] = _join(base, item["style_image_uri"])
         out.append(item)
-    schema = pa.schema([(c, pa.string()) for c in TEXT_COLUMNS] + [(c, pa.int64()) for c in COUNT_COLUMNS]
-                       + [("status", pa.string()), ("error", pa.string())])
+    schema = pa.schema(
+        [(c, pa.string()) for c in TEXT_COLUMNS]
+        + [(c, pa.int64()) for c in COUNT_COLUMNS]
+        + [("status", pa.string()), ("error", pa.string())]
+    )
     return pa.Table.from_pylist(out, schema=schema), problems
 
 
-def read_catalog(uri: str, storage_options: dict[str, Any] | None = None, limit: int | None = None) -> Catalog:
+def read_catalog(
+    uri: str, storage_options: dict[str, Any] | None = None, limit: int | None = None
+) -> Catalog:
     """Read and validate a catalog; see the module docstring for formats and rules."""
     table, base = _read_table(uri, dict(storage_options or {}))
     if limit is not None:

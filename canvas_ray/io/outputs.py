@@ -33,20 +33,48 @@ from canvas_ray.stages.base import Batch, describe, ensure_status
 log = logging.getLogger(__name__)
 _SAFE_RE = re.compile(r"[^A-Za-z0-9._-]+")
 
-MANIFEST_SCHEMA = pa.schema([
-    ("output_id", pa.string()), ("item_id", pa.string()), ("status", pa.string()), ("error", pa.string()),
-    ("output_uri", pa.string()), ("style", pa.string()), ("style_key", pa.string()), ("aspect", pa.string()),
-    ("variant", pa.int64()), ("seed", pa.int64()), ("prompt", pa.string()), ("negative_prompt", pa.string()),
-    ("caption", pa.string()), ("image_uri", pa.string()), ("title", pa.string()), ("category", pa.string()),
-    ("brand", pa.string()), ("thumb_uri", pa.string()), ("mask_uri", pa.string()),
-    ("mask_area", pa.float64()), ("product_preserved", pa.bool_()), ("max_product_diff", pa.int64()),
-    ("product_pixels", pa.int64()), ("width", pa.int64()), ("height", pa.int64()),
-    ("source_width", pa.int64()), ("source_height", pa.int64()), ("placement", pa.string()),
-    ("fetch_s", pa.float64()), ("decode_s", pa.float64()), ("segment_s", pa.float64()),
-    ("caption_s", pa.float64()), ("inpaint_s", pa.float64()), ("composite_s", pa.float64()),
-    ("write_s", pa.float64()), ("config_fingerprint", pa.string()), ("run_id", pa.string()),
-    ("finished_at", pa.float64()),
-])
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("output_id", pa.string()),
+        ("item_id", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("output_uri", pa.string()),
+        ("style", pa.string()),
+        ("style_key", pa.string()),
+        ("aspect", pa.string()),
+        ("variant", pa.int64()),
+        ("seed", pa.int64()),
+        ("prompt", pa.string()),
+        ("negative_prompt", pa.string()),
+        ("caption", pa.string()),
+        ("image_uri", pa.string()),
+        ("title", pa.string()),
+        ("category", pa.string()),
+        ("brand", pa.string()),
+        ("thumb_uri", pa.string()),
+        ("mask_uri", pa.string()),
+        ("mask_area", pa.float64()),
+        ("product_preserved", pa.bool_()),
+        ("max_product_diff", pa.int64()),
+        ("product_pixels", pa.int64()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("source_width", pa.int64()),
+        ("source_height", pa.int64()),
+        ("placement", pa.string()),
+        ("fetch_s", pa.float64()),
+        ("decode_s", pa.float64()),
+        ("segment_s", pa.float64()),
+        ("caption_s", pa.float64()),
+        ("inpaint_s", pa.float64()),
+        ("composite_s", pa.float64()),
+        ("write_s", pa.float64()),
+        ("config_fingerprint", pa.string()),
+        ("run_id", pa.string()),
+        ("finished_at", pa.float64()),
+    ]
+)
 
 
 def safe_name(text: str, limit: int = 80) -> str:
@@ -72,7 +100,8 @@ class OutputLayout:
         self.shard_width = shard_width
 
     def image_rel(self, item_id: str, style_key: str, aspect: str, variant: int) -> str:
-        name = f"{safe_name(item_id)}__{safe_name(style_key, 60)}__{safe_name(aspect.replace(':', 'x'), 12)}__v{variant}"
+        aspect_part = safe_name(aspect.replace(":", "x"), 12)
+        name = f"{safe_name(item_id)}__{safe_name(style_key, 60)}__{aspect_part}__v{variant}"
         return posixpath.join("images", shard_of(item_id, self.shard_width), f"{name}.{self.ext}")
 
     def thumb_rel(self, item_id: str, kind: str) -> str:
@@ -122,8 +151,17 @@ def _value(batch: Batch, column: str, index: int, default: Any) -> Any:
 class WriteOutputs:
     """Stage (task): encode and store each ok ``result``; emit manifest rows and write them as a part file."""
 
-    def __init__(self, root: str, run_id: str, fingerprint: str, image_format: str = "png", quality: int = 95,
-                 shard_width: int = 2, storage_options: dict[str, Any] | None = None, write_part: bool = True):
+    def __init__(
+        self,
+        root: str,
+        run_id: str,
+        fingerprint: str,
+        image_format: str = "png",
+        quality: int = 95,
+        shard_width: int = 2,
+        storage_options: dict[str, Any] | None = None,
+        write_part: bool = True,
+    ):
         self.layout = OutputLayout(root, image_format, shard_width)
         self.format, self.quality = image_format, quality
         self.run_id, self.fingerprint = run_id, fingerprint
@@ -137,19 +175,30 @@ class WriteOutputs:
         for index in range(n):
             start = time.perf_counter()
             item_id = str(batch["item_id"][index])
-            row = {field.name: None for field in MANIFEST_SCHEMA}
+            row: dict[str, Any] = {field.name: None for field in MANIFEST_SCHEMA}
             for field in MANIFEST_SCHEMA:
                 if field.name in batch:
                     default = 0.0 if pa.types.is_floating(field.type) else None
                     row[field.name] = _value(batch, field.name, index, default)
-            row.update(item_id=item_id, status=str(batch["status"][index]), error=str(batch["error"][index] or ""),
-                       run_id=self.run_id, config_fingerprint=self.fingerprint, output_uri="")
+            row.update(
+                item_id=item_id,
+                status=str(batch["status"][index]),
+                error=str(batch["error"][index] or ""),
+                run_id=self.run_id,
+                config_fingerprint=self.fingerprint,
+                output_uri="",
+            )
             if row["status"] == "ok":
-                rel = self.layout.image_rel(item_id, str(row["style_key"]), str(row["aspect"]), int(row["variant"]))
+                rel = self.layout.image_rel(
+                    item_id, str(row["style_key"]), str(row["aspect"]), int(row["variant"])
+                )
                 try:
                     result = batch["result"][index]
-                    write_bytes(self.layout.uri(rel), encode_image(result, self.format, self.quality),
-                                self.storage_options)
+                    write_bytes(
+                        self.layout.uri(rel),
+                        encode_image(result, self.format, self.quality),
+                        self.storage_options,
+                    )
                     row.update(output_uri=rel, height=int(result.shape[0]), width=int(result.shape[1]))
                 except Exception as error:  # noqa: BLE001 - becomes an error row
                     row.update(status="error", error=f"write: {describe(error)}")
@@ -163,13 +212,18 @@ class WriteOutputs:
             digest = hashlib.sha256("\n".join(sorted(r["output_id"] for r in rows)).encode()).hexdigest()[:24]
             buffer = io.BytesIO()
             pq.write_table(table, buffer)
-            write_bytes(join_uri(self.layout.parts, self.run_id, f"{digest}.parquet"), buffer.getvalue(),
-                        self.storage_options)
+            write_bytes(
+                join_uri(self.layout.parts, self.run_id, f"{digest}.parquet"),
+                buffer.getvalue(),
+                self.storage_options,
+            )
         keep = ("output_id", "item_id", "status", "error", "product_preserved")
         return {name: table.column(name).to_numpy(zero_copy_only=False) for name in keep}
 
 
-def read_manifest(root: str, storage_options: dict[str, Any] | None = None, include_parts: bool = True) -> pa.Table:
+def read_manifest(
+    root: str, storage_options: dict[str, Any] | None = None, include_parts: bool = True
+) -> pa.Table:
     """The current manifest: compacted file plus any parts, newest row per output_id. Empty if none."""
     options = dict(storage_options or {})
     layout = OutputLayout(root)
@@ -187,10 +241,10 @@ def read_manifest(root: str, storage_options: dict[str, Any] | None = None, incl
                     table = _read_parquet(fs, path)
                     if table is not None:
                         tables.append(table)
-    tables = [t for t in tables if t is not None]
-    if not tables:
+    present = [t for t in tables if t is not None]
+    if not present:
         return MANIFEST_SCHEMA.empty_table()
-    return latest_per_output(pa.concat_tables([t.cast(MANIFEST_SCHEMA) for t in tables]))
+    return latest_per_output(pa.concat_tables([t.cast(MANIFEST_SCHEMA) for t in present]))
 
 
 def _read_parquet(fs: Any, path: str) -> pa.Table | None:
@@ -202,15 +256,18 @@ def _read_parquet(fs: Any, path: str) -> pa.Table | None:
             table = table.append_column(field, pa.nulls(table.num_rows, field.type))
         return table.select(MANIFEST_SCHEMA.names)
     except Exception as error:  # noqa: BLE001 - a torn part from a killed run is skipped, its rows redone
-        log.warning("skipping unreadable manifest part %s (%s); its items will be redone", path, describe(error))
+        log.warning(
+            "skipping unreadable manifest part %s (%s); its items will be redone", path, describe(error)
+        )
         return None
 
 
 def latest_per_output(table: pa.Table) -> pa.Table:
     if table.num_rows == 0:
         return table
-    order = np.argsort(np.nan_to_num(table.column("finished_at").to_numpy(zero_copy_only=False).astype(float)),
-                       kind="stable")
+    order = np.argsort(
+        np.nan_to_num(table.column("finished_at").to_numpy(zero_copy_only=False).astype(float)), kind="stable"
+    )
     ids = table.column("output_id").to_numpy(zero_copy_only=False)
     latest: dict[str, int] = {}
     for position in order:

@@ -73,7 +73,11 @@ class LoadedModel:
 
 def load_segmenter(spec: SegmentConfig) -> LoadedModel:
     """A transformers segmentation model: semantic segmentation classes, or remote-code matting models."""
-    from transformers import AutoImageProcessor, AutoModelForImageSegmentation, AutoModelForSemanticSegmentation
+    from transformers import (
+        AutoImageProcessor,
+        AutoModelForImageSegmentation,
+        AutoModelForSemanticSegmentation,
+    )
 
     name = _require_model(spec, "segment")
     device = resolve_device(spec.device)
@@ -105,7 +109,7 @@ def load_captioner(spec: CaptionConfig) -> LoadedModel:
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
     kwargs = _pretrained_kwargs(spec)
-    model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype, **kwargs)
+    model: torch.nn.Module = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype, **kwargs)
     processor = AutoProcessor.from_pretrained(name, **kwargs)
     tokenizer = getattr(processor, "tokenizer", None)
     if tokenizer is not None:
@@ -126,7 +130,7 @@ def load_inpainter(spec: InpaintConfig) -> LoadedModel:
     if os.path.isdir(name) and os.path.isfile(os.path.join(name, "model_index.json")):
         kwargs.pop("revision", None)
     pipe = AutoPipelineForInpainting.from_pretrained(
-        name, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False, **kwargs
+        name, dtype=dtype, safety_checker=None, requires_safety_checker=False, **kwargs
     )
     if spec.scheduler:
         scheduler_cls = getattr(diffusers, spec.scheduler, None)

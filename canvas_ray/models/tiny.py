@@ -151,7 +151,8 @@ def _clip_tokenizer() -> CLIPTokenizer:
     from transformers import CLIPTokenizer
 
     vocab, merges = _clip_vocab_and_merges()
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    # stub says list[str]; the pairs go straight to tokenizers.BPE, which takes (a, b) tuples
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)  # type: ignore[arg-type]
 
 
 def _clip_text_kwargs(tokenizer: CLIPTokenizer) -> dict[str, Any]:
@@ -313,11 +314,12 @@ def make_tiny_inpainter(seed: int = 0) -> StableDiffusionInpaintPipeline:
             steps_offset=1,
             set_alpha_to_one=False,
         )
+        # mypy loses diffusers' nn.Module methods on these classes (a typing gap, not a runtime one)
         pipe = StableDiffusionInpaintPipeline(
-            vae=vae.eval(),
+            vae=vae.eval(),  # type: ignore[attr-defined]
             text_encoder=text_encoder.eval(),
             tokenizer=tokenizer,
-            unet=unet.eval(),
+            unet=unet.eval(),  # type: ignore[attr-defined]
             scheduler=scheduler,
             safety_checker=None,
             feature_extractor=None,

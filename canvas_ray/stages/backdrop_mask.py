@@ -71,7 +71,8 @@ def _cluster_centres(lab: np.ndarray, border: np.ndarray) -> np.ndarray:
     k = min(_KMEANS_K, len(samples))
     cv2.setRNGSeed(0)
     criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 0.1)
-    _, labels, centres = cv2.kmeans(samples, k, None, criteria, 2, cv2.KMEANS_PP_CENTERS)
+    # cv2 stubs require bestLabels, but None (let OpenCV allocate) is valid at runtime
+    _, labels, centres = cv2.kmeans(samples, k, None, criteria, 2, cv2.KMEANS_PP_CENTERS)  # type: ignore[call-overload]
     share = np.bincount(labels.ravel(), minlength=k) / len(labels)
     return centres[share >= min(_MIN_CLUSTER_SHARE, float(share.max()))]
 
@@ -158,7 +159,8 @@ def _grabcut(img: np.ndarray, init: np.ndarray, iters: int) -> np.ndarray | None
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     cv2.setRNGSeed(0)
     try:
-        cv2.grabCut(img, labels, None, bgd, fgd, iters, cv2.GC_INIT_WITH_MASK)
+        # cv2 stubs require rect, but None is valid (and ignored) with GC_INIT_WITH_MASK
+        cv2.grabCut(img, labels, None, bgd, fgd, iters, cv2.GC_INIT_WITH_MASK)  # type: ignore[call-overload]
     except cv2.error:
         return None
     return np.isin(labels, (cv2.GC_FGD, cv2.GC_PR_FGD))

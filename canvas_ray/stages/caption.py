@@ -20,17 +20,37 @@ from canvas_ray.stages.base import Batch, ensure_status, ok_indices, run_rows, t
 
 STAGE = "caption"
 _NAMED_COLOURS = {
-    "white": (245, 245, 245), "black": (20, 20, 20), "grey": (128, 128, 128), "light grey": (200, 200, 200),
-    "charcoal": (60, 60, 64), "red": (200, 40, 40), "burgundy": (110, 25, 40), "orange": (235, 130, 40),
-    "yellow": (240, 210, 60), "gold": (200, 165, 70), "beige": (225, 210, 180), "cream": (245, 235, 210),
-    "brown": (120, 80, 50), "tan": (190, 150, 100), "green": (60, 150, 70), "olive": (110, 120, 50),
-    "teal": (40, 140, 140), "blue": (50, 100, 200), "navy": (30, 40, 90), "light blue": (160, 200, 235),
-    "purple": (120, 70, 160), "lavender": (200, 185, 230), "pink": (240, 160, 190), "peach": (245, 200, 170),
+    "white": (245, 245, 245),
+    "black": (20, 20, 20),
+    "grey": (128, 128, 128),
+    "light grey": (200, 200, 200),
+    "charcoal": (60, 60, 64),
+    "red": (200, 40, 40),
+    "burgundy": (110, 25, 40),
+    "orange": (235, 130, 40),
+    "yellow": (240, 210, 60),
+    "gold": (200, 165, 70),
+    "beige": (225, 210, 180),
+    "cream": (245, 235, 210),
+    "brown": (120, 80, 50),
+    "tan": (190, 150, 100),
+    "green": (60, 150, 70),
+    "olive": (110, 120, 50),
+    "teal": (40, 140, 140),
+    "blue": (50, 100, 200),
+    "navy": (30, 40, 90),
+    "light blue": (160, 200, 235),
+    "purple": (120, 70, 160),
+    "lavender": (200, 185, 230),
+    "pink": (240, 160, 190),
+    "peach": (245, 200, 170),
     "silver": (190, 195, 200),
 }
 _NAMES = list(_NAMED_COLOURS)
 _PALETTE = np.array([_NAMED_COLOURS[name] for name in _NAMES], dtype=np.float32)
-_PARTS_RE = re.compile(r"product\s*:\s*(?P<product>.*?)(?:background\s*:\s*(?P<background>.*))?$", re.I | re.S)
+_PARTS_RE = re.compile(
+    r"product\s*:\s*(?P<product>.*?)(?:background\s*:\s*(?P<background>.*))?$", re.I | re.S
+)
 
 
 def colour_names(pixels: np.ndarray, top: int = 2) -> list[str]:
@@ -73,7 +93,9 @@ class MetadataCaptioner:
     def __init__(self, spec: CaptionConfig):
         self.spec = spec
 
-    def captions(self, images: list[np.ndarray], masks: list[np.ndarray], meta: list[dict[str, str]]) -> list[str]:
+    def captions(
+        self, images: list[np.ndarray], masks: list[np.ndarray], meta: list[dict[str, str]]
+    ) -> list[str]:
         out = []
         for image, mask, row in zip(images, masks, meta, strict=True):
             pixels = to_rgb(image).reshape(-1, 3)
@@ -103,10 +125,14 @@ class HFCaptioner:
     def _prompt(self) -> str:
         if not self.chat:  # captioning models (BLIP …) continue a short text prefix
             return self.text_prompt
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.spec.prompt}]}]
+        messages = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.spec.prompt}]}
+        ]
         return self.loaded.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-    def captions(self, images: list[np.ndarray], masks: list[np.ndarray], meta: list[dict[str, str]]) -> list[str]:
+    def captions(
+        self, images: list[np.ndarray], masks: list[np.ndarray], meta: list[dict[str, str]]
+    ) -> list[str]:
         import torch
         from PIL import Image
 
@@ -114,21 +140,30 @@ class HFCaptioner:
         pil = [Image.fromarray(to_rgb(image)) for image in images]
         prompt = self._prompt()
         inputs = processor(images=pil, text=[prompt] * len(pil), return_tensors="pt", padding=True)
-        inputs = {k: (v.to(self.loaded.device, self.loaded.dtype) if v.is_floating_point() else v.to(
-            self.loaded.device)) for k, v in inputs.items() if hasattr(v, "to")}
+        inputs = {
+            k: (
+                v.to(self.loaded.device, self.loaded.dtype)
+                if v.is_floating_point()
+                else v.to(self.loaded.device)
+            )
+            for k, v in inputs.items()
+            if hasattr(v, "to")
+        }
         with torch.inference_mode():
             generated = model.generate(**inputs, max_new_tokens=self.spec.max_new_tokens, do_sample=False)
         prompt_ids = inputs.get("input_ids")
-        if prompt_ids is not None and generated.shape[1] > prompt_ids.shape[1] and torch.equal(
-            generated[:, : prompt_ids.shape[1]], prompt_ids
+        if (
+            prompt_ids is not None
+            and generated.shape[1] > prompt_ids.shape[1]
+            and torch.equal(generated[:, : prompt_ids.shape[1]], prompt_ids)
         ):
-            generated = generated[:, prompt_ids.shape[1]:]
+            generated = generated[:, prompt_ids.shape[1] :]
         texts = processor.batch_decode(generated, skip_special_tokens=True)
         out = []
         for text, image, mask, row in zip(texts, images, masks, meta, strict=True):
             text = " ".join(text.split())
             if not self.chat and text.lower().startswith(self.text_prompt.lower()):
-                text = text[len(self.text_prompt):].strip()
+                text = text[len(self.text_prompt) :].strip()
             product, background = split_caption(text)
             if not background:  # the model gave one sentence: measure the background ourselves
                 pixels = to_rgb(image).reshape(-1, 3)
@@ -140,7 +175,10 @@ class HFCaptioner:
         return out
 
 
-_BACKENDS = {"metadata": MetadataCaptioner, "hf": HFCaptioner}
+_BACKENDS: dict[str, type[MetadataCaptioner] | type[HFCaptioner]] = {
+    "metadata": MetadataCaptioner,
+    "hf": HFCaptioner,
+}
 _META_COLUMNS = ("title", "description", "category", "brand")
 
 
@@ -150,7 +188,9 @@ class Caption:
     def __init__(self, config: CanvasConfig):
         self.spec = config.caption
         if self.spec.backend not in _BACKENDS:
-            raise ValueError(f"caption.backend {self.spec.backend!r} unknown; choose one of {sorted(_BACKENDS)}")
+            raise ValueError(
+                f"caption.backend {self.spec.backend!r} unknown; choose one of {sorted(_BACKENDS)}"
+            )
         self.captioner = _BACKENDS[self.spec.backend](self.spec)
 
     def __call__(self, batch: Batch) -> Batch:
@@ -164,8 +204,16 @@ class Caption:
             return {c: _text(batch[c][i]) for c in _META_COLUMNS if c in batch}
 
         with timed(batch, "caption_s", indices):
-            results = run_rows(batch, indices, STAGE, lambda rows: self.captioner.captions(
-                [batch["image"][i] for i in rows], [batch["product_mask"][i] for i in rows], [meta(i) for i in rows]))
+            results = run_rows(
+                batch,
+                indices,
+                STAGE,
+                lambda rows: self.captioner.captions(
+                    [batch["image"][i] for i in rows],
+                    [batch["product_mask"][i] for i in rows],
+                    [meta(i) for i in rows],
+                ),
+            )
         for index, caption in results.items():
             captions[index] = caption
             products[index] = split_caption(caption)[0]

@@ -29,20 +29,28 @@ INTERMEDIATE = ("canvas", "canvas_mask", "background")
 
 
 class Composite:
-    def __init__(self, config: CanvasConfig, styles: StyleBook | None = None, keep_intermediate: bool = False):
+    def __init__(
+        self, config: CanvasConfig, styles: StyleBook | None = None, keep_intermediate: bool = False
+    ):
         self.spec = config.composite
         self.styles = styles or StyleBook.from_config(config)
         self.keep_intermediate = keep_intermediate
 
     def _one(self, batch: Batch, index: int) -> tuple[np.ndarray, int, int]:
-        canvas, mask, background = batch["canvas"][index], batch["canvas_mask"][index], batch["background"][index]
+        canvas, mask, background = (
+            batch["canvas"][index],
+            batch["canvas_mask"][index],
+            batch["background"][index],
+        )
         shadow = self.spec.shadow
         if shadow is None:
             shadow = self.styles.resolve(str(batch["style"][index])).backdrop.shadow
         result = composite(canvas, mask, background, feather_px=self.spec.feather_px, shadow=shadow)
         check = verify_product_preserved(result, canvas, mask)
         if not check.product_preserved:
-            raise RuntimeError(f"product pixels changed (max difference {check.max_product_diff}); output rejected")
+            raise RuntimeError(
+                f"product pixels changed (max difference {check.max_product_diff}); output rejected"
+            )
         return result, check.max_product_diff, check.product_pixels
 
     def __call__(self, batch: Batch) -> Batch:

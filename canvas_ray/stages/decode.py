@@ -6,7 +6,6 @@ not a usable image become error rows with the reason; nothing raises out of a ba
 
 from __future__ import annotations
 
-
 import fsspec
 import numpy as np
 
@@ -29,7 +28,9 @@ def read_bytes(uri: str, limits: LimitsConfig, storage_options: dict | None = No
     with fsspec.open(uri, "rb", **(storage_options or {})) as handle:
         size = getattr(handle, "size", None)
         if size is not None and size > limits.max_image_bytes:
-            raise ValueError(f"file is {size / 2**20:.1f} MiB; the limit is {limits.max_image_bytes / 2**20:.1f} MiB")
+            raise ValueError(
+                f"file is {size / 2**20:.1f} MiB; the limit is {limits.max_image_bytes / 2**20:.1f} MiB"
+            )
         return handle.read(limits.max_image_bytes + 1)
 
 
@@ -45,7 +46,7 @@ class Fetch:
         n = len(batch["status"])
         existing = batch.get("image_bytes")
         data: list[bytes | None] = [None] * n if existing is None else list(existing)
-        indices = [i for i in ok_indices(batch) if data[i] is None or len(data[i]) == 0]
+        indices = [i for i in ok_indices(batch) if (item := data[i]) is None or len(item) == 0]
         with timed(batch, "fetch_s", indices):
             for index in indices:
                 uri = batch["image_uri"][index]
@@ -78,8 +79,12 @@ class Decode:
         with timed(batch, "decode_s", indices):
             for index in indices:
                 try:
-                    image = decode_image(batch["image_bytes"][index], max_bytes=self.limits.max_image_bytes,
-                                         max_pixels=self.limits.max_pixels, min_side=self.limits.min_side)
+                    image = decode_image(
+                        batch["image_bytes"][index],
+                        max_bytes=self.limits.max_image_bytes,
+                        max_pixels=self.limits.max_pixels,
+                        min_side=self.limits.min_side,
+                    )
                 except Exception as error:  # noqa: BLE001 - becomes an error row
                     set_error(batch, index, "decode", describe(error))
                     continue

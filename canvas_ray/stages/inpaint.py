@@ -128,8 +128,9 @@ class DiffusersInpainter:
                 images.append(Image.fromarray(row["canvas"]).resize(size, Image.Resampling.LANCZOS))
                 repaint = background_mask(row["canvas_mask"], self.spec.keep_dilate_px)
                 masks.append(Image.fromarray(repaint).resize(size, Image.Resampling.NEAREST))
-            generators = [torch.Generator(device=generator_device).manual_seed(int(rows[p]["seed"]))
-                          for p in positions]
+            generators = [
+                torch.Generator(device=generator_device).manual_seed(int(rows[p]["seed"])) for p in positions
+            ]
             result = self.pipe(
                 prompt=[rows[p]["prompt"] for p in positions],
                 negative_prompt=[rows[p]["negative_prompt"] for p in positions],
@@ -146,12 +147,17 @@ class DiffusersInpainter:
             for position, generated in zip(positions, result, strict=True):
                 canvas = rows[position]["canvas"]
                 array = np.clip(np.round(np.asarray(generated) * 255), 0, 255).astype(np.uint8)
-                full = Image.fromarray(array).resize((canvas.shape[1], canvas.shape[0]), Image.Resampling.LANCZOS)
+                full = Image.fromarray(array).resize(
+                    (canvas.shape[1], canvas.shape[0]), Image.Resampling.LANCZOS
+                )
                 out[position] = np.asarray(full)
         return [image for image in out if image is not None]
 
 
-_BACKENDS = {"studio": StudioInpainter, "diffusers": DiffusersInpainter}
+_BACKENDS: dict[str, type[StudioInpainter] | type[DiffusersInpainter]] = {
+    "studio": StudioInpainter,
+    "diffusers": DiffusersInpainter,
+}
 _ROW_COLUMNS = ("canvas", "canvas_mask", "style", "seed", "prompt", "negative_prompt")
 
 
@@ -161,7 +167,9 @@ class Inpaint:
     def __init__(self, config: CanvasConfig, styles: StyleBook | None = None):
         self.spec = config.inpaint
         if self.spec.backend not in _BACKENDS:
-            raise ValueError(f"inpaint.backend {self.spec.backend!r} unknown; choose one of {sorted(_BACKENDS)}")
+            raise ValueError(
+                f"inpaint.backend {self.spec.backend!r} unknown; choose one of {sorted(_BACKENDS)}"
+            )
         self.styles = styles or StyleBook.from_config(config)
         self.inpainter = _BACKENDS[self.spec.backend](self.spec, self.styles)
 
@@ -175,7 +183,9 @@ class Inpaint:
             return [{c: batch[c][i] for c in _ROW_COLUMNS} for i in selected]
 
         with timed(batch, "inpaint_s", indices):
-            results = run_rows(batch, indices, STAGE, lambda selected: self.inpainter.backgrounds(rows(selected)))
+            results = run_rows(
+                batch, indices, STAGE, lambda selected: self.inpainter.backgrounds(rows(selected))
+            )
         for index, background in results.items():
             backgrounds[index] = background
         batch["background"] = object_column(backgrounds)

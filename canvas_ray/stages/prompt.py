@@ -31,8 +31,22 @@ from canvas_ray.styles import StyleBook, build_prompt
 
 STAGE = "prompt"
 # Item columns copied to every output row (when present).
-CARRIED = ("item_id", "image_uri", "title", "category", "brand", "caption", "product_description",
-           "mask_area", "fetch_s", "decode_s", "segment_s", "caption_s", "source_width", "source_height")
+CARRIED = (
+    "item_id",
+    "image_uri",
+    "title",
+    "category",
+    "brand",
+    "caption",
+    "product_description",
+    "mask_area",
+    "fetch_s",
+    "decode_s",
+    "segment_s",
+    "caption_s",
+    "source_width",
+    "source_height",
+)
 
 
 def derive_seed(item_id: str, variant: int, style_key: str, fingerprint: str) -> int:
@@ -78,8 +92,9 @@ class Prompt:
         variants = output.variants
         if "variants" in batch and not _missing(batch["variants"][index]):
             variants = int(batch["variants"][index])
-        aspects = _split(batch["aspect_ratios"][index] if "aspect_ratios" in batch else None,
-                         output.aspect_ratios)
+        aspects = _split(
+            batch["aspect_ratios"][index] if "aspect_ratios" in batch else None, output.aspect_ratios
+        )
         aspects = list(dict.fromkeys(canonical_aspect(a) if _valid_aspect(a) else a for a in aspects))
         return styles, max(1, variants), aspects
 
@@ -96,16 +111,36 @@ class Prompt:
                 for aspect in aspects:
                     for variant in range(variants):
                         row: dict[str, Any] = dict(carried)
-                        row.update(status=batch["status"][index], error=batch["error"][index], style=requested,
-                                   style_key="", aspect=aspect, variant=variant, seed=-1, prompt="",
-                                   negative_prompt="", placement="", output_id="",
-                                   canvas=PLACEHOLDER_IMAGE, canvas_mask=PLACEHOLDER_MASK)
+                        row.update(
+                            status=batch["status"][index],
+                            error=batch["error"][index],
+                            style=requested,
+                            style_key="",
+                            aspect=aspect,
+                            variant=variant,
+                            seed=-1,
+                            prompt="",
+                            negative_prompt="",
+                            placement="",
+                            output_id="",
+                            canvas=PLACEHOLDER_IMAGE,
+                            canvas_mask=PLACEHOLDER_MASK,
+                        )
                         self._fill(row, batch, index, item_id, requested, aspect, variant, long_side)
                         rows.append(row)
         return _columns(rows)
 
-    def _fill(self, row: dict[str, Any], batch: Batch, index: int, item_id: str, requested: str, aspect: str,
-              variant: int, long_side: int | None) -> None:
+    def _fill(
+        self,
+        row: dict[str, Any],
+        batch: Batch,
+        index: int,
+        item_id: str,
+        requested: str,
+        aspect: str,
+        variant: int,
+        long_side: int | None,
+    ) -> None:
         try:
             style = self.styles.resolve(requested)
             row["style"], row["style_key"] = style.name, style.key
@@ -116,20 +151,29 @@ class Prompt:
             else:
                 row["seed"] = derive_seed(item_id, variant, style.key, self.fingerprint)
             row["negative_prompt"] = style.negative_prompt
-            row["prompt"] = build_prompt(style, str(batch["product_description"][index]) if
-                                         "product_description" in batch else "", self.config.caption.max_words)
+            row["prompt"] = build_prompt(
+                style,
+                str(batch["product_description"][index]) if "product_description" in batch else "",
+                self.config.caption.max_words,
+            )
             if row["status"] != OK:
                 return
             ratio = parse_aspect(aspect)
             composite = self.config.composite
-            where = plan_placement(batch["product_mask"][index], ratio, fill=composite.fill,
-                                   placement=composite.placement, floor_margin=composite.floor_margin,
-                                   long_side=long_side)
+            where = plan_placement(
+                batch["product_mask"][index],
+                ratio,
+                fill=composite.fill,
+                placement=composite.placement,
+                floor_margin=composite.floor_margin,
+                long_side=long_side,
+            )
             width, height = where.canvas
             if width * height > self.config.limits.max_pixels:
                 raise ValueError(f"canvas {width}x{height} for aspect {aspect} exceeds limits.max_pixels")
-            row["canvas"], row["canvas_mask"] = place_product(batch["image"][index], batch["product_mask"][index],
-                                                              where)
+            row["canvas"], row["canvas_mask"] = place_product(
+                batch["image"][index], batch["product_mask"][index], where
+            )
             row["placement"] = where.to_json()
         except Exception as error:  # noqa: BLE001 - becomes an error row
             if row["status"] == OK:
@@ -151,8 +195,9 @@ def _columns(rows: list[dict[str, Any]]) -> Batch:
         elif isinstance(values[0], float | np.floating):
             out[key] = np.asarray(values, dtype=np.float64)
         else:
-            out[key] = np.asarray([v if not isinstance(v, np.generic) else v.item() for v in values],
-                                  dtype=object)
+            out[key] = np.asarray(
+                [v if not isinstance(v, np.generic) else v.item() for v in values], dtype=object
+            )
     return out
 
 

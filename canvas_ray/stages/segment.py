@@ -160,7 +160,10 @@ class Segment:
         areas = np.zeros(n, dtype=np.float64)
         with timed(batch, "segment_s", indices):
             results = run_rows(
-                batch, indices, STAGE, lambda rows: self.segmenter.product_masks([batch["image"][i] for i in rows])
+                batch,
+                indices,
+                STAGE,
+                lambda rows: self.segmenter.product_masks([batch["image"][i] for i in rows]),
             )
         for index, soft in results.items():
             soft = np.clip(np.nan_to_num(soft), 0.0, 1.0)

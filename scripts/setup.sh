@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install canvas-ray with its dev tools. Idempotent; safe to re-run.
+# CPU machines get the CPU torch wheel (pinned so pip never pulls a multi-GB CUDA build by accident);
+# on a GPU machine install your CUDA torch first, or set CANVAS_RAY_TORCH to the spec you want.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q "${CANVAS_RAY_TORCH:-torch==2.13.0}"
+.venv/bin/python -m pip install -q -e ".[dev]"
+echo "canvas-ray installed in $(pwd)/.venv"

@@ -1,0 +1,187 @@
+"""The catalog job against real infrastructure: S3 (moto server on 127.0.0.1) and `ray job submit`."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import REPO, SAMPLE_CATALOG
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_http(url: str, timeout: float = 60.0) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)  # noqa: S310 - loopback only
+            return
+        except urllib.error.HTTPError:  # answering (e.g. 401 before auth) means it is up
+            return
+        except Exception:  # noqa: BLE001 - not up yet
+            time.sleep(0.3)
+    raise TimeoutError(url)
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_catalog_and_outputs_on_s3(s3_server, ray_local):
+    import s3fs
+
+    from canvas_ray.batch import GenerateRequest, run_generate
+    from canvas_ray.config import load_config
+    from canvas_ray.io.outputs import read_manifest
+
+    options = {
+        "key": "testing",
+        "secret": "testing",
+        "use_listings_cache": False,
+        "client_kwargs": {"endpoint_url": s3_server, "region_name": "eu-west-1"},
+    }
+    fs = s3fs.S3FileSystem(**options)
+    fs.mkdir("catalogs")
+    fs.mkdir("results")
+    lines = (SAMPLE_CATALOG / "catalog.jsonl").read_text().splitlines()[:4]
+    fs.pipe("catalogs/spring/catalog.jsonl", "\n".join(lines).encode())
+    for line in lines:
+        uri = json.loads(line)["image_uri"]
+        fs.pipe(f"catalogs/spring/{uri}", (SAMPLE_CATALOG / uri).read_bytes())
+
+    config = load_config(
+        REPO / "configs" / "local.yaml", {"output.aspect_ratios": ["1:1"], "styles.default": ["beach summer"]}
+    )
+    summary = run_generate(
+        GenerateRequest(
+            config,
+            "s3://catalogs/spring/catalog.jsonl",
+            "s3://results/run1",
+            storage_options=options,
+            progress=False,
+        )
+    )
+    assert summary["ok"] == summary["outputs_expected"] == 4 and summary["errors"] == 0
+    manifest = read_manifest("s3://results/run1", options).to_pylist()
+    assert len(manifest) == 4
+    for row in manifest:
+        assert row["image_uri"].startswith("s3://catalogs/spring/images/")
+        assert fs.exists(f"results/run1/{row['output_uri']}")
+        assert row["product_preserved"]
+    assert fs.exists("results/run1/index.html") and fs.exists("results/run1/manifest/manifest.parquet")
+    assert not fs.exists("results/run1/_parts")
+    # resume on S3: nothing left to do
+    again = run_generate(
+        GenerateRequest(
+            config,
+            "s3://catalogs/spring/catalog.jsonl",
+            "s3://results/run1",
+            storage_options=options,
+            progress=False,
+        )
+    )
+    assert again["items_skipped_done"] == 4 and again["items_processed"] == 0
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A separate Ray head node on 127.0.0.1 with the job server and token auth, as on a real cluster."""
+    import secrets
+
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    port, dashboard = _free_port(), _free_port()
+    temp = tmp_path_factory.mktemp("ray-head")
+    env = dict(os.environ, RAY_DEDUP_LOGS="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    start = [
+        sys.executable,
+        "-m",
+        "ray.scripts.scripts",
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        "--num-cpus=2",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}",
+        f"--temp-dir={temp}",
+        "--disable-usage-stats",
+    ]
+    subprocess.run(start, check=True, env=env, capture_output=True, timeout=180)
+    try:
+        _wait_http(f"http://127.0.0.1:{dashboard}/api/version", timeout=120)
+        yield f"http://127.0.0.1:{dashboard}", env
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"],
+            env=env,
+            capture_output=True,
+            timeout=120,
+        )
+
+
+def test_ray_job_submit(ray_head, tmp_path):
+    address, env = ray_head
+    output = tmp_path / "job-output"
+    command = [
+        sys.executable,
+        "-m",
+        "ray.scripts.scripts",
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--working-dir",
+        str(REPO),
+        "--",
+        "python",
+        "-m",
+        "jobs.generate",
+        "--catalog",
+        str(SAMPLE_CATALOG / "catalog.jsonl"),
+        "--output",
+        str(output),
+        "--limit",
+        "3",
+        "--aspect",
+        "1:1",
+        "--style",
+        "studio white",
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    assert "succeeded" in log.lower(), log[-4000:]
+    rows = pq.read_table(output / "manifest" / "manifest.parquet").to_pylist()
+    assert len(rows) == 3 and all(r["status"] == "ok" and r["product_preserved"] for r in rows)
+    assert all(Path(output / r["output_uri"]).is_file() for r in rows)
