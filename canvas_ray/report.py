@@ -99,17 +99,18 @@ def render_pages(
             f"page {page} of {pages}</div>"
         ]
         if summary and page == 1:
-            keys = (
-                "ok",
-                "errors",
-                "product_preserved",
-                "seconds",
-                "outputs_per_second",
-                "config_fingerprint",
-            )
+            labels = {
+                "ok": "ok",
+                "errors": "errors",
+                "product_preserved": "product preserved",
+                "outputs_this_run": "outputs this run",
+                "seconds": "this run, s",
+                "outputs_per_second": "this run, outputs/s",
+                "config_fingerprint": "config",
+            }
             body.append(
                 '<div class="stats">'
-                + "".join(f"<span>{k}: <b>{_e(summary.get(k))}</b></span>" for k in keys)
+                + "".join(f"<span>{label}: <b>{_e(summary.get(k))}</b></span>" for k, label in labels.items())
                 + "</div>"
             )
         if errors and page == 1:
