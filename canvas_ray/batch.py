@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from canvas_ray.config import CanvasConfig, ConfigError, Resources
-from canvas_ray.io.catalog import read_catalog
+from canvas_ray.io.catalog import TEXT_COLUMNS, read_catalog
 from canvas_ray.io.images import encode_image, resize
 from canvas_ray.io.outputs import OutputLayout, WriteOutputs, compact_manifest, read_manifest, write_bytes
 from canvas_ray.stages.base import Batch, ensure_status
@@ -142,17 +142,7 @@ def _tasks(resources: Resources) -> dict[str, Any]:
 
 
 # Catalog columns the generation plan carries (engagement counts are for curation, not generation).
-PLAN_COLUMNS = (
-    "item_id",
-    "image_uri",
-    "title",
-    "description",
-    "category",
-    "brand",
-    "style",
-    "status",
-    "error",
-)
+PLAN_COLUMNS = (*(c for c in TEXT_COLUMNS if c != "style_image_uri"), "status", "error")
 
 
 def check_resources(config: CanvasConfig) -> None:
