@@ -1,4 +1,4 @@
-"""``canvas-ray`` command line: generate (catalog job), generate-one, tiny-models, styles, config."""
+"""``canvas-ray`` command line: generate (catalog job), generate-one, serve, tiny-models, styles, config."""
 
 from __future__ import annotations
 
@@ -163,6 +163,28 @@ def cmd_styles(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import ray
+    from ray import serve
+
+    from serve.app import build_app
+
+    config = _config(args.config)
+    host = args.host or config.serve.host
+    port = args.port or config.serve.port
+    ray.init(address=args.address or config.ray.address, ignore_reinit_error=True)
+    serve.start(http_options={"host": host, "port": port})
+    log.info("canvas-ray serving on http://%s:%d/ (API docs at /docs)", host, port)
+    try:
+        serve.run(build_app(config), name="canvas-ray", route_prefix="/", blocking=True)
+    except KeyboardInterrupt:
+        log.info("stopping")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     config = _config(args.config)
     print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
@@ -211,6 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
     styles.add_argument("text", nargs="?", default="studio white")
     styles.add_argument("--config")
     styles.set_defaults(func=cmd_styles)
+
+    srv = sub.add_parser("serve", help="run the online service (Ray Serve + FastAPI, web page at /)")
+    srv.add_argument("--config", help=f"YAML config (default {DEFAULT_CONFIG.relative_to(REPO_ROOT)})")
+    srv.add_argument("--host", help="bind address (default serve.host)")
+    srv.add_argument("--port", type=int, help="port (default serve.port)")
+    srv.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")
+    srv.set_defaults(func=cmd_serve)
 
     show = sub.add_parser("config", help="print the effective config and its fingerprint")
     show.add_argument("--config")

@@ -122,6 +122,8 @@ def ray_head(tmp_path_factory):
     port, dashboard = _free_port(), _free_port()
     temp = tmp_path_factory.mktemp("ray-head")
     env = dict(os.environ, RAY_DEDUP_LOGS="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    # the job's `python` is whatever the head node's PATH finds: make it this environment's, as on a cluster
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     start = [
         sys.executable,
         "-m",

@@ -1,0 +1,1 @@
+"""The online driver: Ray Serve deployments around the stage classes, behind one FastAPI ingress."""

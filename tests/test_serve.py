@@ -1,0 +1,477 @@
+"""The online service on a real local Ray + Serve: API, errors, safety, auth, batching, load, fuzzing.
+
+Three applications share one Serve instance on a free port: ``local`` at ``/`` (weight-free models from
+configs/local.yaml), ``auth`` at ``/auth`` (API keys, an output root and one allowed URI prefix) and, for
+the neural path, ``tiny`` at ``/tiny`` (tiny random captioner and diffusers inpainter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import socket
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from canvas_ray.config import REPO_ROOT, config_from_dict, load_config
+
+SAMPLE = REPO_ROOT / "examples" / "catalog" / "images" / "sku-0001.jpg"
+API_KEY = "test-key-0123456789"
+MAX_UPLOAD = 2 * 1024 * 1024
+SMALL = {"num_cpus": 0.1, "concurrency": 1, "batch_size": 4}
+SERVE = {"max_batch_size": 4, "batch_wait_timeout_s": 0.2, "max_upload_bytes": MAX_UPLOAD, "max_variants": 4}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def product_png(width: int = 96, height: int = 96, seed: int = 0) -> bytes:
+    """A dark textured box on a plain light backdrop (what the weight-free segmenter expects)."""
+    rng = np.random.default_rng(seed)
+    image = np.full((height, width, 3), 236, np.uint8)
+    y0, y1, x0, x1 = height // 4, 3 * height // 4, width // 3, 2 * width // 3
+    image[y0:y1, x0:x1] = rng.integers(10, 120, (y1 - y0, x1 - x0, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def local_config(**serve: Any):
+    overrides: dict[str, Any] = {f"{s}.resources": dict(SMALL) for s in ("segment", "caption", "inpaint")}
+    overrides["composite.resources"] = dict(SMALL)
+    for key, value in {**SERVE, **serve}.items():
+        overrides[f"serve.{key}"] = value
+    return load_config(REPO_ROOT / "configs" / "local.yaml", overrides)
+
+
+@pytest.fixture(scope="module")
+def server(ray_local, tmp_path_factory):
+    """Serve on 127.0.0.1:<free port> with the ``local`` and ``auth`` applications."""
+    from ray import serve
+
+    from serve.app import build_app
+
+    port = free_port()
+    outputs = tmp_path_factory.mktemp("serve-outputs")
+    allowed = tmp_path_factory.mktemp("allowed-images")
+    (allowed / "product.png").write_bytes(product_png(80, 96, seed=3))
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(local_config()), name="local", route_prefix="/")
+    auth_config = local_config(
+        api_keys=[API_KEY], output_root=str(outputs), allowed_uri_prefixes=[str(allowed) + "/"]
+    )
+    serve.run(build_app(auth_config), name="auth", route_prefix="/auth")
+    base = f"http://127.0.0.1:{port}"
+    with httpx.Client(base_url=base, timeout=60) as client:
+        yield {"base": base, "client": client, "outputs": outputs, "allowed": allowed, "serve": serve}
+    serve.shutdown()
+
+
+@pytest.fixture
+def client(server) -> httpx.Client:
+    return server["client"]
+
+
+def post(client: httpx.Client, path: str = "/v1/backgrounds", image: bytes | None = None, **fields: Any):
+    """A multipart request (even without a file): plain fields plus the optional ``image`` upload."""
+    parts: list[tuple[str, tuple[str | None, Any] | tuple[str, bytes, str]]] = [
+        (key, (None, str(value))) for key, value in fields.items()
+    ]
+    if image is not None:
+        parts.append(("image", ("product.png", image, "image/png")))
+    return client.post(path, files=parts)
+
+
+def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and {"code", "message"} <= set(body["error"]), body
+    if code is not None:
+        assert body["error"]["code"] == code, body
+    return body["error"]
+
+
+# ------------------------------------------------------------------------------------------ happy paths
+
+
+def test_health_ready_styles_docs(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+    styles = client.get("/v1/styles").json()
+    names = [s["name"] for s in styles["styles"]]
+    assert {"studio white", "marble countertop", "minimalist pastel"} <= set(names)
+    assert all("description" in s for s in styles["styles"])
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json")
+    assert spec.status_code == 200
+    content = spec.json()["paths"]["/v1/backgrounds"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "application/json"} <= set(content)
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    for element in ('id="file"', 'id="style"', 'id="aspect"', 'id="count"', 'id="generate"', 'id="results"'):
+        assert element in page.text
+
+
+def test_generate_json(client):
+    response = post(
+        client, image=SAMPLE.read_bytes(), style="marble countertop", n=2, aspect_ratios="1:1, 4x5", seed=7
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["request_id"] and body["caption"] and body["errors"] == []
+    images = body["images"]
+    assert len(images) == 4
+    assert {(i["aspect"], i["variant"]) for i in images} == {("1:1", 0), ("1:1", 1), ("4:5", 0), ("4:5", 1)}
+    for item in images:
+        assert item["product_preserved"] is True and item["max_product_diff"] == 0
+        assert item["mime"] == "image/png" and item["style"] == "marble countertop"
+        assert item["seed"] == 7 + item["variant"]
+        decoded = Image.open(io.BytesIO(base64.b64decode(item["image_base64"])))
+        assert decoded.format == "PNG" and decoded.size == (item["width"], item["height"])
+        want = 1.0 if item["aspect"] == "1:1" else 0.8
+        assert abs(decoded.size[0] / decoded.size[1] - want) < 0.02
+        assert {"decode_s", "segment_s", "inpaint_s", "composite_s"} <= set(item["timings"])
+
+
+def test_generate_accept_image_and_json_body(client):
+    raw = post(
+        client, image=product_png(), style="studio white", aspect_ratios="1:1", format="jpeg"
+    )  # JSON by default
+    assert raw.status_code == 200 and raw.json()["images"][0]["mime"] == "image/jpeg"
+    response = client.post(
+        "/v1/backgrounds",
+        files={"image": ("p.png", product_png(), "image/png")},
+        data={"style": "studio white", "aspect_ratios": "1:1"},
+        headers={"Accept": "image/png"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(response.content)).size[0] > 0
+    webp = client.post(
+        "/v1/backgrounds",
+        json={
+            "image_base64": base64.b64encode(product_png()).decode(),
+            "style": "on a mossy rock by a waterfall",
+            "aspect_ratios": "16:9",
+        },
+        headers={"Accept": "image/webp"},
+    )
+    assert webp.status_code == 200 and webp.headers["content-type"] == "image/webp"
+    width, height = Image.open(io.BytesIO(webp.content)).size
+    assert abs(width / height - 16 / 9) < 0.02
+
+
+# ------------------------------------------------------------------------------------------ error paths
+
+
+def test_missing_or_bad_image(client):
+    assert_error(post(client, style="studio white"), 422)
+    assert_error(client.post("/v1/backgrounds", json={"style": "studio white"}), 422)
+    error = assert_error(
+        post(client, image=b"this is not an image", style="studio white"), 422, "invalid_image"
+    )
+    assert "not an image" in error["message"]
+    truncated = product_png()[:200]
+    assert_error(post(client, image=truncated, style="studio white"), 422, "invalid_image")
+    tiny = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(tiny, format="PNG")
+    assert_error(post(client, image=tiny.getvalue(), style="studio white"), 422, "invalid_image")
+    flat = io.BytesIO()  # a plain image has no product to find: a segment error row → 422 with the reason
+    Image.new("RGB", (64, 64), (200, 200, 200)).save(flat, format="PNG")
+    error = assert_error(post(client, image=flat.getvalue(), style="studio white"), 422)
+    assert error["message"].startswith("segment:")
+    assert_error(client.post("/v1/backgrounds", json={"style": "x", "image_base64": "%%%"}), 422)
+
+
+def test_too_big(client):
+    big = b"\x89PNG" + b"0" * (MAX_UPLOAD + 10)
+    assert_error(post(client, image=big, style="studio white"), 413, "too_large")
+
+    def chunks():  # no Content-Length: the cap applies to the bytes actually read
+        yield b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+        for _ in range(MAX_UPLOAD // 65536 + 8):
+            yield b"0" * 65536
+
+    streamed = client.post(
+        "/v1/backgrounds", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"}
+    )
+    assert_error(streamed, 413, "too_large")
+    encoded = base64.b64encode(b"0" * (MAX_UPLOAD + 10)).decode()
+    assert_error(client.post("/v1/backgrounds", json={"style": "x", "image_base64": encoded}), 413)
+
+
+def test_bad_fields(client):
+    image = product_png()
+    assert_error(post(client, image=image, style=""), 400, "bad_style")
+    assert_error(post(client, image=image, style="x" * 401), 400, "bad_style")
+    assert_error(post(client, image=image, style="a|b"), 400, "bad_style")
+    assert_error(post(client, image=image), 422, "validation_error")  # no style
+    assert_error(post(client, image=image, style="studio white", n=5), 400)
+    assert_error(post(client, image=image, style="studio white", n=0), 400)
+    assert_error(post(client, image=image, style="studio white", n="many"), 422)
+    assert_error(post(client, image=image, style="studio white", seed=-1), 400)
+    assert_error(post(client, image=image, style="studio white", seed="x"), 422)
+    for aspect in ("0:1", "abc", "1:10", ","):
+        assert_error(post(client, image=image, style="studio white", aspect_ratios=aspect), 400, "bad_aspect")
+    assert_error(post(client, image=image, style="studio white", format="gif"), 422)
+    assert_error(post(client, image=image, style="studio white", colour="red"), 422)  # unknown field
+    assert_error(post(client, image=image, style="studio white", prompt="p" * 1001), 400)
+    json_cases = [
+        {"style": 5, "image_base64": base64.b64encode(image).decode()},
+        {"style": ["a"], "image_base64": base64.b64encode(image).decode()},
+        {"style": "x", "n": {"a": 1}},
+        {"style": "x", "image_base64": 12},
+        {"style": "x", "extra": True},
+    ]
+    for data in json_cases:
+        assert_error(client.post("/v1/backgrounds", json=data), 422, "validation_error")
+    assert_error(client.post("/v1/backgrounds", json=[1, 2]), 422)
+    bad_json = client.post("/v1/backgrounds", content=b"{", headers={"content-type": "application/json"})
+    assert_error(bad_json, 400)
+    assert_error(client.post("/v1/backgrounds", content=b"x", headers={"content-type": "text/plain"}), 415)
+    assert_error(client.post("/v1/backgrounds", data={"style": "x"}), 415)  # urlencoded
+    assert_error(client.get("/v1/nothing-here"), 404, "not_found")
+    assert_error(client.get("/v1/backgrounds"), 405)
+
+
+def test_ssrf_refused_without_any_request(client):
+    with socket.socket() as listener:  # a URL we control: it must never be contacted
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.settimeout(0.5)
+        own = f"http://127.0.0.1:{listener.getsockname()[1]}/product.png"
+        for uri in ("http://169.254.169.254/latest/meta-data", "file:///etc/passwd", own):
+            error = assert_error(client.post("/v1/backgrounds", json={"style": "x", "image_uri": uri}), 400)
+            assert error["code"] == "url_fetch_disabled" and "URL fetching is disabled" in error["message"]
+            form = post(client, image=product_png(), style="x", image_uri=uri)
+            assert_error(form, 400, "url_fetch_disabled")
+        with pytest.raises(socket.timeout):
+            listener.accept()
+
+
+# ------------------------------------------------------------------------------------- auth and saving
+
+
+def test_auth_and_outputs(server, client):
+    image = product_png()
+    assert client.get("/auth/healthz").status_code == 200
+    assert_error(client.get("/auth/v1/styles"), 401, "unauthorized")
+    assert_error(post(client, "/auth/v1/backgrounds", image=image, style="studio white"), 401)
+    wrong = {"Authorization": "Bearer nope"}
+    assert_error(client.get("/auth/v1/styles", headers=wrong), 401)
+    assert_error(client.get("/auth/v1/styles", headers={"Authorization": API_KEY}), 401)
+    good = {"Authorization": f"Bearer {API_KEY}"}
+    assert client.get("/auth/v1/styles", headers=good).status_code == 200
+    response = client.post(
+        "/auth/v1/backgrounds",
+        files={"image": ("p.png", image, "image/png")},
+        data={"style": "studio white", "aspect_ratios": "1:1"},
+        headers=good,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    saved = Path(body["images"][0]["uri"])
+    root = server["outputs"].resolve()
+    assert saved.is_file() and root in saved.parents and saved.parent.name == body["request_id"]
+    # An allowed prefix is fetched; anything else (or climbing out of it) is refused.
+    allowed = server["allowed"]
+    ok = client.post(
+        "/auth/v1/backgrounds",
+        json={"style": "studio white", "image_uri": f"{allowed}/product.png", "aspect_ratios": "1:1"},
+        headers=good,
+    )
+    assert ok.status_code == 200, ok.text
+    for uri in (f"{allowed}/../../etc/passwd", "file:///etc/passwd", "http://169.254.169.254/"):
+        refused = client.post("/auth/v1/backgrounds", json={"style": "x", "image_uri": uri}, headers=good)
+        assert_error(refused, 400, "url_not_allowed")
+    missing = client.post(
+        "/auth/v1/backgrounds", json={"style": "x", "image_uri": f"{allowed}/missing.png"}, headers=good
+    )
+    assert_error(missing, 422)
+
+
+def test_api_keys_from_env():
+    from serve.app import configured_api_keys
+
+    config = local_config(api_keys_env="MY_KEYS")
+    assert configured_api_keys(config, {}) == []
+    assert configured_api_keys(config, {"MY_KEYS": " a, b ,,"}) == ["a", "b"]
+    assert configured_api_keys(local_config(api_keys=["k"]), {"CANVAS_RAY_API_KEYS": "e"}) == ["k", "e"]
+
+
+# ------------------------------------------------------------------------------------- batching, load
+
+
+async def _fire(base: str, count: int, concurrency: int, image: bytes) -> list[tuple[int, float]]:
+    limit = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=base, timeout=120) as client:
+
+        async def one(number: int) -> tuple[int, float]:
+            async with limit:
+                start = time.perf_counter()
+                response = await client.post(
+                    "/v1/backgrounds",
+                    files={"image": ("p.png", image, "image/png")},
+                    data={"style": "studio white", "aspect_ratios": "1:1", "n": "1", "seed": str(number)},
+                )
+                return response.status_code, time.perf_counter() - start
+
+        return await asyncio.gather(*(one(i) for i in range(count)))
+
+
+def test_dynamic_batching(server):
+    serve = server["serve"]
+    before = {
+        name: len(serve.get_deployment_handle(name, app_name="local").batch_sizes.remote().result())
+        for name in ("SegmentDeployment", "InpaintDeployment")
+    }
+    results = asyncio.run(_fire(server["base"], 12, 12, product_png()))
+    assert all(status == 200 for status, _ in results), results
+    sizes = {
+        name: serve.get_deployment_handle(name, app_name="local")
+        .batch_sizes.remote()
+        .result()[before[name] :]
+        for name in before
+    }
+    print(f"\nobserved batch sizes (requests per stage call): {sizes}")
+    assert sum(sizes["SegmentDeployment"]) == 12 and sum(sizes["InpaintDeployment"]) == 12
+    assert max(sizes["SegmentDeployment"] + sizes["InpaintDeployment"]) > 1
+    assert max(sizes["SegmentDeployment"] + sizes["InpaintDeployment"]) <= 4  # serve.max_batch_size
+
+
+def test_bounded_load(server):
+    start = time.perf_counter()
+    results = asyncio.run(asyncio.wait_for(_fire(server["base"], 200, 16, product_png()), timeout=240))
+    elapsed = time.perf_counter() - start
+    statuses = [status for status, _ in results]
+    latencies = sorted(seconds for _, seconds in results)
+    p50 = statistics.median(latencies)
+    p95 = latencies[int(0.95 * len(latencies)) - 1]
+    print(
+        f"\nload: 200 requests, concurrency 16, {elapsed:.1f} s, "
+        f"p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms"
+    )
+    assert not [s for s in statuses if s >= 500]
+    assert statuses.count(200) == 200
+
+
+# ------------------------------------------------------------------------------------------ fuzzing
+
+
+def test_schemathesis_no_server_errors(server, tmp_path):
+    import schemathesis
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis.configuration import set_hypothesis_home_dir
+    from schemathesis import GenerationMode
+
+    set_hypothesis_home_dir(tmp_path / "hypothesis")  # no .hypothesis/ folder in the checkout
+    schema = schemathesis.openapi.from_url(f"{server['base']}/openapi.json")
+    failures: list[str] = []
+    plans = [
+        ("/healthz", "GET", [GenerationMode.POSITIVE], 5),
+        ("/readyz", "GET", [GenerationMode.POSITIVE], 5),
+        ("/v1/styles", "GET", [GenerationMode.POSITIVE], 5),
+        ("/v1/backgrounds", "POST", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], 30),
+    ]
+    calls = 0
+    for path, method, modes, examples in plans:
+        operation = schema[path][method]
+        for mode in modes:
+
+            @given(case=operation.as_strategy(generation_mode=mode))
+            @settings(
+                max_examples=examples,
+                deadline=None,
+                database=None,
+                derandomize=True,
+                phases=[Phase.explicit, Phase.generate],
+                suppress_health_check=list(HealthCheck),
+            )
+            def check(case) -> None:
+                nonlocal calls
+                calls += 1
+                response = case.call(base_url=server["base"], timeout=60)
+                if response.status_code >= 500:
+                    failures.append(
+                        f"{case.method} {case.path} -> {response.status_code}: {response.text[:200]}"[:300]
+                    )
+
+            check()
+    print(f"\nschemathesis: {calls} calls")
+    assert calls >= 40
+    assert not failures, failures
+
+
+# ------------------------------------------------------------------------------------ neural models
+
+
+@pytest.fixture(scope="module")
+def tiny_app(server, tiny_models):
+    from serve.app import build_app
+
+    config = config_from_dict(
+        {
+            "segment": {"backend": "backdrop", "device": "cpu", "resources": SMALL},
+            "caption": {
+                "backend": "hf",
+                "model": str(tiny_models["captioner"]),
+                "max_new_tokens": 8,
+                "device": "cpu",
+                "resources": SMALL,
+            },
+            "inpaint": {
+                "backend": "diffusers",
+                "model": str(tiny_models["inpainter"]),
+                "resolution": 64,
+                "steps": 2,
+                "device": "cpu",
+                "resources": SMALL,
+            },
+            "composite": {"resources": SMALL},
+            "output": {"aspect_ratios": ["1:1"]},
+            "serve": SERVE,
+        }
+    )
+    server["serve"].run(build_app(config), name="tiny", route_prefix="/tiny")
+    yield server
+    server["serve"].delete("tiny")
+
+
+def test_tiny_neural_models(tiny_app):
+    client: httpx.Client = tiny_app["client"]
+    assert client.get("/tiny/readyz").status_code == 200
+    response = post(
+        client,
+        "/tiny/v1/backgrounds",
+        image=product_png(96, 80),
+        style="beach summer",
+        n=2,
+        aspect_ratios="1:1,3:4",
+    )
+    assert response.status_code == 200, response.text
+    images = response.json()["images"]
+    assert len(images) == 4
+    assert all(i["product_preserved"] and i["max_product_diff"] == 0 for i in images)
+    assert all(i["caption"] for i in images)
+    for item in images:
+        size = Image.open(io.BytesIO(base64.b64decode(item["image_base64"]))).size
+        assert abs(size[0] / size[1] - (1.0 if item["aspect"] == "1:1" else 0.75)) < 0.02
+    single = client.post(
+        "/tiny/v1/backgrounds",
+        files={"image": ("p.png", product_png(), "image/png")},
+        data={"style": "studio white", "seed": "3"},
+        headers={"Accept": "image/png"},
+    )
+    assert single.status_code == 200 and single.headers["content-type"] == "image/png"
