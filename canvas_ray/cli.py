@@ -1,4 +1,5 @@
-"""``canvas-ray`` command line: generate (catalog job), generate-one, serve, tiny-models, styles, config."""
+"""``canvas-ray`` command line: generate (catalog job), generate-one, serve, tiny-models, styles, config,
+curate and finetune (LoRA training)."""
 
 from __future__ import annotations
 
@@ -163,6 +164,80 @@ def cmd_styles(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_styles_add(args: argparse.Namespace) -> int:
+    """Append or update one preset with a LoRA in a styles YAML; validated, then written atomically."""
+    import os
+    import tempfile
+
+    from canvas_ray.styles import StyleBook
+
+    target = Path(args.styles_file)
+    data: dict[str, Any] = yaml.safe_load(target.read_text()) if target.is_file() else {}
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"styles file {target} must be a mapping with a styles: section")
+    styles = data.setdefault("styles", {}) or {}
+    data["styles"] = styles
+    lora = Path(args.lora)
+    if not lora.exists():
+        raise ConfigError(f"--lora {lora} does not exist (a LoRA folder or .safetensors file)")
+    existing = next((key for key in styles if str(key).lower() == args.name.lower()), None)
+    preset = dict(styles.get(existing) or {}) if existing is not None else {}
+    preset["prompt"] = args.prompt
+    if args.negative_prompt is not None:
+        preset["negative_prompt"] = args.negative_prompt
+    preset["lora"] = str(lora.resolve())
+    preset["lora_weight"] = args.weight
+    if args.description is not None:
+        preset["description"] = args.description
+    preset.setdefault("description", f"fine-tuned LoRA style {args.name}")
+    styles[existing if existing is not None else args.name] = preset
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            yaml.safe_dump(data, stream, sort_keys=False, allow_unicode=True)
+        StyleBook.from_files([tmp])  # raises ConfigError naming the problem; the original stays untouched
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    print(json.dumps({"styles_file": str(target), "style": args.name, "lora": preset["lora"]}))
+    return 0
+
+
+def cmd_curate(args: argparse.Namespace) -> int:
+    from canvas_ray.train.curate import CurateOptions, curate
+
+    options = CurateOptions(
+        top_share=args.top_share,
+        min_impressions=args.min_impressions,
+        confidence=args.confidence,
+        near_distance=args.near_distance,
+    )
+    report = curate(args.catalog, args.output, options)
+    print(json.dumps({"output": args.output, **report["counts"]}))
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    import ray
+
+    from canvas_ray.train.config import load_finetune_config
+    from canvas_ray.train.lora import finetune
+
+    overrides: dict[str, Any] = {}
+    if args.steps:
+        overrides["steps"] = args.steps
+    if args.workers:
+        overrides["scaling.num_workers"] = args.workers
+    config = load_finetune_config(args.config, overrides)
+    ray.init(address=args.address, ignore_reinit_error=True)
+    summary = finetune(config, args.catalog, args.output)
+    print(json.dumps({k: v for k, v in summary.items() if k != "metrics"}, default=str))
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
@@ -228,11 +303,41 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=cmd_tiny_models)
 
-    styles = sub.add_parser("styles", help="list presets or resolve a style")
-    styles.add_argument("action", choices=["list", "show"])
-    styles.add_argument("text", nargs="?", default="studio white")
-    styles.add_argument("--config")
-    styles.set_defaults(func=cmd_styles)
+    styles = sub.add_parser("styles", help="list presets, resolve a style, or add a LoRA style")
+    styles_sub = styles.add_subparsers(dest="action", required=True)
+    for action, text_help in (("list", None), ("show", "style preset name or description")):
+        act = styles_sub.add_parser(action)
+        if text_help:
+            act.add_argument("text", nargs="?", default="studio white", help=text_help)
+        act.add_argument("--config")
+        act.set_defaults(func=cmd_styles)
+    add = styles_sub.add_parser("add", help="append or update a preset with a fine-tuned LoRA")
+    add.add_argument("name")
+    add.add_argument("--lora", required=True, help="LoRA folder (pytorch_lora_weights.safetensors) or file")
+    add.add_argument("--prompt", required=True, help="scene prompt of the style")
+    add.add_argument("--weight", type=float, default=0.8, help="adapter scale (default 0.8)")
+    add.add_argument("--negative-prompt")
+    add.add_argument("--description")
+    add.add_argument("--styles-file", default=str(REPO_ROOT / "configs" / "styles.yaml"))
+    add.set_defaults(func=cmd_styles_add)
+
+    cur = sub.add_parser("curate", help="pick top-engaging, de-duplicated catalog images for fine-tuning")
+    cur.add_argument("--catalog", required=True)
+    cur.add_argument("--output", required=True, help="folder for curated.parquet/jsonl and report.json/md")
+    cur.add_argument("--top-share", type=float, default=0.5, help="share of each category kept")
+    cur.add_argument("--min-impressions", type=int, default=100)
+    cur.add_argument("--confidence", type=float, default=0.95, help="of the Wilson lower bound")
+    cur.add_argument("--near-distance", type=int, default=6, help="max dHash distance of near duplicates")
+    cur.set_defaults(func=cmd_curate)
+
+    fin = sub.add_parser("finetune", help="train a background LoRA with Ray Train")
+    fin.add_argument("--config", required=True, help="finetune YAML (configs/finetune.yaml)")
+    fin.add_argument("--catalog", required=True, help="catalog, e.g. curated.parquet from `curate`")
+    fin.add_argument("--output", required=True, help="run folder; a rerun resumes from its checkpoints")
+    fin.add_argument("--steps", type=int, help="override steps")
+    fin.add_argument("--workers", type=int, help="override scaling.num_workers")
+    fin.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")
+    fin.set_defaults(func=cmd_finetune)
 
     srv = sub.add_parser("serve", help="run the online service (Ray Serve + FastAPI, web page at /)")
     srv.add_argument("--config", help=f"YAML config (default {DEFAULT_CONFIG.relative_to(REPO_ROOT)})")

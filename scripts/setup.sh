@@ -18,5 +18,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "${CANVAS_RAY_TORCH:-torch==2.13.0}"
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,train]"
 echo "canvas-ray installed in $(pwd)/.venv"

@@ -1,0 +1,1 @@
+"""Fine-tuning: curate a catalog by engagement, prepare training examples, train a background LoRA."""

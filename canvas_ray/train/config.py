@@ -1,0 +1,138 @@
+"""Schema of a fine-tuning config (``configs/finetune.yaml``); unknown keys fail like the main config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from canvas_ray.config import ConfigError, _format_errors
+
+LORA_TARGETS: tuple[str, ...] = (
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "proj_in",
+    "proj_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "conv1",
+    "conv2",
+    "conv_shortcut",
+    "downsamplers.0.conv",
+    "upsamplers.0.conv",
+    "time_emb_proj",
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraSection(_Strict):
+    rank: int = Field(8, ge=1, le=512)
+    alpha: int = Field(8, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: list(LORA_TARGETS), min_length=1)
+
+
+class DataSection(_Strict):
+    segment_backend: Literal["backdrop", "alpha", "hf"] = "backdrop"
+    segment_model: str | None = None
+    caption_backend: Literal["metadata", "hf"] = "metadata"
+    caption_model: str | None = None
+    trust_remote_code: bool = Field(False, description="for remote-code segmenters such as BiRefNet")
+    device: str = Field("cpu", description="device of the data-prep models: cpu | cuda | auto")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per data-prep actor (Ray Data path)")
+    actors: int = Field(1, ge=1, description="data-prep actor pool size (Ray Data path)")
+    use_ray_data: bool = Field(False, description="prepare examples with Ray Data instead of in-process")
+    limit: int | None = Field(None, ge=1)
+
+
+class ScalingSection(_Strict):
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(1.0, ge=0)
+
+
+class FinetuneConfig(_Strict):
+    """Everything one LoRA fine-tuning run needs."""
+
+    base_model: str = Field(description="diffusers inpainting pipeline: hub id or local folder")
+    revision: str | None = None
+    resolution: int = Field(512, ge=32, le=2048)
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(1, ge=1, description="examples per worker per micro-step")
+    gradient_accumulation: int = Field(1, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    lr_warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="used on GPU only")
+    random_mask_steps: int = Field(0, ge=0, description="first steps use random rectangles as masks")
+    background_loss_weight: float = Field(1.0, ge=0, description="loss weight of background latents")
+    product_loss_weight: float = Field(1.0, ge=0, description="loss weight of product latents")
+    checkpoint_every: int = Field(100, ge=1)
+    validation_prompts: list[str] = Field(default_factory=list)
+    validation_steps: int = Field(10, ge=1, description="denoising steps of validation images")
+    seed: int = 0
+    lora: LoraSection = Field(default_factory=LoraSection)
+    data: DataSection = Field(default_factory=DataSection)
+    scaling: ScalingSection = Field(default_factory=ScalingSection)
+    source: str | None = Field(None, exclude=True)
+
+    @field_validator("resolution")
+    @classmethod
+    def _multiple_of_8(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError(f"resolution must be a multiple of 8, got {value}")
+        return value
+
+
+def _fix(value: Any, base: Path) -> Any:
+    if not isinstance(value, str) or "://" in value or Path(value).is_absolute():
+        return value
+    candidate = (base / value).resolve()
+    return str(candidate) if candidate.exists() or value.startswith(".") else value
+
+
+def finetune_config_from_dict(
+    data: dict[str, Any] | None, source: str = "<dict>", base: Path | None = None
+) -> FinetuneConfig:
+    data = dict(data or {})
+    if base is not None:
+        data["base_model"] = _fix(data.get("base_model"), base)
+        section = data.get("data")
+        if isinstance(section, dict):
+            for key in ("segment_model", "caption_model"):
+                section[key] = _fix(section.get(key), base)
+    try:
+        config = FinetuneConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(error, source)) from None
+    config.source = source
+    return config
+
+
+def load_finetune_config(path: str | Path, overrides: dict[str, Any] | None = None) -> FinetuneConfig:
+    """Read a fine-tuning YAML; ``overrides`` are dotted keys like ``{"scaling.num_workers": 2}``."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"finetune config not found: {file}")
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config {file} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {file} must be a mapping")
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return finetune_config_from_dict(data, source=str(file), base=file.resolve().parent)
