@@ -193,10 +193,20 @@ def cmd_styles_add(args: argparse.Namespace) -> int:
     preset.setdefault("description", f"fine-tuned LoRA style {args.name}")
     styles[existing if existing is not None else args.name] = preset
     target.parent.mkdir(parents=True, exist_ok=True)
+    original = target.read_text() if target.is_file() else ""
+    top_level = [line for line in original.splitlines() if line and not line[0].isspace() and line[0] != "#"]
+    if existing is None and top_level and top_level[-1].strip() == "styles:":
+        # a new preset under a trailing `styles:` section: append as text, keeping the file's comments
+        entry = yaml.safe_dump({args.name: preset}, sort_keys=False, allow_unicode=True)
+        text = original.rstrip("\n") + "\n" + "".join(f"  {line}\n" for line in entry.splitlines())
+    else:
+        text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    if (yaml.safe_load(text) or {}) != data:
+        text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
     handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "w") as stream:
-            yaml.safe_dump(data, stream, sort_keys=False, allow_unicode=True)
+            stream.write(text)
         StyleBook.from_files([tmp])  # raises ConfigError naming the problem; the original stays untouched
         os.replace(tmp, target)
     finally:
