@@ -111,6 +111,42 @@ class InpaintConfig(ModelStage):
         return value
 
 
+class ExpansionConfig(_Strict):
+    """Object-expansion guard: re-segment the generated image and retry when the product has grown."""
+
+    enabled: bool = True
+    threshold: float = Field(
+        0.15, ge=0, description="largest accepted E / area(product), E = area(out ∪ in) - area(in)"
+    )
+    tolerance_px: int = Field(2, ge=0, le=32, description="segmenter edge jitter ignored around the product")
+    max_attempts: int = Field(3, ge=1, le=16, description="generations per output, the first included")
+    retry_dilate_px: int = Field(
+        4, ge=0, le=64, description="grow the kept region by this much more on each retry"
+    )
+    on_fail: Literal["reject", "keep_best"] = Field(
+        "reject", description="after max_attempts: a `rejected` row, or the least-expanded candidate"
+    )
+    segment: SegmentConfig | None = Field(
+        None, description="segmenter for the generated image; None = the segment stage's (alpha → backdrop)"
+    )
+
+
+class ScoringConfig(_Strict):
+    """How candidates are ranked: weight-free checks plus, when a model is named, CLIP image–text alignment."""
+
+    clip_model: str | None = Field(None, description="CLIP checkpoint (hub id or folder) for alignment")
+    clip_device: str = "auto"
+    weights: dict[Literal["clip", "seam", "harmony", "exposure"], float] = Field(
+        default_factory=lambda: {"clip": 1.0, "seam": 1.0, "harmony": 0.5, "exposure": 0.5}
+    )
+
+
+class QualityConfig(_Strict):
+    candidates: int = Field(1, ge=1, le=16, description="generations per requested output; the best is kept")
+    expansion: ExpansionConfig = Field(default_factory=ExpansionConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+
+
 class CompositeConfig(_Strict):
     fill: float = Field(
         0.78, gt=0.05, le=1.0, description="largest share of canvas width/height the product takes"
@@ -192,6 +228,7 @@ class CanvasConfig(_Strict):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
     source: str | None = Field(None, exclude=True, description="file this config was read from")
 
     @model_validator(mode="after")
