@@ -142,7 +142,7 @@ def _tasks(resources: Resources) -> dict[str, Any]:
 
 
 # Catalog columns the generation plan carries (engagement counts are for curation, not generation).
-PLAN_COLUMNS = (*(c for c in TEXT_COLUMNS if c != "style_image_uri"), "status", "error")
+PLAN_COLUMNS = (*TEXT_COLUMNS, "status", "error")
 
 
 def check_resources(config: CanvasConfig) -> None:
@@ -290,7 +290,7 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
         request.output,
     )
 
-    processed = {"ok": 0, "error": 0}
+    processed = {"ok": 0, "rejected": 0, "error": 0}
     if todo.num_rows:
         _init_ray(request.address or config.ray.address)
         check_resources(config)
@@ -302,11 +302,13 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             statuses = batch["status"]
             ok = int(np.sum(statuses == "ok"))
+            rejected = int(np.sum(statuses == "rejected"))
             processed["ok"] += ok
-            processed["error"] += len(statuses) - ok
+            processed["rejected"] += rejected
+            processed["error"] += len(statuses) - ok - rejected
             if bar is not None:
                 bar.update(len(statuses))
-                bar.set_postfix(ok=processed["ok"], errors=processed["error"])
+                bar.set_postfix(ok=processed["ok"], rejected=processed["rejected"], errors=processed["error"])
             if request.on_progress is not None:
                 request.on_progress(dict(processed, total=total_outputs))
         if bar is not None:
@@ -366,16 +368,29 @@ def _summary(
     wanted = {o for outputs in expected.values() for o in outputs}
     rows = [r for r in manifest.to_pylist() if r["output_id"] in wanted or r["item_id"] in expected]
     ok = [r for r in rows if r["status"] == "ok"]
-    errors = [r for r in rows if r["status"] != "ok"]
+    errors = [r for r in rows if r["status"] not in ("ok", "rejected")]
+    rejected = [r for r in rows if r["status"] == "rejected"]
     stages = {}
-    for column in ("fetch_s", "decode_s", "segment_s", "caption_s", "inpaint_s", "composite_s", "write_s"):
+    timings = (
+        "fetch_s",
+        "decode_s",
+        "segment_s",
+        "caption_s",
+        "inpaint_s",
+        "quality_s",
+        "composite_s",
+        "write_s",
+    )
+    for column in timings:
         values = [r[column] for r in ok if r[column] is not None]
         stages[column.removesuffix("_s")] = round(float(np.mean(values)), 4) if values else None
     reasons: dict[str, int] = {}
-    for row in errors:
+    for row in errors + rejected:
         reason = (row["error"] or "unknown").split(":")[0]
         reasons[reason] = reasons.get(reason, 0) + 1
-    outputs_this_run = processed["ok"] + processed["error"]
+    outputs_this_run = sum(processed.values())
+    expansions = [r["expansion_ratio"] for r in ok if r.get("expansion_ratio") is not None]
+    scores = [r["quality_score"] for r in ok if r.get("quality_score") is not None]
     return {
         "run_id": run_id,
         "catalog": request.catalog,
@@ -388,7 +403,11 @@ def _summary(
         "outputs": len(rows),
         "ok": len(ok),
         "errors": len(errors),
+        "rejected": len(rejected),
         "errors_by_stage": reasons,
+        "expansion_ratio_p50": round(float(np.median(expansions)), 4) if expansions else None,
+        "expansion_ratio_max": round(float(np.max(expansions)), 4) if expansions else None,
+        "quality_score_p50": round(float(np.median(scores)), 4) if scores else None,
         "product_preserved": sum(bool(r["product_preserved"]) for r in ok),
         "outputs_this_run": outputs_this_run,
         "seconds": round(elapsed, 3),
@@ -411,9 +430,15 @@ def _print_summary(summary: dict[str, Any]) -> None:
     )
     print(
         f"outputs {summary['outputs']}/{summary['outputs_expected']}  ok {summary['ok']}"
-        f"  errors {summary['errors']}"
+        f"  rejected {summary['rejected']}  errors {summary['errors']}"
         f"  product preserved {summary['product_preserved']}/{summary['ok']}"
     )
+    if summary["expansion_ratio_p50"] is not None or summary["quality_score_p50"] is not None:
+        print(
+            f"expansion p50 {summary['expansion_ratio_p50']}  max {summary['expansion_ratio_max']}"
+            f"  quality score p50 {summary['quality_score_p50']}"
+            "  (details: canvas-ray evaluate OUTPUT)"
+        )
     if summary["errors_by_stage"]:
         print(
             "errors by stage: "

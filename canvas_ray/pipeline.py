@@ -40,9 +40,21 @@ class GeneratedImage:
     product_preserved: bool
     max_product_diff: int
     timings: dict[str, float]
+    quality: dict[str, float | None]
 
 
-TIMING_COLUMNS = ("fetch_s", "decode_s", "segment_s", "caption_s", "inpaint_s", "composite_s")
+TIMING_COLUMNS = ("fetch_s", "decode_s", "segment_s", "caption_s", "inpaint_s", "quality_s", "composite_s")
+QUALITY_COLUMNS = (
+    "expansion_ratio",
+    "expansion_px",
+    "attempts",
+    "candidates",
+    "quality_score",
+    "clip_score",
+    "seam_energy",
+    "color_harmony",
+    "exposure",
+)
 
 
 def items_batch(items: list[dict[str, Any]]) -> Batch:
@@ -100,6 +112,12 @@ class LocalPipeline:
                     product_preserved=bool(out["product_preserved"][i]),
                     max_product_diff=int(out["max_product_diff"][i]),
                     timings={c: float(out[c][i]) for c in TIMING_COLUMNS if c in out},
+                    quality={c: _number(out[c][i]) if c in out else None for c in QUALITY_COLUMNS},
                 )
             )
         return results
+
+
+def _number(value: object) -> float | None:
+    number = float(value)  # type: ignore[arg-type]
+    return None if number != number else number

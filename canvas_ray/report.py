@@ -56,6 +56,10 @@ def _item_html(item_id: str, rows: list[dict[str, Any]], prefix: str) -> str:
         label = f"{_e(row['style'])} · {_e(row['aspect'])} · v{_e(row['variant'])} · seed {_e(row['seed'])}"
         if row["status"] == "ok":
             check = "product preserved" if row["product_preserved"] else "PRODUCT CHANGED"
+            if row.get("quality_score") is not None:
+                check += f"<br>score {row['quality_score']:.2f}"
+            if row.get("expansion_ratio") is not None:
+                check += f" · expansion {row['expansion_ratio']:.1%}"
             figures.append(
                 f'<figure><a href="{prefix}{_e(row["output_uri"])}"><img loading="lazy" '
                 f'src="{prefix}{_e(row["output_uri"])}" alt="{label}"></a>'
@@ -65,7 +69,7 @@ def _item_html(item_id: str, rows: list[dict[str, Any]], prefix: str) -> str:
             )
         else:
             figures.append(
-                f'<figure><figcaption><span class="error">error</span> · {label}<br>'
+                f'<figure><figcaption><span class="error">{_e(row["status"])}</span> · {label}<br>'
                 f"{_e(row['error'])}</figcaption></figure>"
             )
     title = f" — {_e(first.get('title'))}" if first.get("title") else ""

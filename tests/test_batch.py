@@ -55,6 +55,11 @@ def test_sample_catalog_end_to_end(ray_local, tmp_path):
     _check_outputs(tmp_path, rows)
     assert summary["ok"] == len(wanted) and summary["errors"] == 0
     assert summary["product_preserved"] == len(wanted)
+    # every output carries its expansion and score figures
+    for row in rows:
+        assert row["expansion_ratio"] is not None and row["expansion_ratio"] <= 0.15
+        assert 0 < row["quality_score"] <= 1 and row["attempts"] == 1 and row["candidates"] == 1
+        assert row["seam_energy"] is not None and row["clip_score"] is None
     # the catalog's own style column wins over the config's defaults
     styled = {r["item_id"]: r["style"] for r in rows if r["item_id"] in ("sku-0008", "sku-0012")}
     assert styled == {"sku-0008": "luxury dark", "sku-0012": "marble countertop"}

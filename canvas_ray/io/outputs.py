@@ -154,7 +154,9 @@ def _value(batch: Batch, column: str, index: int, default: Any) -> Any:
     value = batch[column][index]
     if isinstance(value, np.generic):
         value = value.item()
-    if value is None or (isinstance(value, float) and value != value and not isinstance(default, float)):
+    if isinstance(value, float) and value != value:  # NaN: "not measured" is a null in the manifest
+        return None
+    if value is None:
         return default
     return value
 

@@ -2,8 +2,8 @@
 
 A batch is a dict of equal-length NumPy columns (what Ray Data's ``batch_format="numpy"`` gives).
 Image-like columns are 1-D object arrays of per-row ndarrays (rows differ in size). Every row carries
-``status`` (``ok``/``error``) and ``error`` (``"stage: reason"``); a stage works on ``ok`` rows only and
-passes error rows through untouched, so no row is ever dropped.
+``status`` (``ok``/``error``/``rejected``) and ``error`` (``"stage: reason"``); a stage works on ``ok``
+rows only and passes the others through untouched, so no row is ever dropped.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ T = TypeVar("T")
 
 OK = "ok"
 ERROR = "error"
+REJECTED = "rejected"  # generated, but failed a quality guard (e.g. object expansion); figures recorded
 PLACEHOLDER_IMAGE = np.zeros((1, 1, 3), np.uint8)
 PLACEHOLDER_MASK = np.zeros((1, 1), np.uint8)
 

@@ -36,16 +36,16 @@ class Composite:
         self.styles = styles or StyleBook.from_config(config)
         self.keep_intermediate = keep_intermediate
 
-    def _one(self, batch: Batch, index: int) -> tuple[np.ndarray, int, int]:
-        canvas, mask, background = (
-            batch["canvas"][index],
-            batch["canvas_mask"][index],
-            batch["background"][index],
-        )
+    def render(self, canvas: np.ndarray, mask: np.ndarray, background: np.ndarray, style: str) -> np.ndarray:
+        """The final image for one output (also used by Inpaint to score candidates)."""
         shadow = self.spec.shadow
         if shadow is None:
-            shadow = self.styles.resolve(str(batch["style"][index])).backdrop.shadow
-        result = composite(canvas, mask, background, feather_px=self.spec.feather_px, shadow=shadow)
+            shadow = self.styles.resolve(style).backdrop.shadow
+        return composite(canvas, mask, background, feather_px=self.spec.feather_px, shadow=shadow)
+
+    def _one(self, batch: Batch, index: int) -> tuple[np.ndarray, int, int]:
+        canvas, mask = batch["canvas"][index], batch["canvas_mask"][index]
+        result = self.render(canvas, mask, batch["background"][index], str(batch["style"][index]))
         check = verify_product_preserved(result, canvas, mask)
         if not check.product_preserved:
             raise RuntimeError(

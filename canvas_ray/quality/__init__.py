@@ -1,0 +1,1 @@
+"""Output quality: the object-expansion guard, candidate scoring and the evaluation of a finished run."""
