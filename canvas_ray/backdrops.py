@@ -6,10 +6,21 @@ for a given seed; the seed varies lighting position, tint and texture so variant
 
 from __future__ import annotations
 
+import colorsys
+from typing import Any
+
 import cv2
 import numpy as np
+from PIL import Image
 
 from canvas_ray.styles import Backdrop, hex_to_rgb
+
+# A reference image only lends its colours: tints are kept muted (no neon walls) and in a lit range.
+MAX_WALL_SATURATION = 0.38
+MAX_FLOOR_SATURATION = 0.5
+WALL_VALUE = (0.78, 0.96)
+FLOOR_VALUE = (0.35, 0.8)
+MIN_SHARE = 0.08  # colours covering less of the reference (text, small details) do not count
 
 
 def _lerp_colours(colours: list[np.ndarray], t: np.ndarray) -> np.ndarray:
@@ -94,3 +105,58 @@ def render_backdrop(
         strength = {"noise": 6.0, "marble": 22.0, "wood": 18.0, "linen": 7.0}[backdrop.texture]
         image = image + strength * _texture(backdrop.texture, rng, height, width)[..., None]
     return np.clip(np.round(image), 0, 255).astype(np.uint8)
+
+
+def dominant_colours(image: np.ndarray, count: int = 6) -> list[tuple[np.ndarray, float]]:
+    """The main colours of an ``HxWx3[+1]`` uint8 image with their shares, largest share first.
+
+    Median cut (PIL ``quantize``) on a copy at most 64 px on its long side: deterministic and fast.
+    """
+    thumb = Image.fromarray(np.ascontiguousarray(image[..., :3]))
+    thumb.thumbnail((64, 64), Image.Resampling.BILINEAR)
+    quantized = thumb.quantize(colors=count, method=Image.Quantize.MEDIANCUT)
+    palette = np.asarray(quantized.getpalette() or [], np.float32)[: 3 * count].reshape(-1, 3)
+    counts: list[tuple[int, Any]] = quantized.getcolors() or []  # (count, palette index) in P mode
+    total = float(sum(n for n, _ in counts)) or 1.0
+    ranked = sorted(counts, key=lambda item: (-item[0], item[1]))
+    return [(palette[int(index)], n / total) for n, index in ranked]
+
+
+def _luminance(rgb: np.ndarray) -> float:
+    return float(0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2])
+
+
+def _tame(rgb: np.ndarray, max_saturation: float, value: tuple[float, float], gain: float = 1.0) -> str:
+    """``rgb`` with its hue kept, saturation capped and brightness (HSV value) clamped, as ``#rrggbb``."""
+    hue, saturation, bright = colorsys.rgb_to_hsv(*(np.clip(rgb, 0, 255) / 255.0))
+    saturation = min(saturation, max_saturation)
+    bright = float(np.clip(bright * gain, *value))
+    red, green, blue = colorsys.hsv_to_rgb(hue, saturation, bright)
+    return "#{:02x}{:02x}{:02x}".format(*(round(c * 255) for c in (red, green, blue)))
+
+
+def palette_from_reference(image: np.ndarray, base: Backdrop | None = None) -> Backdrop:
+    """A backdrop in the colours of a reference image (a brand's style image).
+
+    The wall is a light tint of the reference's dominant colour (its hue, saturation capped at
+    ``MAX_WALL_SATURATION``), the lower wall a little deeper, and the floor the darkest colour that covers
+    at least ``MIN_SHARE`` of the reference (the dominant one when none is darker), muted and kept darker
+    than the wall. Kind, texture, light and shadow come from ``base`` (the requested style's recipe), so a
+    text style plus a reference gives, say, marble in the brand's colours.
+    """
+    base = base or Backdrop()
+    colours = dominant_colours(image)
+    significant = [rgb for rgb, share in colours if share >= MIN_SHARE] or [colours[0][0]]
+    dominant = significant[0]
+    darkest = min(significant, key=_luminance)
+    floor_source = darkest if _luminance(darkest) < _luminance(dominant) - 8 else dominant
+    wall = _tame(dominant, MAX_WALL_SATURATION, WALL_VALUE)
+    lower = _tame(dominant, MAX_WALL_SATURATION, (WALL_VALUE[0] - 0.08, WALL_VALUE[1] - 0.06), gain=0.92)
+    floor = _tame(floor_source, MAX_FLOOR_SATURATION, FLOOR_VALUE)
+    if _luminance(np.array(hex_to_rgb(floor), np.float32)) > 0.9 * _luminance(np.array(hex_to_rgb(lower))):
+        floor = _tame(floor_source, MAX_FLOOR_SATURATION, FLOOR_VALUE, gain=0.8)
+    if base.kind == "solid":
+        return base.model_copy(update={"colors": [wall], "floor": None})
+    if base.kind == "gradient":
+        return base.model_copy(update={"colors": [wall, lower], "floor": None})
+    return base.model_copy(update={"colors": [wall, lower], "floor": floor})

@@ -339,7 +339,7 @@ def _remove_outputs(root: str, options: dict[str, Any]) -> None:
     import fsspec
 
     fs, path = fsspec.core.url_to_fs(root, **options)
-    for sub in ("images", "thumbs", "manifest", "_parts", "summary.json", "index.html", "review"):
+    for sub in ("images", "thumbs", "manifest", "_parts", "summary.json", "index.html", "review", "eval"):
         target = f"{path.rstrip('/')}/{sub}"
         if fs.exists(target):
             fs.rm(target, recursive=True)

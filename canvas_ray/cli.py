@@ -1,5 +1,5 @@
-"""``canvas-ray`` command line: generate (catalog job), generate-one, serve, tiny-models, styles, config,
-curate and finetune (LoRA training)."""
+"""``canvas-ray`` command line: generate (catalog job), generate-one, evaluate (a run's report), serve,
+tiny-models, styles, config, curate and finetune (LoRA training)."""
 
 from __future__ import annotations
 
@@ -97,6 +97,28 @@ def cmd_generate(args: argparse.Namespace) -> int:
         )
     )
     return 0 if summary.get("errors", 0) == 0 or not args.strict else 2
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from canvas_ray.quality.evaluate import EvaluateRequest, EvaluationError, evaluate_run, format_summary
+
+    try:
+        result = evaluate_run(
+            EvaluateRequest(
+                output=args.output,
+                out=args.out,
+                expansion_threshold=args.expansion_threshold,
+                reference=args.reference,
+                feature_model=args.feature_model,
+                top=args.top,
+            )
+        )
+    except EvaluationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_summary(result.metrics))
+    print(f"report  {result.report_uri}\nmetrics {result.metrics_uri}")
+    return 0
 
 
 def cmd_tiny_models(args: argparse.Namespace) -> int:
@@ -296,6 +318,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")
     gen.add_argument("--strict", action="store_true", help="exit 2 if any output is an error row")
     gen.set_defaults(func=cmd_generate)
+
+    ev = sub.add_parser("evaluate", help="metrics, plots and an HTML report of a finished run")
+    ev.add_argument("output", help="the run's output root (any fsspec URI)")
+    ev.add_argument("--out", help="folder for metrics.json, plots and report.html (default OUTPUT/eval)")
+    ev.add_argument(
+        "--expansion-threshold", type=float, default=0.15, help="object-expansion threshold (default 0.15)"
+    )
+    ev.add_argument("--reference", help="reference image folder or catalog, for FID and KID")
+    ev.add_argument("--feature-model", help="transformers vision model (hub id or folder) for FID/KID")
+    ev.add_argument("--top", type=int, default=12, help="best and worst ok outputs shown (default 12)")
+    ev.set_defaults(func=cmd_evaluate)
 
     one = sub.add_parser("generate-one", help="one image, in this process (no Ray)")
     one.add_argument("image")

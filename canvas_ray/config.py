@@ -89,6 +89,39 @@ class LoraSpec(_Strict):
     weight_name: str | None = None
 
 
+class IPAdapterSpec(_Strict):
+    """An IP-Adapter for the diffusers inpainter: reference-image styles (``style_image`` per row).
+
+    Loaded with diffusers' ``pipe.load_ip_adapter(model, subfolder=..., weight_name=...,
+    image_encoder_folder=...)``; the layout of ``h94/IP-Adapter`` (``models/ip-adapter_sd15.safetensors``,
+    ``models/image_encoder/``) is the default.
+    """
+
+    model: str = Field(min_length=1, description="hub id or local folder holding the adapter weights")
+    subfolder: str = Field("models", description="folder of the weight file inside `model` ('' for none)")
+    weight_name: str = Field("ip-adapter_sd15.safetensors", description="the adapter's weight file")
+    image_encoder_folder: str | None = Field(
+        "image_encoder",
+        description="CLIP image encoder folder: inside `subfolder` unless it contains '/'; "
+        "None keeps the pipeline's own image_encoder",
+    )
+    scale: float = Field(0.6, ge=0, le=2, description="how strongly the reference steers the background")
+
+    @field_validator("weight_name")
+    @classmethod
+    def _weight_file(cls, value: str) -> str:
+        if "/" in value or "\\" in value or not value.endswith((".safetensors", ".bin")):
+            raise ValueError(f"weight_name must be a .safetensors or .bin file name, got {value!r}")
+        return value
+
+    @field_validator("subfolder", "image_encoder_folder")
+    @classmethod
+    def _inside(cls, value: str | None) -> str | None:
+        if value is not None and (value.startswith("/") or ".." in value.split("/")):
+            raise ValueError(f"must be a relative folder inside the adapter repository, got {value!r}")
+        return value
+
+
 class InpaintConfig(ModelStage):
     backend: Literal["diffusers", "studio"] = "studio"
     resolution: int = Field(512, ge=64, le=2048, description="long side of the model canvas (multiple of 8)")
@@ -102,6 +135,26 @@ class InpaintConfig(ModelStage):
         0, ge=0, le=64, description="grow the kept (product) region given to the model"
     )
     loras: list[LoraSpec] = Field(default_factory=list, description="adapters always loaded, mixed by weight")
+    ip_adapter: IPAdapterSpec | None = Field(
+        None, description="reference-image styles for the diffusers backend (None: references are ignored)"
+    )
+    # GPU fast path (diffusers backend): speed and memory knobs applied by load_inpainter after the move to
+    # the device. None of them changes what is drawn (vae_tiling aside), so they stay out of the fingerprint.
+    channels_last: bool = Field(False, description="UNet (and VAE) weights in channels_last memory format")
+    compile: bool = Field(False, description="torch.compile the UNet (slow first call, faster after)")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        "default", description="torch.compile mode when compile is true (max-autotune: slower compile)"
+    )
+    attention: Literal["sdpa", "default"] = Field(
+        "sdpa", description="sdpa: torch scaled_dot_product_attention (AttnProcessor2_0); default: as loaded"
+    )
+    vae_slicing: bool = Field(False, description="decode a batch one image at a time (less memory)")
+    vae_tiling: bool = Field(False, description="encode/decode large images in overlapping tiles")
+    offload: Literal["none", "model", "sequential"] = Field(
+        "none",
+        description="CPU offload for small GPUs (accelerate): model = one model at a time on the GPU, "
+        "sequential = one layer at a time (least memory, slowest); needs a CUDA device",
+    )
 
     @field_validator("resolution")
     @classmethod
@@ -109,6 +162,15 @@ class InpaintConfig(ModelStage):
         if value % 8:
             raise ValueError(f"resolution must be a multiple of 8, got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _offload_needs_gpu(self) -> InpaintConfig:
+        if self.offload != "none" and self.device in ("cpu", "mps"):
+            raise ValueError(
+                f"offload={self.offload} moves models between CPU and a CUDA GPU; with device={self.device} "
+                "set offload: none"
+            )
+        return self
 
 
 class ExpansionConfig(_Strict):
@@ -119,6 +181,9 @@ class ExpansionConfig(_Strict):
         0.15, ge=0, description="largest accepted E / area(product), E = area(out ∪ in) - area(in)"
     )
     tolerance_px: int = Field(2, ge=0, le=32, description="segmenter edge jitter ignored around the product")
+    resolution: int = Field(
+        256, ge=32, le=2048, description="long side at which generated images are re-segmented"
+    )
     max_attempts: int = Field(3, ge=1, le=16, description="generations per output, the first included")
     retry_dilate_px: int = Field(
         4, ge=0, le=64, description="grow the kept region by this much more on each retry"
@@ -132,13 +197,24 @@ class ExpansionConfig(_Strict):
 
 
 class ScoringConfig(_Strict):
-    """How candidates are ranked: weight-free checks plus, when a model is named, CLIP image–text alignment."""
+    """How candidates are ranked: weight-free checks, plus CLIP image–text alignment when a model is named."""
 
     clip_model: str | None = Field(None, description="CLIP checkpoint (hub id or folder) for alignment")
     clip_device: str = "auto"
-    weights: dict[Literal["clip", "seam", "harmony", "exposure"], float] = Field(
-        default_factory=lambda: {"clip": 1.0, "seam": 1.0, "harmony": 0.5, "exposure": 0.5}
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"clip": 1.0, "seam": 1.0, "harmony": 0.5, "exposure": 0.5},
+        description="weight per figure: clip, seam, harmony, exposure",
     )
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - {"clip", "seam", "harmony", "exposure"})
+        if unknown:
+            raise ValueError(f"unknown score names {unknown}; use clip, seam, harmony, exposure")
+        if any(weight < 0 for weight in value.values()):
+            raise ValueError("score weights must be >= 0")
+        return value
 
 
 class QualityConfig(_Strict):
@@ -243,6 +319,10 @@ class CanvasConfig(_Strict):
         for stage in ("segment", "caption", "inpaint"):
             payload[stage].pop("resources", None)
             payload[stage].pop("device", None)
+        for knob in ("channels_last", "compile", "compile_mode", "attention", "vae_slicing", "offload"):
+            payload["inpaint"].pop(knob, None)  # how fast, not what is drawn
+        if not payload["inpaint"].get("vae_tiling"):
+            payload["inpaint"].pop("vae_tiling", None)  # tiles can leave seams: counts only when on
         payload["composite"].pop("resources", None)
         # Style files count by content, not by path: the same job from another checkout keeps its seeds.
         files = [payload["styles"].pop("file"), *payload["styles"].pop("extra_files")]
@@ -251,6 +331,9 @@ class CanvasConfig(_Strict):
             model = payload[stage].get("model")
             if model and Path(model).is_dir():  # local folders count by name, not by absolute path
                 payload[stage]["model"] = Path(model).name
+        adapter = payload["inpaint"].get("ip_adapter")
+        if adapter and Path(adapter["model"]).is_dir():
+            adapter["model"] = Path(adapter["model"]).name
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -299,6 +382,9 @@ def _resolve_relative(data: dict[str, Any], base: Path) -> None:
         section = data.get(stage)
         if isinstance(section, dict) and isinstance(section.get("model"), str):
             section["model"] = fix(section["model"])
+        adapter = section.get("ip_adapter") if isinstance(section, dict) else None
+        if isinstance(adapter, dict) and isinstance(adapter.get("model"), str):
+            adapter["model"] = fix(adapter["model"])
         if isinstance(section, dict) and isinstance(section.get("loras"), list):
             for lora in section["loras"]:
                 if isinstance(lora, dict) and isinstance(lora.get("path"), str):

@@ -17,7 +17,7 @@ import pyarrow as pa
 from canvas_ray.io.outputs import OutputLayout, write_bytes
 
 ITEMS_PER_PAGE = 40
-_CSS = """
+CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;background:#fafafa}
 h1{font-size:20px;margin:0 0 4px} .meta{color:#666;margin-bottom:16px}
 .item{background:#fff;border:1px solid #e3e3e3;border-radius:8px;padding:12px;margin:0 0 14px}
@@ -31,7 +31,7 @@ nav a{margin-right:8px} .stats span{margin-right:16px}
 """
 
 
-def _e(value: Any) -> str:
+def escape(value: Any) -> str:
     return html.escape("" if value is None else str(value))
 
 
@@ -44,16 +44,19 @@ def _item_html(item_id: str, rows: list[dict[str, Any]], prefix: str) -> str:
     figures = []
     if first.get("thumb_uri"):
         figures.append(
-            f'<figure><img src="{prefix}{_e(first["thumb_uri"])}" alt="original {_e(item_id)}">'
+            f'<figure><img src="{prefix}{escape(first["thumb_uri"])}" alt="original {escape(item_id)}">'
             f"<figcaption>original</figcaption></figure>"
         )
     if first.get("mask_uri"):
         figures.append(
-            f'<figure><img src="{prefix}{_e(first["mask_uri"])}" alt="mask {_e(item_id)}">'
+            f'<figure><img src="{prefix}{escape(first["mask_uri"])}" alt="mask {escape(item_id)}">'
             f"<figcaption>product mask ({(first.get('mask_area') or 0):.1%})</figcaption></figure>"
         )
     for row in rows:
-        label = f"{_e(row['style'])} · {_e(row['aspect'])} · v{_e(row['variant'])} · seed {_e(row['seed'])}"
+        label = (
+            f"{escape(row['style'])} · {escape(row['aspect'])} · v{escape(row['variant'])}"
+            f" · seed {escape(row['seed'])}"
+        )
         if row["status"] == "ok":
             check = "product preserved" if row["product_preserved"] else "PRODUCT CHANGED"
             if row.get("quality_score") is not None:
@@ -61,21 +64,21 @@ def _item_html(item_id: str, rows: list[dict[str, Any]], prefix: str) -> str:
             if row.get("expansion_ratio") is not None:
                 check += f" · expansion {row['expansion_ratio']:.1%}"
             figures.append(
-                f'<figure><a href="{prefix}{_e(row["output_uri"])}"><img loading="lazy" '
-                f'src="{prefix}{_e(row["output_uri"])}" alt="{label}"></a>'
+                f'<figure><a href="{prefix}{escape(row["output_uri"])}"><img loading="lazy" '
+                f'src="{prefix}{escape(row["output_uri"])}" alt="{label}"></a>'
                 f'<figcaption><span class="ok">ok</span> · {label}<br>{check}'
-                f"<br><details><summary>prompt</summary>{_e(row['prompt'])}</details>"
+                f"<br><details><summary>prompt</summary>{escape(row['prompt'])}</details>"
                 f"</figcaption></figure>"
             )
         else:
             figures.append(
-                f'<figure><figcaption><span class="error">{_e(row["status"])}</span> · {label}<br>'
-                f"{_e(row['error'])}</figcaption></figure>"
+                f'<figure><figcaption><span class="error">{escape(row["status"])}</span> · {label}<br>'
+                f"{escape(row['error'])}</figcaption></figure>"
             )
-    title = f" — {_e(first.get('title'))}" if first.get("title") else ""
-    caption = f'<div class="caption">{_e(first.get("caption"))}</div>' if first.get("caption") else ""
+    title = f" — {escape(first.get('title'))}" if first.get("title") else ""
+    caption = f'<div class="caption">{escape(first.get("caption"))}</div>' if first.get("caption") else ""
     return (
-        f'<section class="item" id="{_e(item_id)}"><b>{_e(item_id)}</b>{title}{caption}'
+        f'<section class="item" id="{escape(item_id)}"><b>{escape(item_id)}</b>{title}{caption}'
         f'<div class="row">{"".join(figures)}</div></section>'
     )
 
@@ -114,13 +117,15 @@ def render_pages(
             }
             body.append(
                 '<div class="stats">'
-                + "".join(f"<span>{label}: <b>{_e(summary.get(k))}</b></span>" for k, label in labels.items())
+                + "".join(
+                    f"<span>{label}: <b>{escape(summary.get(k))}</b></span>" for k, label in labels.items()
+                )
                 + "</div>"
             )
         if errors and page == 1:
             rows = "".join(
-                f"<tr><td>{_e(r['item_id'])}</td><td>{_e(r['style'])}</td><td>{_e(r['aspect'])}</td>"
-                f"<td>{_e(r['error'])}</td></tr>"
+                f"<tr><td>{escape(r['item_id'])}</td><td>{escape(r['style'])}</td><td>{escape(r['aspect'])}</td>"
+                f"<td>{escape(r['error'])}</td></tr>"
                 for r in errors[:500]
             )
             body.append(
@@ -133,7 +138,7 @@ def render_pages(
         body.append(nav)
         out[_page_name(page)] = (
             f"<!doctype html><html><head><meta charset='utf-8'><title>canvas-ray review</title>"
-            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>"
+            f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>"
         )
     return out
 

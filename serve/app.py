@@ -41,7 +41,7 @@ from starlette.requests import Request as StarletteRequest
 from canvas_ray.config import REPO_ROOT, CanvasConfig, ModelStage, canonical_aspect, load_config
 from canvas_ray.io.images import encode_image
 from canvas_ray.io.outputs import join_uri, safe_name, write_bytes
-from canvas_ray.pipeline import TIMING_COLUMNS, items_batch
+from canvas_ray.pipeline import QUALITY_COLUMNS, TIMING_COLUMNS, items_batch
 from canvas_ray.stages.base import OK, Batch, num_rows, object_column
 from canvas_ray.stages.caption import Caption
 from canvas_ray.stages.composite import Composite
@@ -215,11 +215,23 @@ class GenerateFields(BaseModel):
 
 class GenerateJSON(GenerateFields):
     image_base64: str | None = Field(None, description="the product photo, base64")
+    style_image_b64: str | None = Field(
+        None, description="optional reference image (base64): the background follows its look and colours"
+    )
 
 
 def _openapi_body() -> dict[str, Any]:
     form = GenerateFields.model_json_schema()
-    form["properties"] = {"image": {"type": "string", "format": "binary"}, **form["properties"]}
+    form["properties"] = {
+        "image": {"type": "string", "format": "binary"},
+        "style_image": {
+            "type": "string",
+            "format": "binary",
+            "description": "optional reference image: the background follows its look and colours "
+            "(same size and pixel limits as `image`)",
+        },
+        **form["properties"],
+    }
     form["required"] = ["image", "style"]
     json_schema = GenerateJSON.model_json_schema()
     json_schema["required"] = ["style"]
@@ -313,6 +325,24 @@ def _uri_allowed(uri: str, prefixes: list[str]) -> bool:
     return any(prefix and uri.startswith(prefix) for prefix in prefixes)
 
 
+def quality_figures(batch: Batch, index: int) -> dict[str, Any]:
+    """The expansion and score figures of one output (None where not measured)."""
+    figures: dict[str, Any] = {}
+    for name in QUALITY_COLUMNS:
+        if name not in batch:
+            figures[name] = None
+            continue
+        value = batch[name][index]
+        number = float(value)
+        if number != number or (name in ("expansion_px",) and number < 0):
+            figures[name] = None
+        elif name in ("expansion_px", "attempts", "candidates"):
+            figures[name] = int(number)
+        else:
+            figures[name] = round(number, 4)
+    return figures
+
+
 def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
@@ -368,17 +398,20 @@ class Ingress:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _too_large_message(self) -> str:
-        return f"the upload is larger than the limit of {self.limits.max_upload_bytes} bytes"
+    def _too_large_message(self, field: str | None = None) -> str:
+        what = f"{field}: the file" if field else "the upload"
+        return f"{what} is larger than the limit of {self.limits.max_upload_bytes} bytes"
 
-    async def _parse(self, request: Request) -> tuple[GenerateFields, bytes | None]:
+    async def _parse(self, request: Request) -> tuple[GenerateFields, bytes | None, bytes | None]:
+        """Fields, product image bytes and optional reference (style) image bytes."""
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         upload = self.limits.max_upload_bytes
+        # two files at most (product + reference), each under the upload limit
         if ctype == "multipart/form-data":
-            body = await self._read_body(request, upload + FORM_OVERHEAD)
+            body = await self._read_body(request, 2 * upload + FORM_OVERHEAD)
             return await self._parse_form(request, body)
         if ctype == "application/json" or ctype.endswith("+json"):
-            body = await self._read_body(request, upload * 4 // 3 + FORM_OVERHEAD)
+            body = await self._read_body(request, 2 * (upload * 4 // 3) + FORM_OVERHEAD)
             return self._parse_json(body)
         raise ApiError(
             415,
@@ -387,7 +420,9 @@ class Ingress:
             f"not {ctype or 'no content type'}",
         )
 
-    async def _parse_form(self, request: Request, body: bytes) -> tuple[GenerateFields, bytes | None]:
+    async def _parse_form(
+        self, request: Request, body: bytes
+    ) -> tuple[GenerateFields, bytes | None, bytes | None]:
         sent = False
 
         async def replay() -> dict[str, Any]:
@@ -404,22 +439,26 @@ class Ingress:
         except MultiPartException as error:
             raise ApiError(400, "bad_request", f"malformed multipart body: {error.message}") from None
         fields: dict[str, Any] = {}
-        image: bytes | None = None
+        files: dict[str, bytes] = {}
         for key, value in form.multi_items():
-            if key in fields or (key == "image" and image is not None):
+            if key in fields or key in files:
                 raise ApiError(400, "bad_request", f"field {key!r} is given more than once")
-            if key == "image":
+            if key in ("image", "style_image"):
                 if isinstance(value, str):
-                    raise ApiError(422, "validation_error", "image: must be a file upload")
-                image = await self._read_upload(value)
+                    raise ApiError(422, "validation_error", f"{key}: must be a file upload")
+                files[key] = await self._read_upload(value, key)
             elif isinstance(value, str):
                 fields[key] = value
             else:
                 raise ApiError(422, "validation_error", f"{key}: must be a plain form field, not a file")
+        if len(body) > self.limits.max_upload_bytes + FORM_OVERHEAD and len(files) < 2:
+            # only a product *and* a reference image may take the body past one upload (an unterminated
+            # oversized part, which the parser drops, must not slip through as a missing field)
+            raise ApiError(413, "too_large", self._too_large_message())
         fields = {k: v for k, v in fields.items() if not (k != "style" and v == "")}
-        return self._validate(GenerateFields, fields), image
+        return self._validate(GenerateFields, fields), files.get("image"), files.get("style_image")
 
-    async def _read_upload(self, upload: Any) -> bytes:
+    async def _read_upload(self, upload: Any, field: str = "image") -> bytes:
         chunks, total = [], 0
         while True:
             chunk = await upload.read(64 * 1024)
@@ -427,11 +466,11 @@ class Ingress:
                 break
             total += len(chunk)
             if total > self.limits.max_upload_bytes:
-                raise ApiError(413, "too_large", self._too_large_message())
+                raise ApiError(413, "too_large", self._too_large_message(field))
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _parse_json(self, body: bytes) -> tuple[GenerateFields, bytes | None]:
+    def _parse_json(self, body: bytes) -> tuple[GenerateFields, bytes | None, bytes | None]:
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError):
@@ -440,18 +479,22 @@ class Ingress:
             raise ApiError(422, "validation_error", "the JSON body must be an object")
         fields = self._validate(GenerateJSON, data)
         assert isinstance(fields, GenerateJSON)
-        image = None
-        if fields.image_base64 is not None:
-            text = fields.image_base64
-            if text.startswith("data:") and "," in text:
-                text = text.split(",", 1)[1]
-            try:
-                image = base64.b64decode(text, validate=True)
-            except (binascii.Error, ValueError):
-                raise ApiError(422, "invalid_image", "image_base64 is not valid base64") from None
-            if len(image) > self.limits.max_upload_bytes:
-                raise ApiError(413, "too_large", self._too_large_message())
-        return fields, image
+        image = self._base64(fields.image_base64, "image_base64")
+        style_image = self._base64(fields.style_image_b64, "style_image_b64")
+        return fields, image, style_image
+
+    def _base64(self, text: str | None, field: str) -> bytes | None:
+        if text is None:
+            return None
+        if text.startswith("data:") and "," in text:
+            text = text.split(",", 1)[1]
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(422, "invalid_image", f"{field} is not valid base64") from None
+        if len(data) > self.limits.max_upload_bytes:
+            raise ApiError(413, "too_large", self._too_large_message(field))
+        return data
 
     @staticmethod
     def _validate(model: type[GenerateFields], data: dict[str, Any]) -> GenerateFields:
@@ -514,7 +557,12 @@ class Ingress:
     # -- the pipeline -------------------------------------------------------------------------------
 
     async def generate(
-        self, fields: GenerateFields, image: bytes | None, aspects: list[str], rid: str
+        self,
+        fields: GenerateFields,
+        image: bytes | None,
+        aspects: list[str],
+        rid: str,
+        style_image: bytes | None = None,
     ) -> Batch:
         source = image if image is not None else (fields.image_uri or "").encode()
         item: dict[str, Any] = {
@@ -530,6 +578,8 @@ class Ingress:
             item["image_bytes"] = image
         else:
             item["image_uri"] = fields.image_uri
+        if style_image is not None:  # decoded into `style_image` by Decode, never fetched from a URL
+            item["style_image_bytes"] = style_image
         batch = items_batch([item])
         if image is None:
             batch = await asyncio.to_thread(self.fetch, batch)
@@ -607,21 +657,26 @@ class Ingress:
     async def backgrounds(self, request: Request) -> Response:
         started = time.perf_counter()
         self._authorize(request)
-        fields, image = await self._parse(request)
+        fields, image, style_image = await self._parse(request)
         aspects = self._check(fields)
         if image is not None and fields.image_uri is not None:
             raise ApiError(400, "bad_request", "give either an image or image_uri, not both")
         if image is None and fields.image_uri is None:
             raise ApiError(422, "validation_error", "image: a product photo is required")
         rid = uuid.uuid4().hex
-        batch = await self.generate(fields, image, aspects, rid)
+        batch = await self.generate(fields, image, aspects, rid, style_image)
         ok = [i for i in range(num_rows(batch)) if batch["status"][i] == OK]
         accept = [part.split(";")[0].strip().lower() for part in request.headers.get("accept", "").split(",")]
         wanted = next((FORMAT_OF_MIME[a] for a in accept if a in FORMAT_OF_MIME), None)
         if wanted is not None and len(ok) == 1:
             data = await asyncio.to_thread(self._encode, batch["result"][ok[0]], wanted)
             self._save(rid, str(batch["output_id"][ok[0]]) + "." + wanted, data)
-            return Response(data, media_type=MIME[wanted], headers={"X-Request-ID": rid})
+            figures = quality_figures(batch, ok[0])
+            headers = {"X-Request-ID": rid, "X-Product-Preserved": "true"}
+            headers.update(
+                {f"X-{k.replace('_', '-').title()}": str(v) for k, v in figures.items() if v is not None}
+            )
+            return Response(data, media_type=MIME[wanted], headers=headers)
         images = []
         for i in ok:
             result = batch["result"][i]
@@ -641,6 +696,7 @@ class Ingress:
                     "max_product_diff": int(batch["max_product_diff"][i]),
                     "width": int(result.shape[1]),
                     "height": int(result.shape[0]),
+                    "quality": quality_figures(batch, i),
                     "timings": {c: round(float(batch[c][i]), 4) for c in TIMING_COLUMNS if c in batch},
                     **({"uri": uri} if uri else {}),
                 }
@@ -650,7 +706,9 @@ class Ingress:
                 "style": _text(batch["style"][i]),
                 "aspect": _text(batch["aspect"][i]),
                 "variant": int(batch["variant"][i]),
+                "status": _text(batch["status"][i]),
                 "error": _text(batch["error"][i]),
+                "quality": quality_figures(batch, i),
             }
             for i in range(num_rows(batch))
             if batch["status"][i] != OK

@@ -197,7 +197,7 @@ def test_individual_checks_move_the_right_way():
     assert exposure(np.full((64, 64, 3), 255, np.uint8)) == 0.0
     beige, _, _ = scene(np.full((128, 128, 3), (226, 214, 190), np.uint8))
     red_on_red, _, _ = scene(np.full((128, 128, 3), (190, 40, 35), np.uint8))
-    clash, _, _ = scene(np.full((128, 128, 3), (40, 230, 40), np.uint8))  # loud green: louder than the product
+    clash, _, _ = scene(np.full((128, 128, 3), (40, 230, 40), np.uint8))  # louder than the product
     assert color_harmony(beige, mask) > color_harmony(clash, mask)
     assert color_harmony(beige, mask) > color_harmony(red_on_red, mask)  # the product must stand out
 

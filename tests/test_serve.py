@@ -138,6 +138,9 @@ def test_generate_json(client):
         assert item["product_preserved"] is True and item["max_product_diff"] == 0
         assert item["mime"] == "image/png" and item["style"] == "marble countertop"
         assert item["seed"] == 7 + item["variant"]
+        quality = item["quality"]
+        assert quality["expansion_ratio"] is not None and quality["expansion_ratio"] <= 0.15
+        assert 0 < quality["quality_score"] <= 1 and quality["attempts"] == 1
         decoded = Image.open(io.BytesIO(base64.b64decode(item["image_base64"])))
         assert decoded.format == "PNG" and decoded.size == (item["width"], item["height"])
         want = 1.0 if item["aspect"] == "1:1" else 0.8
@@ -210,6 +213,54 @@ def test_too_big(client):
     assert_error(streamed, 413, "too_large")
     encoded = base64.b64encode(b"0" * (MAX_UPLOAD + 10)).decode()
     assert_error(client.post("/v1/backgrounds", json={"style": "x", "image_base64": encoded}), 413)
+
+
+def test_style_image_reference(client):
+    """A reference upload (multipart ``style_image`` or JSON ``style_image_b64``) steers the backdrop."""
+    teal = np.full((120, 160, 3), (30, 140, 140), np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(teal).save(buffer, format="PNG")
+    reference = buffer.getvalue()
+    fields = {"style": "studio white", "aspect_ratios": "1:1", "seed": "5"}
+    files = [("image", ("p.png", product_png(), "image/png"))]
+
+    def first_image(response: httpx.Response) -> np.ndarray:
+        assert response.status_code == 200, response.text
+        data = base64.b64decode(response.json()["images"][0]["image_base64"])
+        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
+
+    with_reference = first_image(
+        client.post(
+            "/v1/backgrounds",
+            data=fields,
+            files=[*files, ("style_image", ("ref.png", reference, "image/png"))],
+        )
+    )
+    without = first_image(client.post("/v1/backgrounds", data=fields, files=files))
+    assert np.abs(with_reference - without).mean() > 10
+    top = with_reference[:8].reshape(-1, 3).mean(axis=0)
+    assert top[1] > top[0] + 20 and top[2] > top[0] + 20  # a teal wall, not studio white
+    as_json = {
+        "image_base64": base64.b64encode(product_png()).decode(),
+        "style_image_b64": base64.b64encode(reference).decode(),
+        **fields,
+    }
+    as_json["seed"] = 5
+    assert np.array_equal(first_image(client.post("/v1/backgrounds", json=as_json)), with_reference)
+    # the same limits as the product upload, and the reason names the reference
+    big = ("style_image", ("big.png", b"\x89PNG" + b"0" * (MAX_UPLOAD + 10), "image/png"))
+    error = assert_error(client.post("/v1/backgrounds", data=fields, files=[*files, big]), 413, "too_large")
+    assert error["message"].startswith("style_image:")
+    broken = ("style_image", ("ref.png", b"not an image", "image/png"))
+    error = assert_error(client.post("/v1/backgrounds", data=fields, files=[*files, broken]), 422)
+    assert error["message"].startswith("decode: style image: not an image")
+    as_text = client.post(
+        "/v1/backgrounds", data={**fields, "style_image": "https://example.com/a.png"}, files=files
+    )
+    assert_error(as_text, 422, "validation_error")  # never a URL to fetch
+    spec = client.get("/openapi.json").json()["paths"]["/v1/backgrounds"]["post"]["requestBody"]["content"]
+    assert "style_image" in spec["multipart/form-data"]["schema"]["properties"]
+    assert "style_image_b64" in spec["application/json"]["schema"]["properties"]
 
 
 def test_bad_fields(client):

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from canvas_ray.config import CaptionConfig, InpaintConfig, ModelStage, SegmentConfig
+from canvas_ray.config import CaptionConfig, InpaintConfig, IPAdapterSpec, ModelStage, SegmentConfig
 
 log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -137,6 +137,96 @@ def load_inpainter(spec: InpaintConfig) -> LoadedModel:
         if scheduler_cls is None:
             raise ValueError(f"inpaint.scheduler {spec.scheduler!r} is not a diffusers scheduler class")
         pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
+    if spec.ip_adapter is not None:
+        load_ip_adapter(pipe, spec.ip_adapter)
     pipe.set_progress_bar_config(disable=True)
-    pipe.to(device)
+    apply_fast_path(pipe, spec, device)  # moves the pipeline to the device (or sets up CPU offload)
     return LoadedModel(pipe, None, device, dtype)
+
+
+def load_ip_adapter(pipe: Any, spec: IPAdapterSpec) -> None:
+    """Stock ``pipe.load_ip_adapter`` + ``set_ip_adapter_scale``; a feature extractor fit for the encoder.
+
+    diffusers only creates a feature extractor (sized ``image_encoder.config.image_size``) when the pipeline
+    has none; SD checkpoints ship a 224 px one for their safety checker, which an image encoder of another
+    input size cannot take, so a mismatched one is replaced the same way diffusers would create it.
+    """
+    from transformers import CLIPImageProcessor
+
+    pipe.load_ip_adapter(
+        spec.model,
+        subfolder=spec.subfolder,
+        weight_name=spec.weight_name,
+        image_encoder_folder=spec.image_encoder_folder,
+    )
+    pipe.set_ip_adapter_scale(spec.scale)
+    encoder = getattr(pipe, "image_encoder", None)
+    if encoder is None:
+        raise ValueError(
+            f"inpaint.ip_adapter {spec.model!r}: no image encoder loaded (set image_encoder_folder to the "
+            "folder of its CLIPVisionModelWithProjection)"
+        )
+    size = int(encoder.config.image_size)
+    extractor = getattr(pipe, "feature_extractor", None)
+    crop = getattr(extractor, "crop_size", None)
+    height = crop.get("height") if isinstance(crop, dict) else getattr(crop, "height", None)
+    if extractor is None or height != size:
+        log.info(
+            "inpaint.ip_adapter: feature extractor resized from %s to %d px for the image encoder",
+            height,
+            size,
+        )
+        pipe.register_modules(feature_extractor=CLIPImageProcessor(size=size, crop_size=size))
+    log.info(
+        "loaded IP-Adapter %s/%s/%s at scale %g", spec.model, spec.subfolder, spec.weight_name, spec.scale
+    )
+
+
+def apply_fast_path(pipe: Any, spec: InpaintConfig, device: torch.device) -> None:
+    """Move ``pipe`` to ``device`` and apply the config's speed/memory knobs, in diffusers' own terms.
+
+    - ``offload``: ``enable_model_cpu_offload`` / ``enable_sequential_cpu_offload`` (accelerate) instead
+      of moving the whole pipeline; CUDA only.
+    - ``attention: sdpa``: plain ``AttnProcessor`` layers become ``AttnProcessor2_0`` (torch SDPA); special
+      processors (IP-Adapter, …) already use SDPA and are left as they are. ``default`` keeps what loaded.
+    - ``channels_last``: UNet and VAE weights in NHWC, what cuDNN's fastest convolutions want.
+    - ``vae_slicing`` / ``vae_tiling``: ``vae.enable_slicing()`` / ``vae.enable_tiling()``.
+    - ``compile``: ``unet.compile(mode=...)`` — in place, so the module keeps its type and LoRA adapters
+      loaded afterwards still find their layers (the first call of each new shape or adapter mix recompiles).
+    """
+    if spec.offload != "none":
+        if device.type != "cuda":
+            raise ValueError(
+                f"inpaint.offload={spec.offload} needs a CUDA GPU (the models wait in CPU memory and move to "
+                f"the GPU when used), but the device is {device.type}: set inpaint.offload: none"
+            )
+        import importlib.util
+
+        if importlib.util.find_spec("accelerate") is None:
+            raise ImportError(
+                f"inpaint.offload={spec.offload} needs accelerate: pip install 'accelerate>=1.10'"
+            )
+        if spec.offload == "model":
+            pipe.enable_model_cpu_offload(device=device)
+        else:
+            pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    if spec.attention == "sdpa":
+        from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+        processors = pipe.unet.attn_processors
+        if any(type(p) is AttnProcessor for p in processors.values()):
+            pipe.unet.set_attn_processor(
+                {n: AttnProcessor2_0() if type(p) is AttnProcessor else p for n, p in processors.items()}
+            )
+    if spec.channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if spec.vae_slicing:
+        pipe.vae.enable_slicing()
+    if spec.vae_tiling:
+        pipe.vae.enable_tiling()
+    if spec.compile:
+        pipe.unet.compile(mode=spec.compile_mode)
+        log.info("inpaint: UNet compiled with torch.compile(mode=%s) on first use", spec.compile_mode)

@@ -6,6 +6,7 @@ Every builder writes a folder that the production loaders read with ``from_pretr
 * captioner: ``AutoModelForImageTextToText`` + ``AutoProcessor`` (BLIP captioning, small WordPiece vocab)
 * inpainter: ``diffusers.AutoPipelineForInpainting`` (Stable Diffusion inpainting, 9-channel UNet)
 * clip: ``CLIPModel`` + ``CLIPProcessor`` (image-text scoring)
+* ip_adapter: an IP-Adapter for the inpainter (``pipe.load_ip_adapter``: CLIP image encoder + weights)
 
 ``make_tiny_*`` return the same objects in memory. Weights come from ``torch.manual_seed(seed)`` inside a
 forked RNG (the caller's RNG state is untouched), so a seed always gives the same weights. The outputs are
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
         CLIPModel,
         CLIPProcessor,
         CLIPTokenizer,
+        CLIPVisionModelWithProjection,
         SegformerForSemanticSegmentation,
         SegformerImageProcessorPil,
     )
@@ -42,16 +44,18 @@ __all__ = [
     "build_tiny_captioner",
     "build_tiny_clip",
     "build_tiny_inpainter",
+    "build_tiny_ip_adapter",
     "build_tiny_models",
     "build_tiny_segmenter",
     "is_complete",
     "make_tiny_captioner",
     "make_tiny_clip",
     "make_tiny_inpainter",
+    "make_tiny_ip_adapter",
     "make_tiny_segmenter",
 ]
 
-TINY_KINDS: tuple[str, ...] = ("segmenter", "captioner", "inpainter", "clip")
+TINY_KINDS: tuple[str, ...] = ("segmenter", "captioner", "inpainter", "clip", "ip_adapter")
 MARKER_FILE = "tiny_model.json"
 _FORMAT_VERSION = 1
 
@@ -83,6 +87,23 @@ _SUFFIXES = ["##s", "##es", "##ed", "##ing", "##ly", "##er", "##y"]
 _BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
 _CLIP_BOS, _CLIP_EOS = "<|startoftext|>", "<|endoftext|>"
 _CLIP_VOCAB_SIZE = 1000
+# The tiny inpainting UNet (diffusers' get_dummy_components sizes, 9 input channels); the IP-Adapter
+# weights of build_tiny_ip_adapter are shaped for it.
+_TINY_UNET: dict[str, Any] = {
+    "block_out_channels": (32, 64),
+    "layers_per_block": 2,
+    "sample_size": 32,
+    "in_channels": 9,
+    "out_channels": 4,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+    "cross_attention_dim": 32,
+}
+# Where build_tiny_ip_adapter puts its files: the layout of h94/IP-Adapter, so the same three arguments
+# of `pipe.load_ip_adapter` (and of `inpaint.ip_adapter`) load either.
+TINY_IP_ADAPTER_SUBFOLDER = "models"
+TINY_IP_ADAPTER_WEIGHT = "ip-adapter_tiny.safetensors"
+TINY_IP_ADAPTER_ENCODER = "image_encoder"
 
 
 def _unique(items: list[str]) -> list[str]:
@@ -283,16 +304,7 @@ def make_tiny_inpainter(seed: int = 0) -> StableDiffusionInpaintPipeline:
 
         tokenizer = _clip_tokenizer()
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            block_out_channels=(32, 64),
-            layers_per_block=2,
-            sample_size=32,
-            in_channels=9,
-            out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=32,
-        )
+        unet = UNet2DConditionModel(**_TINY_UNET)
         torch.manual_seed(seed)
         vae = AutoencoderKL(
             block_out_channels=[32, 64],
@@ -352,6 +364,58 @@ def make_tiny_clip(seed: int = 0) -> tuple[CLIPModel, CLIPProcessor]:
         torch.manual_seed(seed)
         model = CLIPModel(config).eval()
     return model, processor
+
+
+def make_tiny_ip_adapter(seed: int = 0) -> tuple[CLIPVisionModelWithProjection, dict[str, torch.Tensor]]:
+    """In-memory IP-Adapter for :func:`make_tiny_inpainter`: a 32 px CLIP image encoder (projection 32) and
+    the adapter's original-format state dict (``image_proj.*``: embeds → 4 tokens of the UNet's
+    cross-attention width; ``ip_adapter.{1,3,5,...}.to_{k,v}_ip.weight``: one pair per cross-attention
+    layer, numbered in the order diffusers' ``_convert_ip_adapter_attn_to_diffusers`` walks them)."""
+    with _isolated():
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+        vision = CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+            projection_dim=32,
+        )
+        torch.manual_seed(seed)
+        encoder = CLIPVisionModelWithProjection(vision).eval()
+        with torch.device("meta"):  # only the layer names and widths are needed
+            unet = UNet2DConditionModel(**_TINY_UNET)
+        widths = list(_TINY_UNET["block_out_channels"])
+        cross = int(_TINY_UNET["cross_attention_dim"])
+        tokens = 4
+        torch.manual_seed(seed + 1)
+        proj = torch.nn.Linear(vision.projection_dim, tokens * cross)
+        norm = torch.nn.LayerNorm(cross)
+        state: dict[str, torch.Tensor] = {
+            "image_proj.proj.weight": proj.weight,
+            "image_proj.proj.bias": proj.bias,
+            "image_proj.norm.weight": norm.weight,
+            "image_proj.norm.bias": norm.bias,
+        }
+        key_id = 1
+        for name in unet.attn_processors:  # type: ignore[attr-defined]  # (mypy loses ModelMixin)
+            if name.endswith("attn1.processor"):
+                continue
+            if name.startswith("mid_block"):
+                hidden = widths[-1]
+            elif name.startswith("up_blocks"):
+                hidden = list(reversed(widths))[int(name[len("up_blocks.")])]
+            else:
+                hidden = widths[int(name[len("down_blocks.")])]
+            for part in ("to_k_ip", "to_v_ip"):
+                layer = torch.nn.Linear(cross, hidden, bias=False)
+                state[f"ip_adapter.{key_id}.{part}.weight"] = layer.weight
+            key_id += 2
+        state = {key: value.detach().contiguous() for key, value in state.items()}
+    return encoder, state
 
 
 def is_complete(folder: Path, kind: str, seed: int | None = None) -> bool:
@@ -420,16 +484,38 @@ def build_tiny_clip(out_dir: Path, seed: int = 0) -> Path:
     return _atomic_build(out_dir, "clip", seed, _save_all(*make_tiny_clip(seed)))
 
 
+def build_tiny_ip_adapter(out_dir: Path, seed: int = 0) -> Path:
+    """Save :func:`make_tiny_ip_adapter` in the layout of ``h94/IP-Adapter``.
+
+    ``models/ip-adapter_tiny.safetensors`` and ``models/image_encoder/`` load into the tiny inpainter with
+    stock ``pipe.load_ip_adapter(out_dir, subfolder="models", weight_name="ip-adapter_tiny.safetensors",
+    image_encoder_folder="image_encoder")``. No image processor is saved: diffusers never reads one from
+    the adapter folder; it sizes a ``CLIPImageProcessor`` from ``image_encoder.config.image_size`` when
+    the pipeline has none (``canvas_ray.models.loading.load_ip_adapter`` also replaces a mismatched one).
+    """
+    from safetensors.torch import save_file
+
+    encoder, state = make_tiny_ip_adapter(seed)
+
+    def save(folder: Path) -> None:
+        models = folder / TINY_IP_ADAPTER_SUBFOLDER
+        encoder.save_pretrained(models / TINY_IP_ADAPTER_ENCODER)
+        save_file(state, str(models / TINY_IP_ADAPTER_WEIGHT))
+
+    return _atomic_build(out_dir, "ip_adapter", seed, save)
+
+
 _BUILDERS: dict[str, Callable[[Path, int], Path]] = {
     "segmenter": build_tiny_segmenter,
     "captioner": build_tiny_captioner,
     "inpainter": build_tiny_inpainter,
     "clip": build_tiny_clip,
+    "ip_adapter": build_tiny_ip_adapter,
 }
 
 
 def build_tiny_models(out_dir: Path, seed: int = 0) -> dict[str, Path]:
-    """Build all four into ``out_dir/{segmenter,captioner,inpainter,clip}``; complete folders are reused.
+    """Build every kind into ``out_dir/<kind>`` (``TINY_KINDS``); complete folders are reused.
 
     A folder counts as complete when its ``tiny_model.json`` marker names the same kind, seed and format
     version and every file it lists is present; anything else is rebuilt from scratch.

@@ -1,17 +1,24 @@
 """Fetch and Decode: image bytes from any fsspec URI, then a validated RGB(A) array.
 
 Both are cheap stages (Ray tasks in the batch plan). A missing file, a refused URI, or bytes that are
-not a usable image become error rows with the reason; nothing raises out of a batch.
+not a usable image become error rows with the reason; nothing raises out of a batch. The optional
+reference image of a row (``style_image_uri`` → ``style_image``) goes the same way, under the same limits;
+its errors read ``style image: ...``.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from typing import Any
+
 import fsspec
 import numpy as np
+from PIL import Image
 
 from canvas_ray.config import CanvasConfig, LimitsConfig
 from canvas_ray.io.images import decode_image
 from canvas_ray.stages.base import (
+    OK,
     PLACEHOLDER_IMAGE,
     Batch,
     describe,
@@ -34,12 +41,80 @@ def read_bytes(uri: str, limits: LimitsConfig, storage_options: dict | None = No
         return handle.read(limits.max_image_bytes + 1)
 
 
+# Reference (style) images: decoded no larger than this on the long side; fetched bytes kept per URI.
+STYLE_IMAGE_SIDE = 512
+STYLE_CACHE_ENTRIES = 32
+STYLE_CACHE_BYTES = 64 * 2**20
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value) or not str(value).strip()
+
+
+def _empty(data: Any) -> bool:
+    return data is None or (isinstance(data, float) and data != data) or len(data) == 0
+
+
+def decode_style_image(data: bytes, limits: LimitsConfig) -> np.ndarray:
+    """A reference image as ``HxWx3`` RGB uint8 (transparency over white), long side at most 512 px."""
+    image = decode_image(
+        data, max_bytes=limits.max_image_bytes, max_pixels=limits.max_pixels, min_side=limits.min_side
+    )
+    if image.shape[2] == 4:
+        alpha = image[..., 3:].astype(np.float32) / 255.0
+        image = np.round(image[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    height, width = image.shape[:2]
+    scale = STYLE_IMAGE_SIDE / max(height, width)
+    if scale < 1:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
+    return np.ascontiguousarray(image)
+
+
 class Fetch:
-    """``image_uri`` → ``image_bytes`` (rows that already carry bytes are left alone)."""
+    """``image_uri`` → ``image_bytes`` and ``style_image_uri`` → ``style_image_bytes`` (rows that already
+    carry bytes are left alone).
+
+    Many rows share one brand's reference image, so style images are cached by URI in the instance
+    (at most ``STYLE_CACHE_ENTRIES`` images and ``STYLE_CACHE_BYTES`` bytes, least recently used out first).
+    """
 
     def __init__(self, config: CanvasConfig, storage_options: dict | None = None):
         self.limits = config.limits
         self.storage_options = storage_options or {}
+        self._style_cache: OrderedDict[str, bytes] = OrderedDict()
+        self._style_cache_bytes = 0
+        self.style_reads = 0  # style images read from storage (cache misses)
+
+    def _style_bytes(self, uri: str) -> bytes:
+        cached = self._style_cache.get(uri)
+        if cached is not None:
+            self._style_cache.move_to_end(uri)
+            return cached
+        data = read_bytes(uri, self.limits, self.storage_options)
+        self.style_reads += 1
+        self._style_cache[uri] = data
+        self._style_cache_bytes += len(data)
+        while len(self._style_cache) > STYLE_CACHE_ENTRIES or self._style_cache_bytes > STYLE_CACHE_BYTES:
+            _, dropped = self._style_cache.popitem(last=False)
+            self._style_cache_bytes -= len(dropped)
+        return data
+
+    def _fetch_styles(self, batch: Batch, indices: list[int]) -> None:
+        n = len(batch["status"])
+        existing = batch.get("style_image_bytes")
+        data = [b""] * n if existing is None else [b"" if _empty(b) else b for b in existing]
+        for index in indices:
+            if batch["status"][index] != OK:
+                continue
+            uri = str(batch["style_image_uri"][index]).strip()
+            try:
+                data[index] = self._style_bytes(uri)
+            except FileNotFoundError:
+                set_error(batch, index, "fetch", f"style image: file not found: {uri}")
+            except Exception as error:  # noqa: BLE001 - becomes an error row
+                set_error(batch, index, "fetch", f"style image: cannot read {uri}: {describe(error)}")
+        batch["style_image_bytes"] = object_column(data)
 
     def __call__(self, batch: Batch) -> Batch:
         batch = ensure_status(batch)
@@ -47,7 +122,15 @@ class Fetch:
         existing = batch.get("image_bytes")
         data: list[bytes | None] = [None] * n if existing is None else list(existing)
         indices = [i for i in ok_indices(batch) if (item := data[i]) is None or len(item) == 0]
-        with timed(batch, "fetch_s", indices):
+        style_indices: list[int] = []
+        if "style_image_uri" in batch:
+            given = batch.get("style_image_bytes")
+            style_indices = [
+                i
+                for i in ok_indices(batch)
+                if not _blank(batch["style_image_uri"][i]) and (given is None or _empty(given[i]))
+            ]
+        with timed(batch, "fetch_s", sorted(set(indices) | set(style_indices))):
             for index in indices:
                 uri = batch["image_uri"][index]
                 if uri is None or not str(uri).strip():
@@ -59,12 +142,16 @@ class Fetch:
                     set_error(batch, index, "fetch", f"file not found: {uri}")
                 except Exception as error:  # noqa: BLE001 - becomes an error row
                     set_error(batch, index, "fetch", f"cannot read {uri}: {describe(error)}")
+            if style_indices:
+                self._fetch_styles(batch, style_indices)
         batch["image_bytes"] = object_column([b if b is not None else b"" for b in data])
         return batch
 
 
 class Decode:
-    """``image_bytes`` → ``image`` (HxWx3 RGB or HxWx4 RGBA uint8); drops the bytes."""
+    """``image_bytes`` → ``image`` (HxWx3 RGB or HxWx4 RGBA uint8) and ``style_image_bytes`` →
+    ``style_image`` (RGB, long side ≤ ``STYLE_IMAGE_SIDE``; ``PLACEHOLDER_IMAGE`` for rows without a
+    reference); drops the bytes. The ``style_image`` column is always added."""
 
     def __init__(self, config: CanvasConfig):
         self.limits = config.limits
@@ -90,8 +177,31 @@ class Decode:
                     continue
                 images[index] = image
                 heights[index], widths[index] = image.shape[:2]
+            styles = self._decode_styles(batch, batch.pop("style_image_bytes", None))
         batch.pop("image_bytes", None)
         batch["image"] = object_column(images)
+        batch["style_image"] = object_column(styles)
         batch["source_width"] = widths
         batch["source_height"] = heights
         return batch
+
+    def _decode_styles(self, batch: Batch, data: np.ndarray | None) -> list[np.ndarray]:
+        styles = [PLACEHOLDER_IMAGE] * len(batch["status"])
+        if data is None:
+            return styles
+        decoded: dict[int, np.ndarray | str] = {}  # rows of one brand share the (cached) bytes object
+        for index in ok_indices(batch):
+            if _empty(data[index]):
+                continue
+            key = id(data[index])
+            if key not in decoded:
+                try:
+                    decoded[key] = decode_style_image(data[index], self.limits)
+                except Exception as error:  # noqa: BLE001 - becomes an error row
+                    decoded[key] = f"style image: {describe(error)}"
+            result = decoded[key]
+            if isinstance(result, str):
+                set_error(batch, index, "decode", result)
+            else:
+                styles[index] = result
+        return styles

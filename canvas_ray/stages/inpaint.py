@@ -1,37 +1,48 @@
 """Inpaint: a new background around the untouched product, at the canvas size.
 
-Adds ``background`` (HxWx3 uint8, canvas size) and ``inpaint_s``. The product is pasted back later by
-Composite; here the model only needs to paint what is not product.
+Adds ``background`` (HxWx3 uint8, canvas size), ``inpaint_s`` and the quality figures (see
+:class:`Inpaint`: object-expansion guard with retries, k scored candidates). The product is pasted back
+later by Composite; here the model only needs to paint what is not product.
 
 Backends:
 - ``diffusers``: an inpainting pipeline (SD 1.5 / 2 / XL) given the background mask (white = repaint,
   i.e. NOT product), prompt from style + caption, negative prompt, per-row seeded generators, batched per
-  model resolution and LoRA mix (a batch never mixes sizes); LoRA adapters by name via
-  ``load_lora_weights`` + ``set_adapters``.
-- ``studio``: weight-free backdrops from the style's recipe (solid, gradient, floor/wall sweep).
+  model resolution, LoRA mix and reference image (a batch never mixes sizes); LoRA adapters by name via
+  ``load_lora_weights`` + ``set_adapters``; a brand's reference image (``style_image``) through an
+  IP-Adapter when ``inpaint.ip_adapter`` is configured.
+- ``studio``: weight-free backdrops from the style's recipe (solid, gradient, floor/wall sweep); a
+  reference image sets the palette.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import time
 from collections import defaultdict
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from canvas_ray.backdrops import render_backdrop
+from canvas_ray.backdrops import palette_from_reference, render_backdrop
 from canvas_ray.compose import HARD, background_mask, model_size
 from canvas_ray.config import CanvasConfig, InpaintConfig
+from canvas_ray.quality.expansion import Expansion, ExpansionMeter
+from canvas_ray.quality.scoring import ClipScorer, Scores, weight_free_scores
 from canvas_ray.stages.base import (
+    OK,
     PLACEHOLDER_IMAGE,
+    REJECTED,
     Batch,
     ensure_status,
     object_column,
     ok_indices,
     run_rows,
-    timed,
+    set_error,
 )
 from canvas_ray.styles import Style, StyleBook
 
@@ -39,8 +50,28 @@ log = logging.getLogger(__name__)
 STAGE = "inpaint"
 
 
+def style_reference(row: dict[str, Any]) -> np.ndarray | None:
+    """The row's reference image (``style_image``, RGB uint8), or None: absent, or the 1x1 placeholder."""
+    image = row.get("style_image")
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or min(image.shape[:2]) < 2:
+        return None
+    return image
+
+
+def _reference_key(image: np.ndarray) -> str:
+    digest = hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16)
+    digest.update(repr(image.shape).encode())
+    return digest.hexdigest()
+
+
 class StudioInpainter:
-    """Renders the style's backdrop; the wall/floor line sits just above the product's base."""
+    """Renders the style's backdrop; the wall/floor line sits just above the product's base.
+
+    With a reference image (``style_image``) the backdrop takes the reference's palette
+    (:func:`canvas_ray.backdrops.palette_from_reference`) and keeps the style's kind, texture and light.
+    """
+
+    paints_product = False  # returns the backdrop alone
 
     def __init__(self, spec: InpaintConfig, styles: StyleBook):
         self.styles = styles
@@ -49,6 +80,10 @@ class StudioInpainter:
         out = []
         for row in rows:
             style: Style = self.styles.resolve(row["style"])
+            backdrop = style.backdrop
+            reference = style_reference(row)
+            if reference is not None:
+                backdrop = palette_from_reference(reference, backdrop)
             mask = row["canvas_mask"]
             height, width = mask.shape
             ys = np.nonzero((mask >= HARD).any(axis=1))[0]
@@ -56,12 +91,22 @@ class StudioInpainter:
             if len(ys):
                 top, bottom = ys.min(), ys.max()
                 horizon = (bottom - 0.22 * (bottom - top)) / height
-            out.append(render_backdrop(style.backdrop, (width, height), int(row["seed"]), horizon))
+            out.append(render_backdrop(backdrop, (width, height), int(row["seed"]), horizon))
         return out
 
 
 class DiffusersInpainter:
-    """A diffusers inpainting pipeline with named LoRA adapters (config-wide and per style)."""
+    """A diffusers inpainting pipeline with named LoRA adapters (config-wide and per style) and, when
+    ``inpaint.ip_adapter`` is set, an IP-Adapter steered per row by the reference image (``style_image``).
+
+    diffusers applies one IP-Adapter image to every prompt of a call (``prepare_ip_adapter_image_embeds``
+    tiles it over the batch), and a UNet with an IP-Adapter loaded requires image embeds on every call.
+    So a call never mixes references: rows are grouped by reference, and rows without one run at
+    IP-Adapter scale 0 (diffusers then skips the adapter's attention, giving the plain model's output)
+    with a neutral grey image to satisfy the pipeline.
+    """
+
+    paints_product = True  # returns the whole generated image, product region redrawn by the model
 
     def __init__(self, spec: InpaintConfig, styles: StyleBook):
         from canvas_ray.models.loading import load_inpainter
@@ -81,6 +126,10 @@ class DiffusersInpainter:
                 self._load_lora(adapter, preset.lora, None)
                 self._style_adapters[name.lower()] = adapter
         self._active: tuple[tuple[str, float], ...] | None = None
+        self.ip_adapter = spec.ip_adapter  # loaded into the pipeline by load_inpainter
+        self._ip_scale = spec.ip_adapter.scale if spec.ip_adapter is not None else None
+        self._neutral_reference = Image.new("RGB", (64, 64), (128, 128, 128))
+        self._warned_unused_reference = False
 
     def _load_lora(self, adapter: str, path: str, weight_name: str | None) -> None:
         kwargs: dict[str, Any] = {"adapter_name": adapter}
@@ -110,23 +159,55 @@ class DiffusersInpainter:
             self.pipe.disable_lora()
         self._active = mix
 
+    def _reference_inputs(self, reference: np.ndarray | None) -> dict[str, Any]:
+        """IP-Adapter arguments of one pipeline call (and the matching adapter scale)."""
+        if self.ip_adapter is None:
+            return {}
+        scale = self.ip_adapter.scale if reference is not None else 0.0
+        if scale != self._ip_scale:
+            self.pipe.set_ip_adapter_scale(scale)
+            self._ip_scale = scale
+        if reference is None:
+            return {"ip_adapter_image": self._neutral_reference}
+        return {"ip_adapter_image": Image.fromarray(reference)}
+
+    def _reference_group(self, row: dict[str, Any], digests: dict[int, str]) -> str | None:
+        reference = style_reference(row)
+        if reference is None:
+            return None
+        if self.ip_adapter is None:
+            if not self._warned_unused_reference:
+                log.warning("rows carry a style_image but inpaint.ip_adapter is not set: references ignored")
+                self._warned_unused_reference = True
+            return None
+        if id(reference) not in digests:
+            digests[id(reference)] = _reference_key(reference)
+        return digests[id(reference)]
+
     def backgrounds(self, rows: list[dict[str, Any]]) -> list[np.ndarray]:
         import torch
 
         groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
         styles = [self.styles.resolve(row["style"]) for row in rows]
+        digests: dict[int, str] = {}
+        references: dict[str | None, np.ndarray | None] = {None: None}
         for position, (row, style) in enumerate(zip(rows, styles, strict=True)):
             size = model_size((row["canvas"].shape[1], row["canvas"].shape[0]), self.spec.resolution)
-            groups[(size, self._mix(style))].append(position)
+            reference = self._reference_group(row, digests)
+            references.setdefault(reference, style_reference(row))
+            groups[(size, self._mix(style), reference)].append(position)
         out: list[np.ndarray | None] = [None] * len(rows)
         generator_device = "cpu" if self.loaded.device.type == "mps" else self.loaded.device
-        for (size, mix), positions in groups.items():
+        for (size, mix, reference), positions in groups.items():
             self._activate(mix)
+            reference_inputs = self._reference_inputs(references[reference])
             images, masks = [], []
             for position in positions:
                 row = rows[position]
                 images.append(Image.fromarray(row["canvas"]).resize(size, Image.Resampling.LANCZOS))
-                repaint = background_mask(row["canvas_mask"], self.spec.keep_dilate_px)
+                repaint = background_mask(
+                    row["canvas_mask"], row.get("keep_dilate_px", self.spec.keep_dilate_px)
+                )
                 masks.append(Image.fromarray(repaint).resize(size, Image.Resampling.NEAREST))
             generators = [
                 torch.Generator(device=generator_device).manual_seed(int(rows[p]["seed"])) for p in positions
@@ -143,6 +224,7 @@ class DiffusersInpainter:
                 strength=self.spec.strength,
                 generator=generators,
                 output_type="np",
+                **reference_inputs,
             ).images
             for position, generated in zip(positions, result, strict=True):
                 canvas = rows[position]["canvas"]
@@ -158,13 +240,48 @@ _BACKENDS: dict[str, type[StudioInpainter] | type[DiffusersInpainter]] = {
     "studio": StudioInpainter,
     "diffusers": DiffusersInpainter,
 }
-_ROW_COLUMNS = ("canvas", "canvas_mask", "style", "seed", "prompt", "negative_prompt")
+_ROW_COLUMNS = ("canvas", "canvas_mask", "style", "seed", "prompt", "negative_prompt", "style_image")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One generated background for one output, with its expansion and scores."""
+
+    background: np.ndarray
+    seed: int
+    attempt: int
+    expansion: Expansion | None
+    scores: Scores
+    score: float
+
+    @property
+    def expansion_ratio(self) -> float:
+        return self.expansion.ratio if self.expansion is not None else 0.0
+
+
+def candidate_seed(seed: int, attempt: int, candidate: int) -> int:
+    """The first candidate of the first attempt keeps the output's seed; the others derive from it."""
+    if attempt == 0 and candidate == 0:
+        return seed
+    digest = hashlib.sha256(f"{seed}:{attempt}:{candidate}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
 class Inpaint:
-    """Stage: canvas, canvas_mask, prompt, seed, style → ``background`` (canvas size)."""
+    """Stage: canvas, canvas_mask, prompt, seed, style → ``background`` (canvas size), guarded and scored.
+
+    For each output it generates ``quality.candidates`` backgrounds, re-segments each generated image to
+    measure object expansion, scores the composites, and keeps the best candidate within the expansion
+    threshold. When none is within it, it tries again with new seeds and a kept region grown by
+    ``retry_dilate_px`` per attempt, up to ``max_attempts``; then it keeps the least-expanded candidate
+    or marks the row ``rejected`` (``quality.expansion.on_fail``). Adds ``expansion_ratio``,
+    ``expansion_px``, ``attempts``, ``candidates``, ``quality_score``, ``clip_score``, ``seam_energy``,
+    ``color_harmony``, ``exposure``, ``quality_s``; ``seed`` becomes the kept candidate's seed.
+    """
 
     def __init__(self, config: CanvasConfig, styles: StyleBook | None = None):
+        from canvas_ray.stages.composite import Composite
+
         self.spec = config.inpaint
         if self.spec.backend not in _BACKENDS:
             raise ValueError(
@@ -172,21 +289,146 @@ class Inpaint:
             )
         self.styles = styles or StyleBook.from_config(config)
         self.inpainter = _BACKENDS[self.spec.backend](self.spec, self.styles)
+        self.quality = config.quality
+        self.feather_px = config.composite.feather_px
+        self.meter = ExpansionMeter(config) if self.quality.expansion.enabled else None
+        self.clip = ClipScorer(self.quality.scoring) if self.quality.scoring.clip_model else None
+        self.preview = Composite(config, self.styles)
+        self._quality_s = 0.0
+
+    def _candidates(self, batch: Batch, selected: list[int], *, attempt: int) -> list[list[Candidate]]:
+        """Generate, measure and score ``quality.candidates`` backgrounds for each selected row."""
+        k = self.quality.candidates
+        keep_dilate = self.spec.keep_dilate_px + attempt * self.quality.expansion.retry_dilate_px
+        rows = []
+        for index in selected:
+            row = {c: batch[c][index] for c in _ROW_COLUMNS if c in batch}
+            for number in range(k):
+                seed = candidate_seed(int(row["seed"]), attempt, number)
+                rows.append({**row, "seed": seed, "keep_dilate_px": keep_dilate})
+        backgrounds = self.inpainter.backgrounds(rows)
+        if len(backgrounds) != len(rows):
+            raise RuntimeError(f"the inpainter returned {len(backgrounds)} images for {len(rows)} requests")
+        start = time.perf_counter()
+        masks = [row["canvas_mask"] for row in rows]
+        expansions: list[Expansion | None] = [None] * len(rows)
+        if self.meter is not None:
+            generated = backgrounds
+            if not self.inpainter.paints_product:
+                generated = [
+                    np.where((mask >= HARD)[..., None], row["canvas"], background)
+                    for row, mask, background in zip(rows, masks, backgrounds, strict=True)
+                ]
+            expansions = list(self.meter.measure(generated, masks))
+        composites = [
+            self.preview.render(row["canvas"], row["canvas_mask"], background, str(row["style"]))
+            for row, background in zip(rows, backgrounds, strict=True)
+        ]
+        scores = [
+            weight_free_scores(image, mask, self.feather_px)
+            for image, mask in zip(composites, masks, strict=True)
+        ]
+        if self.clip is not None:
+            alignment = self.clip(composites, [str(row["prompt"]) for row in rows])
+            scores = [replace(s, clip_score=a) for s, a in zip(scores, alignment, strict=True)]
+        weights = dict(self.quality.scoring.weights)
+        candidates = [
+            Candidate(background, int(row["seed"]), attempt, expansion, score, score.total(weights))
+            for row, background, expansion, score in zip(rows, backgrounds, expansions, scores, strict=True)
+        ]
+        self._quality_s += time.perf_counter() - start
+        return [candidates[i * k : (i + 1) * k] for i in range(len(selected))]
 
     def __call__(self, batch: Batch) -> Batch:
         batch = ensure_status(batch)
         n = len(batch["status"])
         indices = ok_indices(batch)
-        backgrounds = [PLACEHOLDER_IMAGE] * n
-
-        def rows(selected: list[int]) -> list[dict[str, Any]]:
-            return [{c: batch[c][i] for c in _ROW_COLUMNS} for i in selected]
-
-        with timed(batch, "inpaint_s", indices):
-            results = run_rows(
-                batch, indices, STAGE, lambda selected: self.inpainter.backgrounds(rows(selected))
+        guard = self.quality.expansion
+        threshold = guard.threshold if guard.enabled else float("inf")
+        max_attempts = guard.max_attempts if guard.enabled else 1
+        history: dict[int, list[Candidate]] = defaultdict(list)
+        chosen: dict[int, Candidate] = {}
+        start, self._quality_s = time.perf_counter(), 0.0
+        todo, attempt = list(indices), 0
+        while todo and attempt < max_attempts:
+            results = run_rows(batch, todo, STAGE, partial(self._candidates, batch, attempt=attempt))
+            todo = []
+            for index, candidates in results.items():
+                history[index].extend(candidates)
+                within = [c for c in candidates if c.expansion_ratio <= threshold]
+                if within:
+                    chosen[index] = max(within, key=lambda c: c.score)
+                else:
+                    todo.append(index)
+            attempt += 1
+        for index in todo:
+            least = min(history[index], key=lambda c: (c.expansion_ratio, -c.score))
+            if guard.on_fail == "keep_best":
+                chosen[index] = least
+                continue
+            set_error(
+                batch,
+                index,
+                "quality",
+                f"the product grew by {least.expansion_ratio:.0%} of its area in the best of "
+                f"{len(history[index])} candidates over {attempt} attempts (limit {threshold:.0%}); "
+                "raise quality.expansion.threshold or max_attempts, or set on_fail: keep_best",
             )
-        for index, background in results.items():
-            backgrounds[index] = background
-        batch["background"] = object_column(backgrounds)
+            batch["status"][index] = REJECTED
+            chosen[index] = least  # its figures are recorded; its image is not delivered
+        self._record(batch, n, indices, chosen, history, time.perf_counter() - start)
         return batch
+
+    def _record(
+        self,
+        batch: Batch,
+        n: int,
+        indices: list[int],
+        chosen: dict[int, Candidate],
+        history: dict[int, list[Candidate]],
+        elapsed: float,
+    ) -> None:
+        backgrounds = [PLACEHOLDER_IMAGE] * n
+        columns = {
+            name: np.full(n, np.nan)
+            for name in (
+                "expansion_ratio",
+                "quality_score",
+                "clip_score",
+                "seam_energy",
+                "color_harmony",
+                "exposure",
+            )
+        }
+        expansion_px = np.full(n, -1, dtype=np.int64)
+        attempts = np.zeros(n, dtype=np.int64)
+        counts = np.zeros(n, dtype=np.int64)
+        seeds = np.asarray(batch["seed"]).copy() if "seed" in batch else np.zeros(n, dtype=np.int64)
+        for index, best in chosen.items():
+            if batch["status"][index] == OK:
+                backgrounds[index] = best.background
+            seeds[index] = best.seed
+            attempts[index] = max(c.attempt for c in history[index]) + 1
+            counts[index] = len(history[index])
+            if best.expansion is not None:
+                columns["expansion_ratio"][index] = best.expansion.ratio
+                expansion_px[index] = best.expansion.pixels
+            columns["quality_score"][index] = best.score
+            columns["seam_energy"][index] = best.scores.seam_energy
+            columns["color_harmony"][index] = best.scores.color_harmony
+            columns["exposure"][index] = best.scores.exposure
+            if best.scores.clip_score is not None:
+                columns["clip_score"][index] = best.scores.clip_score
+        batch["background"] = object_column(backgrounds)
+        batch["seed"] = seeds
+        batch.update(columns)
+        batch["expansion_px"] = expansion_px
+        batch["attempts"] = attempts
+        batch["candidates"] = counts
+        share = 1.0 / len(indices) if indices else 0.0
+        inpaint_s = np.zeros(n)
+        quality_s = np.zeros(n)
+        inpaint_s[indices] = max(0.0, elapsed - self._quality_s) * share
+        quality_s[indices] = self._quality_s * share
+        batch["inpaint_s"] = inpaint_s
+        batch["quality_s"] = quality_s

@@ -46,6 +46,8 @@ CARRIED = (
     "caption_s",
     "source_width",
     "source_height",
+    "style_image_uri",
+    "style_image",  # the reference image: every output of an item is steered by it
 )
 
 
@@ -188,7 +190,7 @@ def _columns(rows: list[dict[str, Any]]) -> Batch:
     out: Batch = {}
     for key in rows[0]:
         values = [row[key] for row in rows]
-        if key in ("canvas", "canvas_mask"):
+        if key in ("canvas", "canvas_mask", "style_image"):
             out[key] = object_column(values)
         elif key in ("variant", "seed"):
             out[key] = np.asarray(values, dtype=np.int64)
