@@ -114,10 +114,10 @@ def build_sd15_inpaint(device: Any, tiny: bool = False) -> Any:
         tiny_pipe.to(device)
         tiny_pipe.set_progress_bar_config(disable=True)
         return tiny_pipe
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, StableDiffusionInpaintPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from canvas_ray.models.tiny import _clip_tokenizer
+    from canvas_ray.models.tiny import _clip_tokenizer, sd_scheduler
 
     tokenizer = _clip_tokenizer()  # built locally: no hub; ids fit the full-size embedding table
     with torch.device(device):  # initialise the weights where they will run (seconds, not minutes)
@@ -168,15 +168,7 @@ def build_sd15_inpaint(device: Any, tiny: bool = False) -> Any:
                 pad_token_id=tokenizer.pad_token_id,
             )
         )
-    scheduler = PNDMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        skip_prk_steps=True,
-        steps_offset=1,
-        set_alpha_to_one=False,
-    )
+    scheduler = sd_scheduler()
     pipe: Any = StableDiffusionInpaintPipeline(
         vae=vae.eval(),  # type: ignore[attr-defined]
         text_encoder=text_encoder.eval(),

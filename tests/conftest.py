@@ -39,3 +39,16 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread: the tiny models gain nothing from more, and on a shared 2-core runner OpenMP
+    threads spinning at barriers cost far more than they save (a 64 px denoising call went from ~1 s to
+    ~10 s). Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

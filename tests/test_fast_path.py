@@ -21,15 +21,10 @@ from canvas_ray.models.tiny import build_tiny_inpainter, make_tiny_inpainter
 from canvas_ray.stages.inpaint import DiffusersInpainter
 from canvas_ray.styles import StyleBook
 
+# tiny models on a shared 2-core runner: one intra-op thread (see tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 FAST_KEYS = ("channels_last", "compile", "compile_mode", "attention", "vae_slicing", "vae_tiling", "offload")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,9 @@ from canvas_ray.models.tiny import build_tiny_inpainter
 from canvas_ray.train.config import LORA_TARGETS, FinetuneConfig, finetune_config_from_dict
 from canvas_ray.train.lora import WEIGHTS_NAME, Objective, add_lora, load_base, train_in_process
 
+# tiny models on a shared 2-core runner: one intra-op thread (see tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -57,14 +60,6 @@ def tiny_config(base: Path, **values: Any) -> FinetuneConfig:
         "lora": {"rank": 8, "alpha": 8},
     }
     return finetune_config_from_dict(data | values)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,9 @@ from canvas_ray.stages.decode import Decode
 from canvas_ray.stages.inpaint import DiffusersInpainter, Inpaint
 from canvas_ray.stages.segment import HFSegmenter, Segment
 
+# tiny models on a shared 2-core runner: one intra-op thread (see tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # Target modules of diffusers' LCM-LoRA script: every UNet layer type (shared/NOTES.md).
@@ -150,16 +153,6 @@ def lora_params(unet: torch.nn.Module, adapter: str) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: these models are tiny, and on a shared 2-core runner OpenMP threads spinning
-    at barriers cost far more than they save (a 64 px denoising call went from ~1 s to ~10 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -35,6 +35,9 @@ from canvas_ray.stages.decode import STYLE_IMAGE_SIDE, Decode, Fetch
 from canvas_ray.stages.inpaint import DiffusersInpainter, StudioInpainter
 from canvas_ray.styles import Backdrop, StyleBook
 
+# tiny models on a shared 2-core runner: one intra-op thread (see tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TEAL = (30, 140, 140)
 
 
@@ -83,15 +86,6 @@ def canvas_row(style: str = "studio white", seed: int = 7, reference: np.ndarray
     if reference is not None:
         row["style_image"] = reference
     return row
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core runner: one intra-op thread is much faster (see test_neural_stages)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

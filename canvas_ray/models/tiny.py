@@ -291,12 +291,26 @@ def make_tiny_captioner(seed: int = 0) -> tuple[BlipForConditionalGeneration, Bl
     return model, processor
 
 
+def sd_scheduler() -> Any:
+    """The PNDM scheduler of the SD 1.5 inpainting checkpoints (shared by the tiny and full-size builds)."""
+    from diffusers import PNDMScheduler
+
+    return PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        skip_prk_steps=True,
+        steps_offset=1,
+        set_alpha_to_one=False,
+    )
+
+
 def make_tiny_inpainter(seed: int = 0) -> StableDiffusionInpaintPipeline:
     """In-memory Stable Diffusion inpainting pipeline, diffusers test-sized, no safety checker."""
     with _isolated():
         from diffusers import (
             AutoencoderKL,
-            PNDMScheduler,
             StableDiffusionInpaintPipeline,
             UNet2DConditionModel,
         )
@@ -317,15 +331,7 @@ def make_tiny_inpainter(seed: int = 0) -> StableDiffusionInpaintPipeline:
         )
         torch.manual_seed(seed)
         text_encoder = CLIPTextModel(CLIPTextConfig(num_hidden_layers=5, **_clip_text_kwargs(tokenizer)))
-        scheduler = PNDMScheduler(
-            beta_start=0.00085,
-            beta_end=0.012,
-            beta_schedule="scaled_linear",
-            num_train_timesteps=1000,
-            skip_prk_steps=True,
-            steps_offset=1,
-            set_alpha_to_one=False,
-        )
+        scheduler = sd_scheduler()
         # mypy loses diffusers' nn.Module methods on these classes (a typing gap, not a runtime one)
         pipe = StableDiffusionInpaintPipeline(
             vae=vae.eval(),  # type: ignore[attr-defined]
