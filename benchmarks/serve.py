@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import logging
 import os
 import socket
@@ -29,23 +28,11 @@ import numpy as np
 
 from benchmarks.common import default_json, ensure_tiny_models, machine, percentile, quiet, write_json
 from canvas_ray.config import REPO_ROOT, CanvasConfig, load_config
+from canvas_ray.testing import product_png
 
 OVERHEAD_GOAL_MS = 5.0
 BATCH_GAIN_GOAL = 3.0
 SMALL = {"num_cpus": 0.1, "concurrency": 1, "batch_size": 16}
-
-
-def product_png(width: int = 160, height: int = 160, seed: int = 0) -> bytes:
-    """A dark textured box on a plain light backdrop (what the weight-free segmenter expects)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    image = np.full((height, width, 3), 236, np.uint8)
-    y0, y1, x0, x1 = height // 4, 3 * height // 4, width // 3, 2 * width // 3
-    image[y0:y1, x0:x1] = rng.integers(10, 120, (y1 - y0, x1 - x0, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def bench_config(path: str, max_batch_size: int, wait_s: float) -> CanvasConfig:

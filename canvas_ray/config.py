@@ -411,22 +411,21 @@ def config_from_dict(
     return config
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> CanvasConfig:
-    """Read a YAML config (None: defaults); apply dotted overrides like ``{"output.variants": 2}``."""
-    data: dict[str, Any] = {}
-    base = None
-    source = "<defaults>"
-    if path is not None:
-        file = Path(path)
-        if not file.is_file():
-            raise ConfigError(f"config file not found: {file} (pass --config with a path to a YAML file)")
-        try:
-            loaded = yaml.safe_load(file.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"config {file} is not valid YAML: {error}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config {file} must be a mapping of sections (segment:, inpaint:, ...)")
-        data, base, source = loaded, file.resolve().parent, str(file)
+def read_yaml_mapping(file: Path, missing_hint: str = "") -> dict[str, Any]:
+    """A YAML file that must hold a mapping of sections; clear ConfigErrors otherwise."""
+    if not file.is_file():
+        raise ConfigError(f"config file not found: {file}{missing_hint}")
+    try:
+        loaded = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config {file} is not valid YAML: {error}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config {file} must be a mapping of sections")
+    return loaded
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> None:
+    """Set dotted keys like ``{"output.variants": 2}`` in a config mapping, creating sections as needed."""
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")
@@ -435,4 +434,16 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             if not isinstance(node, dict):
                 raise ConfigError(f"override {dotted}: {part} is not a section")
         node[leaf] = value
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> CanvasConfig:
+    """Read a YAML config (None: defaults); apply dotted overrides like ``{"output.variants": 2}``."""
+    data: dict[str, Any] = {}
+    base = None
+    source = "<defaults>"
+    if path is not None:
+        file = Path(path)
+        data = read_yaml_mapping(file, " (pass --config with a path to a YAML file)")
+        base, source = file.resolve().parent, str(file)
+    apply_overrides(data, overrides)
     return config_from_dict(data, source=source, base=base)

@@ -5,7 +5,6 @@ diffusers pipeline and as a style of the batch pipeline after ``canvas-ray style
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from pathlib import Path
@@ -19,6 +18,7 @@ from PIL import Image
 
 from canvas_ray.config import DEFAULT_STYLES_FILE, config_from_dict
 from canvas_ray.models.tiny import build_tiny_inpainter
+from canvas_ray.testing import lora_params, png_bytes, product_image
 from canvas_ray.train.config import LORA_TARGETS, FinetuneConfig, finetune_config_from_dict
 from canvas_ray.train.lora import WEIGHTS_NAME, Objective, add_lora, load_base, train_in_process
 
@@ -26,15 +26,6 @@ from canvas_ray.train.lora import WEIGHTS_NAME, Objective, add_lora, load_base, 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def product_image(width: int, height: int, seed: int) -> np.ndarray:
-    """A dark textured box on a plain light backdrop (what the ``backdrop`` segmenter expects)."""
-    rng = np.random.default_rng(seed)
-    image = np.full((height, width, 3), 236, np.uint8)
-    y0, y1, x0, x1 = height // 4, 3 * height // 4, width // 3, 2 * width // 3
-    image[y0:y1, x0:x1] = rng.integers(10, 120, (y1 - y0, x1 - x0, 3), dtype=np.uint8)
-    return image
 
 
 def example(seed: int) -> dict[str, Any]:
@@ -165,12 +156,6 @@ def test_prepare_examples_in_process() -> None:
 # ------------------------------------------------------------------------------------- Ray Train workers
 
 
-def _png(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="module")
 def ray_run(ray_local, base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from canvas_ray.train.lora import finetune
@@ -179,7 +164,7 @@ def ray_run(ray_local, base: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     (root / "images").mkdir()
     rows = []
     for seed in range(4):
-        (root / "images" / f"p{seed}.png").write_bytes(_png(product_image(72 + 8 * seed, 88, seed)))
+        (root / "images" / f"p{seed}.png").write_bytes(png_bytes(product_image(72 + 8 * seed, 88, seed)))
         rows.append({"item_id": f"p{seed}", "image_uri": f"images/p{seed}.png", "title": f"box {seed}"})
     rows.append({"item_id": "bad", "image_uri": "images/missing.png", "title": "gone"})
     catalog = root / "catalog.jsonl"
@@ -223,16 +208,6 @@ def test_ray_train_two_workers_and_resume(ray_run: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------- the LoRA in generation
 
 
-def _lora_params(unet: torch.nn.Module, adapter: str) -> dict[str, torch.Tensor]:
-    out = {}
-    for name, param in unet.named_parameters():
-        for part in ("lora_A", "lora_B"):
-            marker = f".{part}.{adapter}."
-            if marker in name:
-                out["unet." + name.replace(marker, f".{part}.")] = param.detach()
-    return out
-
-
 def test_lora_loads_in_stock_pipeline(base: Path, overfit: tuple[Path, list[dict[str, Any]]]) -> None:
     from diffusers import StableDiffusionInpaintPipeline
     from safetensors.torch import load_file
@@ -260,7 +235,7 @@ def test_lora_loads_in_stock_pipeline(base: Path, overfit: tuple[Path, list[dict
     pipe.set_progress_bar_config(disable=True)
     plain = run(pipe)
     pipe.load_lora_weights(str(lora), adapter_name="trained")
-    loaded = _lora_params(pipe.unet, "trained")
+    loaded = lora_params(pipe.unet, "trained")
     assert len(loaded) == len(saved) and loaded.keys() == saved.keys()
     for key, value in saved.items():
         torch.testing.assert_close(loaded[key], value, atol=0, rtol=0, msg=key)
@@ -328,7 +303,7 @@ def test_styles_add_makes_the_lora_a_style(
         }
     )
     pipeline = LocalPipeline(config)
-    item = {"item_id": "box", "image_bytes": _png(product_image(64, 80, 5)), "title": "box", "seed": 7}
+    item = {"item_id": "box", "image_bytes": png_bytes(product_image(64, 80, 5)), "title": "box", "seed": 7}
     styled = pipeline.generate([item | {"style": "trained look"}])[0]
     plain = pipeline.generate([item | {"style": "twin plain"}])[0]
     assert styled.status == "ok" and plain.status == "ok", (styled.error, plain.error)

@@ -8,7 +8,6 @@ is planted (zero weights + a bias, or a forward hook with a known pattern) so th
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -36,49 +35,19 @@ from canvas_ray.stages.caption import Caption, split_caption
 from canvas_ray.stages.decode import Decode
 from canvas_ray.stages.inpaint import DiffusersInpainter, Inpaint
 from canvas_ray.stages.segment import HFSegmenter, Segment
+from canvas_ray.testing import lora_params, png_bytes, product_image
+from canvas_ray.train.config import LORA_TARGETS
 
 # tiny models on a shared 2-core runner: one intra-op thread (see tests/conftest.py)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-# Target modules of diffusers' LCM-LoRA script: every UNet layer type (shared/NOTES.md).
-LORA_TARGETS = (
-    "to_q",
-    "to_k",
-    "to_v",
-    "to_out.0",
-    "proj_in",
-    "proj_out",
-    "ff.net.0.proj",
-    "ff.net.2",
-    "conv1",
-    "conv2",
-    "conv_shortcut",
-    "downsamplers.0.conv",
-    "upsamplers.0.conv",
-    "time_emb_proj",
-)
 ASPECTS = ["1:1", "2:3", "16:9"]
 CAPTION_RE = re.compile(r"^Product: (?P<product>.+)\. Background: (?P<background>.+)\.$", re.S)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-
-
-def product_image(width: int, height: int, seed: int, backdrop: int = 236) -> np.ndarray:
-    """A dark, textured box product on a plain light backdrop (what the ``backdrop`` segmenter expects)."""
-    rng = np.random.default_rng(seed)
-    image = np.full((height, width, 3), backdrop, np.uint8)
-    y0, y1, x0, x1 = height // 4, 3 * height // 4, width // 3, 2 * width // 3
-    image[y0:y1, x0:x1] = rng.integers(10, 120, (y1 - y0, x1 - x0, 3), dtype=np.uint8)
-    return image
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def make_config(tiny: dict[str, Path], **sections: dict[str, Any]):
@@ -139,17 +108,6 @@ def assert_state_equal(expected: torch.nn.Module, actual: torch.nn.Module) -> No
     for key, value in a.items():
         assert b[key].dtype == value.dtype, key
         torch.testing.assert_close(b[key], value, atol=0, rtol=0, msg=key)
-
-
-def lora_params(unet: torch.nn.Module, adapter: str) -> dict[str, torch.Tensor]:
-    """LoRA parameters of one adapter, keyed like the saved file (``unet.<module>.lora_A.weight``)."""
-    out = {}
-    for name, param in unet.named_parameters():
-        for part in ("lora_A", "lora_B"):
-            marker = f".{part}.{adapter}."
-            if marker in name:
-                out["unet." + name.replace(marker, f".{part}.")] = param.detach()
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- fixtures

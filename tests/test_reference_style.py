@@ -8,7 +8,6 @@ catalog is fetched (cached per URI), decoded into ``style_image`` and carried to
 from __future__ import annotations
 
 import colorsys
-import io
 import json
 import shutil
 from pathlib import Path
@@ -34,26 +33,12 @@ from canvas_ray.stages.base import PLACEHOLDER_IMAGE
 from canvas_ray.stages.decode import STYLE_IMAGE_SIDE, Decode, Fetch
 from canvas_ray.stages.inpaint import DiffusersInpainter, StudioInpainter
 from canvas_ray.styles import Backdrop, StyleBook
+from canvas_ray.testing import png_bytes, product_image
 
 # tiny models on a shared 2-core runner: one intra-op thread (see tests/conftest.py)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TEAL = (30, 140, 140)
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def product_image(width: int = 96, height: int = 96, seed: int = 0) -> np.ndarray:
-    """A dark textured box on a plain light backdrop (what the weight-free segmenter expects)."""
-    rng = np.random.default_rng(seed)
-    image = np.full((height, width, 3), 236, np.uint8)
-    y0, y1, x0, x1 = height // 4, 3 * height // 4, width // 3, 2 * width // 3
-    image[y0:y1, x0:x1] = rng.integers(10, 120, (y1 - y0, x1 - x0, 3), dtype=np.uint8)
-    return image
 
 
 def teal_reference(width: int = 160, height: int = 120) -> np.ndarray:

@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from canvas_ray.config import REPO_ROOT, config_from_dict, load_config
+from canvas_ray.testing import product_png
 
 SAMPLE = REPO_ROOT / "examples" / "catalog" / "images" / "sku-0001.jpg"
 API_KEY = "test-key-0123456789"
@@ -34,17 +35,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def product_png(width: int = 96, height: int = 96, seed: int = 0) -> bytes:
-    """A dark textured box on a plain light backdrop (what the weight-free segmenter expects)."""
-    rng = np.random.default_rng(seed)
-    image = np.full((height, width, 3), 236, np.uint8)
-    y0, y1, x0, x1 = height // 4, 3 * height // 4, width // 3, 2 * width // 3
-    image[y0:y1, x0:x1] = rng.integers(10, 120, (y1 - y0, x1 - x0, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def local_config(**serve: Any):

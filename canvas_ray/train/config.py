@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from canvas_ray.config import ConfigError, _format_errors
+from canvas_ray.config import ConfigError, _format_errors, apply_overrides, read_yaml_mapping
 
 LORA_TARGETS: tuple[str, ...] = (
     "to_q",
@@ -121,18 +120,6 @@ def finetune_config_from_dict(
 def load_finetune_config(path: str | Path, overrides: dict[str, Any] | None = None) -> FinetuneConfig:
     """Read a fine-tuning YAML; ``overrides`` are dotted keys like ``{"scaling.num_workers": 2}``."""
     file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"finetune config not found: {file}")
-    try:
-        data = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"config {file} is not valid YAML: {error}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config {file} must be a mapping")
-    for dotted, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+    data = read_yaml_mapping(file, " (pass --config with a fine-tuning YAML such as configs/finetune.yaml)")
+    apply_overrides(data, overrides)
     return finetune_config_from_dict(data, source=str(file), base=file.resolve().parent)
