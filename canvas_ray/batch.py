@@ -1,15 +1,23 @@
-"""The catalog job as a Ray Data plan.
+"""The catalog job as Ray Data plans; the driver holds no per-row state.
 
 ```
-catalog (driver: validate, resume anti-join) ─▶ fetch+decode (tasks) ─▶ Segment (actor pool)
-  ─▶ Caption (actor pool) ─▶ thumbnails+Prompt (tasks) ─▶ Inpaint (actor pool)
-  ─▶ Composite+Verify+write (tasks) ─▶ driver: progress, compaction, summary.json, index.html
+catalog files ─read tasks─▶ rows ─group by id bucket─▶ validate ids + resume check (vs the bucket's
+  manifest file) ─▶ [materialised: counts for the bar] ─▶ fetch+decode (tasks) ─▶ Segment (actor pool)
+  ─▶ Caption (actor pool) ─▶ thumbnails+Prompt (tasks) ─▶ Inpaint (actor pool) ─▶ Composite+write
+  images (tasks) ─▶ manifest parts (tasks) ─▶ driver: progress ─▶ compaction per bucket (tasks) + review
+  pages ─▶ summary.json + index.html (streamed over the manifest)
 ```
-Each model stage is ``map_batches(StageClass, compute=ActorPoolStrategy(...), num_gpus=..., batch_size=...)``
-with resources from the config, so on a cluster each model lives in its own pool. Resume is an
-anti-join on the manifest (items whose every requested output is ``ok`` under the same config
-fingerprint are skipped): the job expands one item into many outputs, which Ray Data's row-level
-CheckpointConfig cannot express, and the manifest is the record users read anyway.
+The stage order and how each stage runs (actor pool or task, resources from config) come from the one
+pipeline spec in :mod:`canvas_ray.spec`.
+
+**Resume without driver state.** Catalog rows are grouped by the hash bucket of their ``item_id`` — the
+same bucket that partitions the manifest — so one hash shuffle of the catalog (metadata only) brings each
+item next to the manifest rows it needs: duplicate ids are found there, each row's requested outputs are
+expanded there, and outputs already done (``ok``/``review`` under the same config fingerprint) are looked
+up in that bucket's file alone. Items with nothing left are dropped; the others carry ``done_outputs`` so
+Prompt generates only what is missing. Ray Data's job-level ``CheckpointConfig`` does not fit: it skips
+input rows by one id column, but one catalog row expands into many outputs, and a changed request or
+config must redo exactly the outputs it changes.
 """
 
 from __future__ import annotations
@@ -22,25 +30,36 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from canvas_ray.config import CanvasConfig, ConfigError, Resources
-from canvas_ray.io.catalog import TEXT_COLUMNS, read_catalog
+from canvas_ray.config import CanvasConfig, ConfigError
+from canvas_ray.io.catalog import (
+    CATALOG_SCHEMA,
+    TEXT_COLUMNS,
+    CatalogFiles,
+    catalog_dataset,
+    id_bucket,
+    list_catalog,
+    read_catalog_rows,
+    validate_ids,
+)
 from canvas_ray.io.images import encode_image, resize
-from canvas_ray.io.outputs import OutputLayout, WriteOutputs, compact_manifest, read_manifest, write_bytes
+from canvas_ray.io.manifest import DONE_STATUSES, Manifest, part_name, summarise
+from canvas_ray.io.outputs import OutputLayout, WriteOutputs, join_uri, write_bytes
+from canvas_ray.spec import PIPELINE, StageSpec, stage_resources
 from canvas_ray.stages.base import Batch, ensure_status
-from canvas_ray.stages.caption import Caption
 from canvas_ray.stages.composite import Composite
 from canvas_ray.stages.decode import Decode, Fetch
-from canvas_ray.stages.inpaint import Inpaint
-from canvas_ray.stages.prompt import Prompt, output_id
-from canvas_ray.stages.segment import Segment
+from canvas_ray.stages.prompt import DONE_SEPARATOR, Prompt
 from canvas_ray.styles import StyleBook
 
 log = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 10.0  # the compact progress line when stderr is not a terminal
 
 
 @dataclass
@@ -53,27 +72,32 @@ class GenerateRequest:
     address: str | None = None
     storage_options: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
-    on_progress: Callable[[dict[str, int]], None] | None = None  # called after each finished block
+    on_progress: Callable[[dict[str, int]], None] | None = None  # called after each finished part
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every stage of one run shares (shipped to workers with the plan)."""
+
+    config: CanvasConfig
+    styles: StyleBook
+    fingerprint: str
+    run_id: str
+    root: str
+    storage_options: dict[str, Any]
 
 
 # ---- cheap stages, run as Ray tasks (functions; constructors are cheap) ----
 
 
-def fetch_decode(batch: Batch, config: CanvasConfig, storage_options: dict[str, Any]) -> Batch:
-    return Decode(config)(Fetch(config, storage_options)(batch))
+def fetch_decode(batch: Batch, run: RunContext) -> Batch:
+    return Decode(run.config)(Fetch(run.config, run.storage_options)(batch))
 
 
-def thumbnails_and_prompt(
-    batch: Batch,
-    config: CanvasConfig,
-    styles: StyleBook,
-    fingerprint: str,
-    root: str,
-    storage_options: dict[str, Any],
-) -> Batch:
+def thumbnails_and_prompt(batch: Batch, run: RunContext) -> Batch:
     """Write review thumbnails (original, mask) per item, then expand items into outputs."""
     batch = ensure_status(batch)
-    layout = OutputLayout(root, shard_width=config.output.shard_width)
+    layout = OutputLayout(run.root, shard_width=run.config.output.shard_width)
     n = len(batch["status"])
     thumbs, masks = [""] * n, [""] * n
     for index in range(n):
@@ -88,18 +112,18 @@ def thumbnails_and_prompt(
             write_bytes(
                 layout.uri(layout.thumb_rel(item_id, "image")),
                 encode_image(thumb, "jpeg", 85),
-                storage_options,
+                run.storage_options,
             )
             write_bytes(
                 layout.uri(layout.thumb_rel(item_id, "mask")),
                 encode_image(resize(mask, size), "png"),
-                storage_options,
+                run.storage_options,
             )
             thumbs[index] = layout.thumb_rel(item_id, "image")
             masks[index] = layout.thumb_rel(item_id, "mask")
         except Exception as error:  # noqa: BLE001 - thumbnails are for review only
             log.warning("thumbnail for %s failed: %s", item_id, error)
-    out = Prompt(config, styles, fingerprint=fingerprint)(batch)
+    out = Prompt(run.config, run.styles, fingerprint=run.fingerprint)(batch)
     if not out:
         return out
     by_item = {str(batch["item_id"][i]): (thumbs[i], masks[i]) for i in range(n)}
@@ -108,41 +132,65 @@ def thumbnails_and_prompt(
     return out
 
 
-def composite_and_write(batch: Batch, config: CanvasConfig, styles: StyleBook, writer: WriteOutputs) -> Batch:
-    return writer(Composite(config, styles)(batch))
+def composite_and_write(batch: Batch, run: RunContext) -> pa.Table:
+    """Final images written; manifest rows out (written as parts by the next stage)."""
+    config = run.config
+    writer = WriteOutputs(
+        run.root,
+        run.run_id,
+        run.fingerprint,
+        config.output.format,
+        config.output.quality,
+        config.output.shard_width,
+        run.storage_options,
+        write_part=False,
+    )
+    return writer.rows(Composite(config, run.styles)(batch))
+
+
+def write_manifest_part(table: pa.Table, run: RunContext) -> pa.Table:
+    """One staging part of the manifest per batch; the driver gets the statuses back for progress."""
+    import pyarrow.parquet as pq
+
+    if table.num_rows:
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer, compression="zstd")
+        name = part_name(table.column("output_id").to_pylist())
+        write_bytes(
+            join_uri(run.root, "manifest", "_staging", run.run_id, name),
+            buffer.getvalue().to_pybytes(),
+            run.storage_options,
+        )
+    return table.select(["status"])
+
+
+CHEAP_STAGES: dict[str, Callable[..., Any]] = {
+    "fetch_decode": fetch_decode,
+    "thumbnails_and_prompt": thumbnails_and_prompt,
+    "composite_and_write": composite_and_write,
+    "write_manifest_part": write_manifest_part,
+}
 
 
 # ---- the plan ----
 
 
-def _pool(resources: Resources) -> dict[str, Any]:
+def _map_args(spec: StageSpec, config: CanvasConfig) -> dict[str, Any]:
     import ray.data
 
-    max_size = max(resources.concurrency, resources.max_concurrency or resources.concurrency)
-    return {
-        "compute": ray.data.ActorPoolStrategy(min_size=resources.concurrency, max_size=max_size),
-        "num_gpus": resources.num_gpus or None,
-        "num_cpus": resources.num_cpus,
-        "batch_size": resources.batch_size,
-        "batch_format": "numpy",
-    }
-
-
-def _tasks(resources: Resources) -> dict[str, Any]:
-    import ray.data
-
-    return {
-        "num_cpus": resources.num_cpus,
-        "batch_size": resources.batch_size,
-        "batch_format": "numpy",
-        "compute": ray.data.TaskPoolStrategy(size=resources.concurrency)
-        if resources.concurrency > 1
-        else None,
-    }
-
-
-# Catalog columns the generation plan carries (engagement counts are for curation, not generation).
-PLAN_COLUMNS = (*TEXT_COLUMNS, "status", "error")
+    resources = stage_resources(spec, config)
+    batch_size = resources.batch_size
+    args: dict[str, Any] = {"num_cpus": resources.num_cpus, "batch_format": spec.batch_format}
+    if spec.kind == "pool":
+        max_size = max(resources.concurrency, resources.max_concurrency or resources.concurrency)
+        args["compute"] = ray.data.ActorPoolStrategy(
+            min_size=resources.concurrency, max_size=max_size, initial_size=max_size
+        )
+        args["num_gpus"] = resources.num_gpus or None
+    elif resources.concurrency > 1:
+        args["compute"] = ray.data.TaskPoolStrategy(size=resources.concurrency)
+    args["batch_size"] = batch_size
+    return args
 
 
 def check_resources(config: CanvasConfig) -> None:
@@ -151,7 +199,7 @@ def check_resources(config: CanvasConfig) -> None:
 
     available = ray.cluster_resources()
     cpus, gpus = float(available.get("CPU", 0)), float(available.get("GPU", 0))
-    pools = {name: getattr(config, name).resources for name in ("segment", "caption", "inpaint")}
+    pools = {s.name: stage_resources(s, config) for s in PIPELINE if s.kind == "pool"}
     held_cpu = sum(r.num_cpus * r.concurrency for r in pools.values())
     held_gpu = sum(r.num_gpus * r.concurrency for r in pools.values())
     if held_cpu > cpus - 0.25:
@@ -167,76 +215,131 @@ def check_resources(config: CanvasConfig) -> None:
         )
 
 
-def build_plan(table: pa.Table, request: GenerateRequest, styles: StyleBook, fingerprint: str, run_id: str):
-    """The lazy Ray Dataset from catalog rows to written manifest rows."""
-    import ray.data
+# Columns the generation plan carries from the catalog (engagement counts are for curation).
+PLAN_COLUMNS = (*TEXT_COLUMNS, "status", "error", "done_outputs")
 
-    config = request.config
-    table = table.select([c for c in PLAN_COLUMNS if c in table.column_names])
-    rows_per_block = max(1, min(config.segment.resources.batch_size, 64))
-    blocks = [table.slice(start, rows_per_block) for start in range(0, table.num_rows, rows_per_block)]
-    ds: Any = ray.data.from_arrow(blocks)
-    io_tasks: dict[str, Any] = {
-        "batch_size": rows_per_block,
-        "batch_format": "numpy",
-        "num_cpus": 0.25,
-        "compute": ray.data.TaskPoolStrategy(size=config.ray.io_concurrency),
-    }
-    ds = ds.map_batches(
-        fetch_decode, fn_kwargs={"config": config, "storage_options": request.storage_options}, **io_tasks
-    )
-    ds = ds.map_batches(Segment, fn_constructor_kwargs={"config": config}, **_pool(config.segment.resources))
-    ds = ds.map_batches(Caption, fn_constructor_kwargs={"config": config}, **_pool(config.caption.resources))
-    ds = ds.map_batches(
-        thumbnails_and_prompt,
-        fn_kwargs={
-            "config": config,
-            "styles": styles,
-            "fingerprint": fingerprint,
-            "root": request.output,
-            "storage_options": request.storage_options,
-        },
-        **io_tasks,
-    )
-    ds = ds.map_batches(
-        Inpaint, fn_constructor_kwargs={"config": config, "styles": styles}, **_pool(config.inpaint.resources)
-    )
-    writer = WriteOutputs(
-        request.output,
-        run_id,
-        fingerprint,
-        config.output.format,
-        config.output.quality,
-        config.output.shard_width,
-        request.storage_options,
-    )
-    ds = ds.map_batches(
-        composite_and_write,
-        fn_kwargs={"config": config, "styles": styles, "writer": writer},
-        **_tasks(config.composite.resources),
-    )
+
+def build_plan(ds: Any, run: RunContext) -> Any:
+    """The lazy Ray Dataset from (remaining) catalog rows to the statuses of written manifest parts."""
+    config = run.config
+    ds = ds.select_columns([c for c in PLAN_COLUMNS if c in ds.columns()])
+    for spec in PIPELINE:
+        args = _map_args(spec, config)
+        if spec.kind == "pool":
+            ds = ds.map_batches(
+                spec.stage_class(), fn_constructor_kwargs=spec.constructor_kwargs(run), **args
+            )
+        else:
+            ds = ds.map_batches(CHEAP_STAGES[spec.name], fn_kwargs={"run": run}, **args)
     return ds
 
 
+# ---- catalog preparation: duplicates and resume, grouped by id bucket ----
+
+
 def expected_outputs(table: pa.Table, config: CanvasConfig, styles: StyleBook) -> dict[str, list[str]]:
-    """item_id → the output ids this request asks for (for resume and counting)."""
-    out: dict[str, list[str]] = {}
-    defaults = config.styles.default
-    for row in table.select(["item_id", "style"]).to_pylist():
-        requested = [s.strip() for s in (row["style"] or "").split("|") if s.strip()] or defaults
-        keys = []
-        for name in requested:
-            try:
-                keys.append(styles.resolve(name).key)
-            except ValueError:
-                keys.append("invalid-style")
-        out[row["item_id"]] = [
-            output_id(row["item_id"], key, aspect, variant)
-            for key in keys
-            for aspect in config.output.aspect_ratios
-            for variant in range(config.output.variants)
-        ]
-    return out
+    """item_id → the output ids these (small, in-memory) catalog rows ask for."""
+    prompt = Prompt(config, styles, fingerprint="-")
+    batch = {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
+    return {str(batch["item_id"][i]): prompt.output_ids(batch, i) for i in range(table.num_rows)}
+
+
+def _with_bucket(table: pa.Table, buckets: int) -> pa.Table:
+    assigned = [id_bucket(i, buckets) for i in table.column("item_id").to_pylist()]
+    return table.append_column("_bucket", pa.array(assigned, pa.int64()))
+
+
+def resume_group(group: pa.Table, run: RunContext, resume: bool) -> pa.Table:
+    """One id bucket of the catalog: resolve duplicate ids, expand each row's outputs, mark what is done.
+
+    Adds ``n_expected``, ``n_done``, ``done_outputs`` (ids joined by newlines) and ``todo``.
+    """
+    bucket = int(group.column("_bucket")[0].as_py())
+    table, _ = validate_ids(group.drop_columns(["_bucket"]))
+    done: set[str] = set()
+    if resume:
+        rows = Manifest(run.root, run.storage_options).read_bucket(
+            bucket, ["output_id", "status", "config_fingerprint"]
+        )
+        if rows.num_rows:
+            keep = pc.and_(
+                pc.is_in(rows.column("status"), pa.array(DONE_STATUSES)),
+                pc.equal(rows.column("config_fingerprint"), run.fingerprint),
+            )
+            done = set(rows.filter(keep).column("output_id").to_pylist())
+    prompt = Prompt(run.config, run.styles, fingerprint=run.fingerprint)
+    batch = {c: table.column(c).to_numpy(zero_copy_only=False) for c in ("item_id", "style")}
+    n = table.num_rows
+    expected, finished, done_text = np.zeros(n, np.int64), np.zeros(n, np.int64), [""] * n
+    for i in range(n):
+        ids = prompt.output_ids(batch, i)
+        expected[i] = len(ids)
+        kept = [o for o in ids if o in done] if done else []
+        finished[i] = len(kept)
+        done_text[i] = DONE_SEPARATOR.join(kept)
+    table = table.append_column("n_expected", pa.array(expected))
+    table = table.append_column("n_done", pa.array(finished))
+    table = table.append_column("done_outputs", pa.array(done_text, pa.string()))
+    problems = pc.starts_with(table.column("error"), "catalog:")
+    table = table.append_column("n_problems", pc.cast(problems, pa.int64()))
+    return table.append_column("todo", pa.array(finished < expected))
+
+
+def _estimate_rows(listing: CatalogFiles, options: dict[str, Any], config: CanvasConfig) -> int:
+    """Rough manifest size of a new output root (sizes its buckets): rows × outputs per row."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    per_item = len(config.styles.default) * len(config.output.aspect_ratios) * config.output.variants
+    if listing.images is not None:
+        return listing.images.num_rows * per_item
+    rows = 0
+    for uri in listing.files:
+        fs, path = fsspec.core.url_to_fs(uri, **options)
+        if path.lower().endswith((".parquet", ".pq")):
+            with fs.open(path, "rb") as handle:
+                rows += pq.ParquetFile(handle).metadata.num_rows
+        else:
+            rows += int(fs.size(path) or 0) // 120  # bytes per JSON/CSV catalog row, roughly
+    return rows * per_item
+
+
+def prepare_catalog(
+    request: GenerateRequest, run: RunContext, manifest: Manifest
+) -> tuple[Any, dict[str, int]]:
+    """The materialised catalog rows still to do, and counts (items, expected/done outputs, problems)."""
+    import ray.data
+    from ray.data.expressions import col
+
+    options = request.storage_options
+    listing = list_catalog(request.catalog, options)
+    buckets = manifest.ensure(_estimate_rows(listing, options, run.config) if request.limit is None else 1)
+    if request.limit is not None:  # a trial run: the first rows, read here
+        ds = ray.data.from_arrow(read_catalog_rows(listing, options, request.limit))
+    else:
+        ds = catalog_dataset(listing, options)
+    ds = ds.map_batches(_with_bucket, fn_kwargs={"buckets": buckets}, batch_format="pyarrow", batch_size=None)
+    resume = not request.overwrite and bool(manifest.bucket_files())
+    partitions = max(1, min(buckets, 2 * int(ray.cluster_resources().get("CPU", 1)) * 4))
+    prepared = (
+        ds.groupby("_bucket", num_partitions=partitions)
+        .map_groups(resume_group, fn_kwargs={"run": run, "resume": resume}, batch_format="pyarrow")
+        .materialize()
+    )
+    if prepared.count() == 0:
+        return prepared, {"items": 0, "outputs_expected": 0, "outputs_done": 0, "problems": 0, "todo": 0}
+    sums = prepared.sum(["n_expected", "n_done", "n_problems"])
+    todo = prepared.filter(expr=col("todo"))
+    counts = {
+        "items": prepared.count(),
+        "outputs_expected": int(sums["sum(n_expected)"]),
+        "outputs_done": int(sums["sum(n_done)"]),
+        "problems": int(sums["sum(n_problems)"]),
+    }
+    return todo, counts
+
+
+# ---- the driver ----
 
 
 def _init_ray(address: str | None) -> None:
@@ -263,76 +366,59 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
     fingerprint = config.fingerprint()
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
     options = request.storage_options
-    catalog = read_catalog(request.catalog, options, request.limit)
-    table = catalog.table
-    layout = OutputLayout(request.output, config.output.format, config.output.shard_width)
     if request.overwrite:
         _remove_outputs(request.output, options)
-    expected = expected_outputs(table, config, styles)
-    previous = read_manifest(request.output, options)
-    done_ok: set[str] = set()
-    if previous.num_rows:
-        for row in previous.select(["output_id", "status", "config_fingerprint"]).to_pylist():
-            if row["status"] == "ok" and row["config_fingerprint"] == fingerprint:
-                done_ok.add(row["output_id"])
-    skip = [all(o in done_ok for o in expected[item]) for item in table.column("item_id").to_pylist()]
-    todo = table.filter(pa.array([not s for s in skip]))
-    skipped = table.num_rows - todo.num_rows
-    total_outputs = sum(len(expected[i]) for i in todo.column("item_id").to_pylist())
+    _init_ray(request.address or config.ray.address)
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = False
+    terminal = request.progress and sys.stderr.isatty()
+    context.enable_progress_bars = terminal
+    context.enable_operator_progress_bars = terminal
+    run = RunContext(config, styles, fingerprint, run_id, request.output, dict(options))
+    manifest = Manifest(request.output, options)
+    review = partial(_bucket_pages, request.output, dict(options))
+    if manifest.pending_files():  # rows of a run that died before compaction
+        manifest.compact(run_id + "-recovered", review)
+    todo, counts = prepare_catalog(request, run, manifest)
+    remaining = counts["outputs_expected"] - counts["outputs_done"]
+    todo_items = todo.count() if remaining else 0
     log.info(
         "catalog %s: %d items (%d already done, %d to process → %d outputs); config %s; output %s",
         request.catalog,
-        table.num_rows,
-        skipped,
-        todo.num_rows,
-        total_outputs,
+        counts["items"],
+        counts["items"] - todo_items,
+        todo_items,
+        remaining,
         fingerprint,
         request.output,
     )
-
-    processed = {"ok": 0, "rejected": 0, "error": 0}
-    if todo.num_rows:
-        _init_ray(request.address or config.ray.address)
+    processed = {"ok": 0, "review": 0, "rejected": 0, "error": 0}
+    if todo_items:
         check_resources(config)
-        context = ray.data.DataContext.get_current()
-        context.execution_options.preserve_order = False
-        context.enable_progress_bars = request.progress
-        ds = build_plan(todo, request, styles, fingerprint, run_id)
-        bar = _progress(total_outputs, request.progress)
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            statuses = batch["status"]
-            ok = int(np.sum(statuses == "ok"))
-            rejected = int(np.sum(statuses == "rejected"))
-            processed["ok"] += ok
-            processed["rejected"] += rejected
-            processed["error"] += len(statuses) - ok - rejected
-            if bar is not None:
-                bar.update(len(statuses))
-                bar.set_postfix(ok=processed["ok"], rejected=processed["rejected"], errors=processed["error"])
+        progress = _Progress(remaining, request.progress, terminal)
+        for batch in build_plan(todo, run).iter_batches(batch_size=None, batch_format="pyarrow"):
+            for entry in pc.value_counts(batch.column("status")).to_pylist():
+                key = entry["values"] if entry["values"] in processed else "error"
+                processed[key] += entry["counts"]
+            progress.update(processed)
             if request.on_progress is not None:
-                request.on_progress(dict(processed, total=total_outputs))
-        if bar is not None:
-            bar.close()
-    manifest = compact_manifest(request.output, options)
+                request.on_progress(dict(processed, total=remaining))
+        progress.close(processed)
+    manifest.compact(run_id, review)
     elapsed = time.time() - started
-    summary = _summary(
-        manifest,
-        expected,
-        request,
-        fingerprint,
-        run_id,
-        elapsed,
-        skipped,
-        todo.num_rows,
-        processed,
-        catalog.problems,
-    )
-    write_bytes(layout.uri("summary.json"), json.dumps(summary, indent=2).encode(), options)
-    from canvas_ray.report import write_review_pages
+    summary = _summary(manifest, counts, todo_items, processed, request, fingerprint, run_id, elapsed)
+    write_bytes(join_uri(request.output, "summary.json"), json.dumps(summary, indent=2).encode(), options)
+    from canvas_ray.report import write_index
 
-    write_review_pages(manifest, request.output, options, summary)
+    write_index(manifest, summary)
     _print_summary(summary)
     return summary
+
+
+def _bucket_pages(root: str, options: dict[str, Any], bucket: int, table: pa.Table) -> None:
+    from canvas_ray.report import write_bucket_pages
+
+    write_bucket_pages(root, options, bucket, table)
 
 
 def _remove_outputs(root: str, options: dict[str, Any]) -> None:
@@ -345,77 +431,77 @@ def _remove_outputs(root: str, options: dict[str, Any]) -> None:
             fs.rm(target, recursive=True)
 
 
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
+class _Progress:
+    """A tqdm bar in a terminal; otherwise one compact log line every ``PROGRESS_EVERY_S`` seconds."""
 
-    return tqdm(total=total, desc="outputs", unit="img", file=sys.stderr, dynamic_ncols=True)
+    def __init__(self, total: int, enabled: bool, terminal: bool):
+        self.total, self.enabled, self.started, self.last = total, enabled, time.time(), 0.0
+        self.bar = None
+        if enabled and terminal:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc="outputs", unit="img", file=sys.stderr, dynamic_ncols=True)
+
+    def update(self, counts: dict[str, int]) -> None:
+        done = sum(counts.values())
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+            self.bar.set_postfix(counts, refresh=False)
+        elif self.enabled and time.time() - self.last >= PROGRESS_EVERY_S:
+            self.last = time.time()
+            print(self.line(counts), file=sys.stderr, flush=True)
+
+    def line(self, counts: dict[str, int]) -> str:
+        done = sum(counts.values())
+        elapsed = max(time.time() - self.started, 1e-9)
+        rate = done / elapsed
+        eta = (self.total - done) / rate if rate > 0 else float("nan")
+        share = done / self.total if self.total else 1.0
+        parts = " ".join(f"{k} {v}" for k, v in counts.items())
+        eta_text = f"{eta / 60:.1f} min" if eta == eta else "?"
+        return f"outputs {done}/{self.total} ({share:.1%})  {parts}  {rate:.1f}/s  eta {eta_text}"
+
+    def close(self, counts: dict[str, int]) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled:
+            print(self.line(counts), file=sys.stderr, flush=True)
 
 
 def _summary(
-    manifest: pa.Table,
-    expected: dict[str, list[str]],
+    manifest: Manifest,
+    counts: dict[str, int],
+    todo_items: int,
+    processed: dict[str, int],
     request: GenerateRequest,
     fingerprint: str,
     run_id: str,
     elapsed: float,
-    skipped: int,
-    processed_items: int,
-    processed: dict[str, int],
-    problems: list[str],
 ) -> dict[str, Any]:
-    wanted = {o for outputs in expected.values() for o in outputs}
-    rows = [r for r in manifest.to_pylist() if r["output_id"] in wanted or r["item_id"] in expected]
-    ok = [r for r in rows if r["status"] == "ok"]
-    errors = [r for r in rows if r["status"] not in ("ok", "rejected")]
-    rejected = [r for r in rows if r["status"] == "rejected"]
-    stages = {}
-    timings = (
-        "fetch_s",
-        "decode_s",
-        "segment_s",
-        "caption_s",
-        "inpaint_s",
-        "quality_s",
-        "composite_s",
-        "write_s",
-    )
-    for column in timings:
-        values = [r[column] for r in ok if r[column] is not None]
-        stages[column.removesuffix("_s")] = round(float(np.mean(values)), 4) if values else None
-    reasons: dict[str, int] = {}
-    for row in errors + rejected:
-        reason = (row["error"] or "unknown").split(":")[0]
-        reasons[reason] = reasons.get(reason, 0) + 1
+    totals = summarise(manifest)
     outputs_this_run = sum(processed.values())
-    expansions = [r["expansion_ratio"] for r in ok if r.get("expansion_ratio") is not None]
-    scores = [r["quality_score"] for r in ok if r.get("quality_score") is not None]
+    missing = counts["outputs_expected"] - counts["outputs_done"] - outputs_this_run
+    if missing:
+        log.error(
+            "%d requested outputs have no manifest row: re-run the same command to finish them", missing
+        )
     return {
         "run_id": run_id,
         "catalog": request.catalog,
         "output": request.output,
         "config_fingerprint": fingerprint,
-        "items": len(expected),
-        "items_skipped_done": skipped,
-        "items_processed": processed_items,
-        "outputs_expected": len(wanted),
-        "outputs": len(rows),
-        "ok": len(ok),
-        "errors": len(errors),
-        "rejected": len(rejected),
-        "errors_by_stage": reasons,
-        "expansion_ratio_p50": round(float(np.median(expansions)), 4) if expansions else None,
-        "expansion_ratio_max": round(float(np.max(expansions)), 4) if expansions else None,
-        "quality_score_p50": round(float(np.median(scores)), 4) if scores else None,
-        "product_preserved": sum(bool(r["product_preserved"]) for r in ok),
+        "items": counts["items"],
+        "items_skipped_done": counts["items"] - todo_items,
+        "items_processed": todo_items,
+        "outputs_expected": counts["outputs_expected"],
+        **totals,
         "outputs_this_run": outputs_this_run,
+        "this_run": processed,
         "seconds": round(elapsed, 3),
         "outputs_per_second": round(outputs_this_run / elapsed, 3) if elapsed > 0 else None,
-        "items_per_second": round(processed_items / elapsed, 3) if elapsed > 0 else None,
-        "mean_stage_seconds_per_output": stages,
-        "catalog_problems": len(problems),
-        "missing_outputs": sorted(wanted - {r["output_id"] for r in rows})[:50],
+        "items_per_second": round(todo_items / elapsed, 3) if elapsed > 0 else None,
+        "catalog_problems": counts["problems"],
+        "missing_outputs": max(0, missing),
     }
 
 
@@ -430,9 +516,11 @@ def _print_summary(summary: dict[str, Any]) -> None:
     )
     print(
         f"outputs {summary['outputs']}/{summary['outputs_expected']}  ok {summary['ok']}"
-        f"  rejected {summary['rejected']}  errors {summary['errors']}"
+        f"  review {summary['review']}  rejected {summary['rejected']}  errors {summary['errors']}"
         f"  product preserved {summary['product_preserved']}/{summary['ok']}"
     )
+    if summary["review"]:
+        print("review: outputs whose product mask we cannot vouch for; check them in index.html")
     if summary["expansion_ratio_p50"] is not None or summary["quality_score_p50"] is not None:
         print(
             f"expansion p50 {summary['expansion_ratio_p50']}  max {summary['expansion_ratio_max']}"
@@ -441,11 +529,14 @@ def _print_summary(summary: dict[str, Any]) -> None:
         )
     if summary["errors_by_stage"]:
         print(
-            "errors by stage: "
+            "not ok by stage: "
             + ", ".join(f"{k} {v}" for k, v in summary["errors_by_stage"].items())
             + "  (reasons in the manifest's error column and index.html)"
         )
     print(f"time {summary['seconds']:.1f} s   {rate if rate is not None else 0:.2f} outputs/s")
-    print(f"manifest  {summary['output'].rstrip('/')}/manifest/manifest.parquet")
+    print(f"manifest  {summary['output'].rstrip('/')}/manifest/  (canvas-ray manifest {summary['output']})")
     print(f"review    {summary['output'].rstrip('/')}/index.html")
     print(line)
+
+
+__all__ = ["CATALOG_SCHEMA", "GenerateRequest", "build_plan", "expected_outputs", "run_generate"]

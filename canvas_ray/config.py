@@ -61,13 +61,21 @@ class ModelStage(_Strict):
 
 
 class SegmentConfig(ModelStage):
-    backend: Literal["hf", "alpha", "backdrop"] = "backdrop"
+    backend: Literal["hf", "alpha", "backdrop", "onnx"] = "backdrop"
     fallback: Literal["backdrop", "none"] = Field(
         "backdrop", description="what `alpha` uses for images without a usable alpha channel"
     )
     threshold: float = Field(0.5, gt=0, lt=1, description="soft mask value at which a pixel is product")
     min_area: float = Field(
         0.002, ge=0, lt=1, description="a product mask smaller than this share is an error"
+    )
+    refine: Literal["none", "grabcut"] = Field(
+        "none",
+        description="grabcut: a colour model seeded from the soft mask opens enclosed holes the model filled "
+        "and claims parts it was unsure of (kept because it raised IoU on the busy-scene set)",
+    )
+    min_confidence: float = Field(
+        0.6, ge=0, le=1, description="outputs whose mask_confidence is below this are `review`, never `ok`"
     )
 
 
@@ -247,6 +255,12 @@ class OutputConfig(_Strict):
     quality: int = Field(95, ge=1, le=100)
     long_side: int | None = Field(None, ge=64, le=8192, description="output size for composite.scale=fit")
     shard_width: int = Field(2, ge=1, le=4, description="hex chars of the image-folder shard prefix")
+    manifest_part_rows: int = Field(
+        256,
+        ge=1,
+        le=1_000_000,
+        description="manifest rows per staging part while a run goes (a crash loses at most the unflushed)",
+    )
 
     @field_validator("aspect_ratios")
     @classmethod
@@ -276,6 +290,9 @@ class RayConfig(_Strict):
     address: str | None = Field(None, description="None: RAY_ADDRESS or a local cluster")
     read_parallelism: int | None = Field(None, ge=1)
     io_concurrency: int = Field(4, ge=1, description="parallel fetch/write tasks")
+    block_rows: int = Field(
+        256, ge=1, le=100_000, description="rows per batch of the cheap steps (fetch/decode, prompt)"
+    )
 
 
 class ServeConfig(_Strict):

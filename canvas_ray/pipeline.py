@@ -13,13 +13,8 @@ from typing import Any
 import numpy as np
 
 from canvas_ray.config import CanvasConfig
+from canvas_ray.spec import in_process_stages, make_stage
 from canvas_ray.stages.base import Batch, object_column
-from canvas_ray.stages.caption import Caption
-from canvas_ray.stages.composite import Composite
-from canvas_ray.stages.decode import Decode, Fetch
-from canvas_ray.stages.inpaint import Inpaint
-from canvas_ray.stages.prompt import Prompt
-from canvas_ray.stages.segment import Segment
 from canvas_ray.styles import StyleBook
 
 
@@ -75,19 +70,28 @@ class LocalPipeline:
     def __init__(self, config: CanvasConfig, keep_intermediate: bool = False):
         self.config = config
         self.styles = StyleBook.from_config(config)
-        self.fetch = Fetch(config)
-        self.decode = Decode(config)
-        self.segment = Segment(config)
-        self.caption = Caption(config)
-        self.prompt = Prompt(config, self.styles)
-        self.inpaint = Inpaint(config, self.styles)
-        self.composite = Composite(config, self.styles, keep_intermediate=keep_intermediate)
+        self.order = in_process_stages()  # from the one pipeline spec
+        self.stages = {
+            name: make_stage(
+                name,
+                config,
+                self.styles,
+                **({"keep_intermediate": True} if keep_intermediate and name == "composite" else {}),
+            )
+            for name in self.order
+        }
+
+    def __getattr__(self, name: str) -> Any:
+        stages = self.__dict__.get("stages", {})
+        if name in stages:
+            return stages[name]
+        raise AttributeError(name)
 
     def run_batch(self, batch: Batch) -> Batch:
-        if "image_uri" in batch:
-            batch = self.fetch(batch)
-        for stage in (self.decode, self.segment, self.caption, self.prompt, self.inpaint, self.composite):
-            batch = stage(batch)
+        for name in self.order:
+            if name == "fetch" and "image_uri" not in batch:
+                continue  # rows that already carry their bytes
+            batch = self.stages[name](batch)
             if not batch:
                 break
         return batch

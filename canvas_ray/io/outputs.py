@@ -3,13 +3,10 @@
 ```
 OUTPUT/images/<shard>/<output name>.<ext>   final images (shard = hash prefix of item_id)
 OUTPUT/thumbs/<shard>/<item>.jpg|_mask.png  review thumbnails (original, mask)
-OUTPUT/_parts/<run>/<hash>.parquet          manifest parts written while the job runs
-OUTPUT/manifest/manifest.parquet            compacted manifest: one row per output_id (latest wins)
-OUTPUT/summary.json, OUTPUT/index.html      counts and throughput; the review contact sheet
+OUTPUT/manifest/…                           one row per output (layout: canvas_ray.io.manifest)
+OUTPUT/summary.json, OUTPUT/index.html      counts and throughput; the review pages
 ```
-Part files are named by the hash of the output ids they hold, so a retried write task rewrites the same
-file; compaction keeps the newest row per ``output_id``. File names are sanitised: nothing is ever
-written outside OUTPUT.
+File names are sanitised: nothing is ever written outside OUTPUT.
 """
 
 from __future__ import annotations
@@ -55,6 +52,8 @@ MANIFEST_SCHEMA = pa.schema(
         ("thumb_uri", pa.string()),
         ("mask_uri", pa.string()),
         ("mask_area", pa.float64()),
+        ("mask_confidence", pa.float64()),
+        ("mask_flags", pa.string()),
         ("product_preserved", pa.bool_()),
         ("max_product_diff", pa.int64()),
         ("product_pixels", pa.int64()),
@@ -125,11 +124,7 @@ class OutputLayout:
 
     @property
     def parts(self) -> str:
-        return self.uri("_parts")
-
-    @property
-    def manifest(self) -> str:
-        return self.uri("manifest/manifest.parquet")
+        return self.uri("manifest/_staging")
 
 
 def write_bytes(uri: str, data: bytes, storage_options: dict[str, Any]) -> None:
@@ -181,7 +176,8 @@ class WriteOutputs:
         self.storage_options = storage_options or {}
         self.write_part = write_part
 
-    def __call__(self, batch: Batch) -> Batch:
+    def rows(self, batch: Batch) -> pa.Table:
+        """Store each ``ok``/``review`` result; one manifest row per output (errors included)."""
         batch = ensure_status(batch)
         n = len(batch["status"])
         rows: list[dict[str, Any]] = []
@@ -201,7 +197,7 @@ class WriteOutputs:
                 config_fingerprint=self.fingerprint,
                 output_uri="",
             )
-            if row["status"] == "ok":
+            if row["status"] in ("ok", "review"):  # review: kept for a person to check the mask
                 rel = self.layout.image_rel(
                     item_id, str(row["style_key"]), str(row["aspect"]), int(row["variant"])
                 )
@@ -220,84 +216,19 @@ class WriteOutputs:
             row["write_s"] = time.perf_counter() - start
             row["finished_at"] = time.time()
             rows.append(row)
-        table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
-        if self.write_part and rows:
-            digest = hashlib.sha256("\n".join(sorted(r["output_id"] for r in rows)).encode()).hexdigest()[:24]
+        return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+
+    def __call__(self, batch: Batch) -> Batch:
+        """:meth:`rows`, plus a staging part of the manifest when ``write_part``; small columns out."""
+        table = self.rows(batch)
+        if self.write_part and table.num_rows:
+            digest = hashlib.sha256("\n".join(sorted(table.column("output_id").to_pylist())).encode())
             buffer = io.BytesIO()
             pq.write_table(table, buffer)
             write_bytes(
-                join_uri(self.layout.parts, self.run_id, f"{digest}.parquet"),
+                join_uri(self.layout.parts, self.run_id, f"{digest.hexdigest()[:24]}.parquet"),
                 buffer.getvalue(),
                 self.storage_options,
             )
         keep = ("output_id", "item_id", "status", "error", "product_preserved")
         return {name: table.column(name).to_numpy(zero_copy_only=False) for name in keep}
-
-
-def read_manifest(
-    root: str, storage_options: dict[str, Any] | None = None, include_parts: bool = True
-) -> pa.Table:
-    """The current manifest: compacted file plus any parts, newest row per output_id. Empty if none."""
-    options = dict(storage_options or {})
-    layout = OutputLayout(root)
-    fs, manifest_path = fsspec.core.url_to_fs(layout.manifest, **options)
-    if hasattr(fs, "invalidate_cache"):
-        fs.invalidate_cache()
-    tables = []
-    if fs.exists(manifest_path):
-        tables.append(_read_parquet(fs, manifest_path))
-    if include_parts:
-        _, parts_path = fsspec.core.url_to_fs(layout.parts, **options)
-        if fs.exists(parts_path):
-            for path in sorted(fs.find(parts_path)):
-                if path.endswith(".parquet"):
-                    table = _read_parquet(fs, path)
-                    if table is not None:
-                        tables.append(table)
-    present = [t for t in tables if t is not None]
-    if not present:
-        return MANIFEST_SCHEMA.empty_table()
-    return latest_per_output(pa.concat_tables([t.cast(MANIFEST_SCHEMA) for t in present]))
-
-
-def _read_parquet(fs: Any, path: str) -> pa.Table | None:
-    try:
-        with fs.open(path, "rb") as handle:
-            table = pq.read_table(io.BytesIO(handle.read()))
-        missing = [f for f in MANIFEST_SCHEMA if f.name not in table.column_names]
-        for field in missing:
-            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
-        return table.select(MANIFEST_SCHEMA.names)
-    except Exception as error:  # noqa: BLE001 - a torn part from a killed run is skipped, its rows redone
-        log.warning(
-            "skipping unreadable manifest part %s (%s); its items will be redone", path, describe(error)
-        )
-        return None
-
-
-def latest_per_output(table: pa.Table) -> pa.Table:
-    if table.num_rows == 0:
-        return table
-    order = np.argsort(
-        np.nan_to_num(table.column("finished_at").to_numpy(zero_copy_only=False).astype(float)), kind="stable"
-    )
-    ids = table.column("output_id").to_numpy(zero_copy_only=False)
-    latest: dict[str, int] = {}
-    for position in order:
-        latest[ids[position]] = int(position)
-    keep = sorted(latest.values(), key=lambda p: (str(table.column("item_id")[p]), str(ids[p])))
-    return table.take(pa.array(keep, pa.int64()))
-
-
-def compact_manifest(root: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
-    """Fold every part into ``manifest/manifest.parquet`` (atomic replace), then delete the parts."""
-    options = dict(storage_options or {})
-    table = read_manifest(root, options)
-    layout = OutputLayout(root)
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    write_bytes(layout.manifest, buffer.getvalue(), options)
-    fs, parts_path = fsspec.core.url_to_fs(layout.parts, **options)
-    if fs.exists(parts_path):
-        fs.rm(parts_path, recursive=True)
-    return table

@@ -30,6 +30,8 @@ from canvas_ray.stages.base import (
 from canvas_ray.styles import StyleBook, build_prompt
 
 STAGE = "prompt"
+INVALID_STYLE = "invalid-style"
+DONE_SEPARATOR = "\n"  # `done_outputs`: ids of an item's outputs that a resume keeps
 # Item columns copied to every output row (when present).
 CARRIED = (
     "item_id",
@@ -40,6 +42,8 @@ CARRIED = (
     "caption",
     "product_description",
     "mask_area",
+    "mask_confidence",
+    "mask_flags",
     "fetch_s",
     "decode_s",
     "segment_s",
@@ -72,6 +76,13 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value))
 
 
+def _done_outputs(batch: Batch, index: int) -> set[str]:
+    if "done_outputs" not in batch:
+        return set()
+    value = batch["done_outputs"][index]
+    return set(str(value).split(DONE_SEPARATOR)) if value and not _missing(value) else set()
+
+
 def _split(value: Any, default: list[str]) -> list[str]:
     if _missing(value):
         return default
@@ -100,6 +111,23 @@ class Prompt:
         aspects = list(dict.fromkeys(canonical_aspect(a) if _valid_aspect(a) else a for a in aspects))
         return styles, max(1, variants), aspects
 
+    def style_key(self, requested: str) -> str:
+        try:
+            return self.styles.resolve(requested).key
+        except ValueError:
+            return INVALID_STYLE
+
+    def output_ids(self, batch: Batch, index: int) -> list[str]:
+        """The output ids row ``index`` asks for (what resume and the exactly-once check count)."""
+        item_id = str(batch["item_id"][index])
+        styles, variants, aspects = self.requests(batch, index)
+        return [
+            output_id(item_id, self.style_key(requested), aspect, variant)
+            for requested in styles
+            for aspect in aspects
+            for variant in range(variants)
+        ]
+
     def __call__(self, batch: Batch) -> Batch:
         batch = ensure_status(batch)
         composite = self.config.composite
@@ -109,9 +137,13 @@ class Prompt:
             carried = {c: batch[c][index] for c in CARRIED if c in batch}
             item_id = str(batch["item_id"][index])
             styles, variants, aspects = self.requests(batch, index)
+            done = _done_outputs(batch, index)
             for requested in styles:
+                key = self.style_key(requested) if done else ""
                 for aspect in aspects:
                     for variant in range(variants):
+                        if done and output_id(item_id, key, aspect, variant) in done:
+                            continue  # finished by an earlier run (resume)
                         row: dict[str, Any] = dict(carried)
                         row.update(
                             status=batch["status"][index],
@@ -181,7 +213,7 @@ class Prompt:
             if row["status"] == OK:
                 row["status"], row["error"] = ERROR, f"{STAGE}: {describe(error)}"
             if not row["output_id"]:
-                row["output_id"] = output_id(item_id, "invalid-style", aspect, variant)
+                row["output_id"] = output_id(item_id, INVALID_STYLE, aspect, variant)
 
 
 def _columns(rows: list[dict[str, Any]]) -> Batch:

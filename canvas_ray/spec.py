@@ -1,0 +1,188 @@
+"""The one pipeline spec: stage order, how each step runs, its resources and its columns.
+
+```
+fetch_decode ─▶ segment ─▶ caption ─▶ thumbnails_and_prompt ─▶ inpaint ─▶ composite_and_write ─▶ write_manifest_part
+  (tasks)       (pool)      (pool)          (tasks)             (pool)        (tasks)                 (tasks)
+```
+A *step* is what the Ray Data plan maps (``map_batches``): model steps are actor pools holding one stage
+class each; cheap steps are tasks running one or more stage classes. Resources always come from the
+config (:func:`stage_resources`). The batch plan (:mod:`canvas_ray.batch`), the in-process
+:class:`canvas_ray.pipeline.LocalPipeline` and training data prep are built from :data:`PIPELINE`;
+each step lists the stage classes it runs (``stages``) so an in-process driver can run them directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from canvas_ray.config import CanvasConfig, Resources
+
+if TYPE_CHECKING:
+    from canvas_ray.batch import RunContext
+
+StageName = Literal["fetch", "decode", "segment", "caption", "prompt", "inpaint", "composite", "write"]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One step of the plan.
+
+    Args:
+        name: the step's name (a model stage's config section for pools).
+        kind: ``pool`` (an actor pool holding a model) or ``task`` (stateless, cheap).
+        stages: the stage classes the step runs, in order (names known to :func:`make_stage`).
+        requires: columns the step reads.
+        produces: columns the step adds (or, for expanding steps, the columns of its output rows).
+        resources: where its resources come from: a config section with ``resources``, ``io`` or
+            ``manifest``.
+        batch_format: what ``map_batches`` hands the step.
+    """
+
+    name: str
+    kind: Literal["pool", "task"]
+    stages: tuple[StageName, ...]
+    requires: tuple[str, ...]
+    produces: tuple[str, ...]
+    resources: str
+    batch_format: str = "numpy"
+
+    def stage_class(self) -> type:
+        """The model stage class of a pool step."""
+        if self.kind != "pool" or len(self.stages) != 1:
+            raise TypeError(f"step {self.name} is not an actor pool of one stage")
+        return _STAGE_CLASSES()[self.stages[0]]
+
+    def constructor_kwargs(self, run: RunContext) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"config": run.config}
+        if self.stages[0] == "inpaint":
+            kwargs["styles"] = run.styles
+        return kwargs
+
+
+PIPELINE: tuple[StageSpec, ...] = (
+    StageSpec(
+        "fetch_decode",
+        "task",
+        ("fetch", "decode"),
+        requires=("item_id", "image_uri", "status", "error"),
+        produces=("image", "style_image", "source_width", "source_height", "fetch_s", "decode_s"),
+        resources="io",
+    ),
+    StageSpec(
+        "segment",
+        "pool",
+        ("segment",),
+        requires=("image",),
+        produces=("product_mask", "mask_area", "segment_s"),
+        resources="segment",
+    ),
+    StageSpec(
+        "caption",
+        "pool",
+        ("caption",),
+        requires=("image", "product_mask"),
+        produces=("caption", "product_description", "caption_s"),
+        resources="caption",
+    ),
+    StageSpec(
+        "thumbnails_and_prompt",
+        "task",
+        ("prompt",),
+        requires=("image", "product_mask", "item_id", "style"),
+        produces=(
+            "output_id",
+            "style",
+            "style_key",
+            "aspect",
+            "variant",
+            "seed",
+            "prompt",
+            "canvas",
+            "canvas_mask",
+        ),
+        resources="io",
+    ),
+    StageSpec(
+        "inpaint",
+        "pool",
+        ("inpaint",),
+        requires=("canvas", "canvas_mask", "prompt", "seed"),
+        produces=("background", "inpaint_s", "quality_s", "expansion_ratio", "quality_score"),
+        resources="inpaint",
+    ),
+    StageSpec(
+        "composite_and_write",
+        "task",
+        ("composite", "write"),
+        requires=("canvas", "canvas_mask", "background"),
+        produces=("output_uri", "product_preserved", "max_product_diff", "composite_s", "write_s"),
+        resources="composite",
+    ),
+    StageSpec(
+        "write_manifest_part",
+        "task",
+        (),
+        requires=("output_id", "status"),
+        produces=("status",),
+        resources="manifest",
+        batch_format="pyarrow",
+    ),
+)
+
+
+def step(name: str) -> StageSpec:
+    for spec in PIPELINE:
+        if spec.name == name:
+            return spec
+    raise KeyError(f"no pipeline step {name!r}; steps: {[s.name for s in PIPELINE]}")
+
+
+def stage_resources(spec: StageSpec, config: CanvasConfig) -> Resources:
+    """The step's Ray resources, from the config."""
+    if spec.resources == "io":
+        return Resources(
+            num_cpus=0.25, concurrency=config.ray.io_concurrency, batch_size=config.ray.block_rows
+        )
+    if spec.resources == "manifest":
+        return Resources(num_cpus=0.25, concurrency=1, batch_size=config.output.manifest_part_rows)
+    return getattr(config, spec.resources).resources
+
+
+def model_stages() -> tuple[StageName, ...]:
+    """The stages that hold a model (one actor pool or Serve deployment each), in pipeline order."""
+    return tuple(s.stages[0] for s in PIPELINE if s.kind == "pool")
+
+
+def in_process_stages() -> tuple[StageName, ...]:
+    """Every stage class in pipeline order (what an in-process driver runs; ``write`` excluded)."""
+    return tuple(name for s in PIPELINE for name in s.stages if name != "write")
+
+
+def _STAGE_CLASSES() -> dict[str, type]:  # noqa: N802 - a lazy constant
+    from canvas_ray.stages.caption import Caption
+    from canvas_ray.stages.composite import Composite
+    from canvas_ray.stages.decode import Decode, Fetch
+    from canvas_ray.stages.inpaint import Inpaint
+    from canvas_ray.stages.prompt import Prompt
+    from canvas_ray.stages.segment import Segment
+
+    return {
+        "fetch": Fetch,
+        "decode": Decode,
+        "segment": Segment,
+        "caption": Caption,
+        "prompt": Prompt,
+        "inpaint": Inpaint,
+        "composite": Composite,
+    }
+
+
+def make_stage(name: StageName, config: CanvasConfig, styles: Any = None, **options: Any) -> Any:
+    """Build one stage class by name in this process (``styles``: a StyleBook where the stage uses one)."""
+    cls = _STAGE_CLASSES()[name]
+    if name in ("prompt", "inpaint", "composite"):
+        return cls(config, styles, **options)
+    if name == "fetch":
+        return cls(config, options.get("storage_options"))
+    return cls(config)
