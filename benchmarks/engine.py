@@ -6,7 +6,7 @@ then compacts the manifest and writes the review pages like the job does. Both r
 catalog (the sample products under new ids) and produce the same outputs.
 
     python -m benchmarks.engine                          # tiny neural models, 32 items
-    python -m benchmarks.engine --config configs/local.yaml --items 24
+    python -m benchmarks.engine --config configs/weightfree.yaml --items 24
     python -m benchmarks.engine --actors 2               # caption + inpaint pools of 2 actors
     python -m benchmarks.engine --profile                # + Ray Data stats() and the loop's cProfile
     python -m benchmarks.engine --sweep                  # sizes x actors, plots into docs/img/

@@ -7,7 +7,7 @@ per process that touched them; ``--pss`` also records the proportional set size 
 among its users) once a second — reading it walks every process's page tables, which costs enough CPU on
 a 2-core machine to slow the job it measures, so it is off by default.
 
-    python -m benchmarks.memory                    # N = 24 and 240 items, configs/local.yaml, 1 output each
+    python -m benchmarks.memory              # N = 24 and 240 items, configs/weightfree.yaml, 1 output each
     python -m benchmarks.memory --n 12 --config configs/tiny.yaml
 
 Goal: peak(10·N) / peak(N) <= 1.15. The figures also give the growth above the idle cluster (peak minus
@@ -247,7 +247,7 @@ def run_size(config_path: str, items: int, interval_s: float, pss: bool, all_out
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.memory", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default=str(REPO_ROOT / "configs" / "local.yaml"))
+    parser.add_argument("--config", default=str(REPO_ROOT / "configs" / "weightfree.yaml"))
     parser.add_argument(
         "--n", type=int, default=24, help="the small catalog; the large one is 10x (default 24)"
     )

@@ -11,7 +11,7 @@
    diffusers call for many images) — measured, not assumed.
 
     python -m benchmarks.serve                                    # tiny neural models (configs/tiny.yaml)
-    python -m benchmarks.serve --requests 32 --latency-requests 20 --config configs/local.yaml
+    python -m benchmarks.serve --requests 32 --latency-requests 20 --config configs/weightfree.yaml
 """
 
 from __future__ import annotations

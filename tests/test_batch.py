@@ -19,7 +19,7 @@ from canvas_ray.io.outputs import read_manifest
 from canvas_ray.styles import StyleBook
 from tests.conftest import REPO, SAMPLE_CATALOG
 
-LOCAL = REPO / "configs" / "local.yaml"
+LOCAL = REPO / "configs" / "weightfree.yaml"
 
 
 def _config(**overrides):

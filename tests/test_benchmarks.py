@@ -77,8 +77,8 @@ def test_engine_stage_busy_counts_item_stages_once_per_item() -> None:
 
 
 def test_engine_actor_override_keeps_the_pool_reservation() -> None:
-    config = engine.configure(str(REPO_ROOT / "configs" / "local.yaml"), 3)
-    base = engine.configure(str(REPO_ROOT / "configs" / "local.yaml"), None)
+    config = engine.configure(str(REPO_ROOT / "configs" / "weightfree.yaml"), 3)
+    base = engine.configure(str(REPO_ROOT / "configs" / "weightfree.yaml"), None)
     for name in engine.POOLS:
         res, orig = getattr(config, name).resources, getattr(base, name).resources
         assert res.concurrency == 3

@@ -77,7 +77,8 @@ def test_catalog_and_outputs_on_s3(s3_server, ray_local):
         fs.pipe(f"catalogs/spring/{uri}", (SAMPLE_CATALOG / uri).read_bytes())
 
     config = load_config(
-        REPO / "configs" / "local.yaml", {"output.aspect_ratios": ["1:1"], "styles.default": ["beach summer"]}
+        REPO / "configs" / "weightfree.yaml",
+        {"output.aspect_ratios": ["1:1"], "styles.default": ["beach summer"]},
     )
     summary = run_generate(
         GenerateRequest(

@@ -8,7 +8,7 @@ from canvas_ray.config import load_config
 from tests.conftest import REPO
 
 
-@pytest.mark.parametrize("name", ["local.yaml", "tiny.yaml", "gpu.yaml"])
+@pytest.mark.parametrize("name", ["local.yaml", "weightfree.yaml", "tiny.yaml", "gpu.yaml"])
 def test_shipped_configs_validate(name):
     config = load_config(REPO / "configs" / name)
     assert config.styles.default

@@ -365,7 +365,7 @@ def test_evaluate_a_real_generate(tmp_path):
     from canvas_ray.io.outputs import WriteOutputs, compact_manifest
     from canvas_ray.pipeline import LocalPipeline, items_batch
 
-    config = load_config(REPO / "configs" / "local.yaml")
+    config = load_config(REPO / "configs" / "weightfree.yaml")
     items = read_catalog(str(REPO / "examples" / "catalog" / "catalog.jsonl"), limit=1).table.to_pylist()
     WriteOutputs(str(tmp_path), "run-1", config.fingerprint())(
         LocalPipeline(config).run_batch(items_batch(items))

@@ -18,7 +18,8 @@ from canvas_ray.stages.segment import Segment
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "examples" / "catalog"
-LOCAL = REPO / "configs" / "local.yaml"
+# The pipeline tests here run weight-free; the IS-Net segmenter is tested in test_segment_isnet.py.
+LOCAL = REPO / "configs" / "weightfree.yaml"
 
 # From examples/README.md and examples/make_catalog.py:
 # 7 plain studio backdrops, 3 busy scenes, 2 RGBA cut-outs.

@@ -1,8 +1,8 @@
 """The online service on a real local Ray + Serve: API, errors, safety, auth, batching, load, fuzzing.
 
-Three applications share one Serve instance on a free port: ``local`` at ``/`` (weight-free models from
-configs/local.yaml), ``auth`` at ``/auth`` (API keys, an output root and one allowed URI prefix) and, for
-the neural path, ``tiny`` at ``/tiny`` (tiny random captioner and diffusers inpainter).
+Three applications share one Serve instance on a free port: ``local`` at ``/`` (weight-free models
+from configs/weightfree.yaml), ``auth`` at ``/auth`` (API keys, an output root and one allowed URI
+prefix) and, for the neural path, ``tiny`` at ``/tiny`` (tiny random captioner and diffusers inpainter).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def local_config(**serve: Any):
     overrides["composite.resources"] = dict(SMALL)
     for key, value in {**SERVE, **serve}.items():
         overrides[f"serve.{key}"] = value
-    return load_config(REPO_ROOT / "configs" / "local.yaml", overrides)
+    return load_config(REPO_ROOT / "configs" / "weightfree.yaml", overrides)
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,7 @@ def page_url(ray_local):
 
     small = {"num_cpus": 0.1, "concurrency": 1, "batch_size": 4}
     overrides = {f"{s}.resources": dict(small) for s in ("segment", "caption", "inpaint", "composite")}
-    config = load_config(REPO_ROOT / "configs" / "local.yaml", overrides)
+    config = load_config(REPO_ROOT / "configs" / "weightfree.yaml", overrides)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(config), name="page", route_prefix="/")

@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from canvas_ray.io.outputs import join_uri, read_manifest, write_bytes
 from canvas_ray.report import CSS, escape
-from canvas_ray.stages.base import ERROR, OK, REJECTED, describe
+from canvas_ray.stages.base import ERROR, OK, REJECTED, REVIEW, describe
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,10 @@ class RunMetrics:
     reference: ReferenceMetrics
     config_fingerprints: list[str]
     evaluated_at: float = field(default_factory=time.time)
+    # mask trust: `review` rows (mask_confidence below segment.min_confidence) are generated, never ok
+    review: int = 0
+    review_rate: float | None = None
+    mask_confidence: Distribution = field(default_factory=lambda: Distribution(n=0))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -351,6 +355,9 @@ def compute_metrics(
         config_fingerprints=sorted(
             {str(r["config_fingerprint"]) for r in rows if r.get("config_fingerprint")}
         ),
+        review=statuses[REVIEW],
+        review_rate=_rate(statuses[REVIEW], len(rows)),
+        mask_confidence=distribution(_values(rows, "mask_confidence")),
     )
 
 
@@ -691,6 +698,7 @@ def _cards(metrics: RunMetrics) -> str:
         ),
         _card("rejected", _fmt(metrics.rejection_rate, "pct"), _tone(metrics.rejection_rate, 0.02, 0.1)),
         _card("errors", _fmt(metrics.error_rate, "pct"), _tone(metrics.error_rate, 0.0, 0.05)),
+        _card("mask review", _fmt(metrics.review_rate, "pct"), _tone(metrics.review_rate, 0.05, 0.2)),
         _card("median expansion", _fmt(metrics.expansion.ratio.p50, "pct")),
         _card("median quality", _fmt(metrics.scores["quality_score"].p50)),
         _card(f"throughput ({throughput.source or 'unknown'})", rate),
@@ -927,6 +935,8 @@ def format_summary(metrics: RunMetrics) -> str:
         f"canvas-ray evaluate  {metrics.output}",
         f"outputs {metrics.outputs} (items {metrics.items})  ok {metrics.ok}  rejected {metrics.rejected}"
         f"  errors {metrics.errors}",
+        f"mask review {metrics.review}  mask confidence p10 {_fmt(metrics.mask_confidence.p10)}  "
+        f"p50 {_fmt(metrics.mask_confidence.p50)}",
         f"product preserved {metrics.preserved}/{metrics.ok} ok "
         f"({_fmt(metrics.preservation_rate_ok, 'pct')}), {_fmt(metrics.preservation_rate_all, 'pct')} of all",
         f"expansion  p50 {_fmt(ratio.p50)}  p90 {_fmt(ratio.p90)}  max {_fmt(ratio.max)}  "

@@ -2,8 +2,8 @@
 
 A batch is a dict of equal-length NumPy columns (what Ray Data's ``batch_format="numpy"`` gives).
 Image-like columns are 1-D object arrays of per-row ndarrays (rows differ in size). Every row carries
-``status`` (``ok``/``error``/``rejected``) and ``error`` (``"stage: reason"``); a stage works on ``ok``
-rows only and passes the others through untouched, so no row is ever dropped.
+``status`` (``ok``/``error``/``rejected``/``review``) and ``error`` (``"stage: reason"``); a stage works
+on ``ok`` rows only and passes the others through untouched, so no row is ever dropped.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ T = TypeVar("T")
 OK = "ok"
 ERROR = "error"
 REJECTED = "rejected"  # generated, but failed a quality guard (e.g. object expansion); figures recorded
+REVIEW = (
+    "review"  # generated and kept, but the mask is not trusted (mask_confidence low): never delivered as ok
+)
 PLACEHOLDER_IMAGE = np.zeros((1, 1, 3), np.uint8)
 PLACEHOLDER_MASK = np.zeros((1, 1), np.uint8)
 
@@ -104,6 +107,13 @@ def timed(batch: Batch, column: str, indices: list[int]) -> Iterator[None]:
         if indices:
             values[indices] = elapsed / len(indices)
         batch[column] = values
+
+
+def alpha_mask(image: np.ndarray) -> np.ndarray | None:
+    """The image's own alpha channel as a float mask, when it has a usable one (a cut-out)."""
+    if image.ndim == 3 and image.shape[2] == 4 and image[..., 3].min() < 250:
+        return image[..., 3].astype(np.float32) / 255.0
+    return None
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:

@@ -3,7 +3,9 @@
 Adds ``result`` (HxWx3 uint8), ``product_preserved`` (bool), ``max_product_diff`` (int),
 ``product_pixels`` and ``composite_s``; drops the large intermediate columns (``canvas``,
 ``canvas_mask``, ``background``) unless asked to keep them. A row whose product check fails is an error
-row: an altered product is never delivered as ``ok``.
+row: an altered product is never delivered as ``ok``. The check is only as good as the mask, so an ``ok``
+row whose ``mask_confidence`` is below ``segment.min_confidence`` becomes ``review`` (image kept for a
+person to look at, never counted or delivered as ``ok``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import numpy as np
 from canvas_ray.compose import composite, verify_product_preserved
 from canvas_ray.config import CanvasConfig
 from canvas_ray.stages.base import (
+    OK,
     PLACEHOLDER_IMAGE,
+    REVIEW,
     Batch,
     ensure_status,
     object_column,
@@ -33,6 +37,7 @@ class Composite:
         self, config: CanvasConfig, styles: StyleBook | None = None, keep_intermediate: bool = False
     ):
         self.spec = config.composite
+        self.min_confidence = config.segment.min_confidence
         self.styles = styles or StyleBook.from_config(config)
         self.keep_intermediate = keep_intermediate
 
@@ -53,6 +58,22 @@ class Composite:
             )
         return result, check.max_product_diff, check.product_pixels
 
+    def gate_on_mask_confidence(self, batch: Batch) -> None:
+        """``ok`` rows whose mask we cannot vouch for become ``review``, with the reason."""
+        if "mask_confidence" not in batch:
+            return
+        flags = batch.get("mask_flags")
+        for index, status in enumerate(batch["status"]):
+            confidence = float(batch["mask_confidence"][index])
+            if status != OK or confidence >= self.min_confidence:
+                continue
+            why = str(flags[index]) if flags is not None and flags[index] else "low confidence"
+            batch["status"][index] = REVIEW
+            batch["error"][index] = (
+                f"segment: mask confidence {confidence:.2f} < {self.min_confidence:.2f} ({why}); "
+                "check the mask before publishing"
+            )
+
     def __call__(self, batch: Batch) -> Batch:
         batch = ensure_status(batch)
         n = len(batch["status"])
@@ -70,6 +91,7 @@ class Composite:
                 set_error(batch, index, STAGE, "result size differs from canvas")
                 continue
             results[index], preserved[index], max_diff[index], pixels[index] = result, diff == 0, diff, count
+        self.gate_on_mask_confidence(batch)
         batch["result"] = object_column(results)
         batch["product_preserved"] = preserved
         batch["max_product_diff"] = max_diff

@@ -1,12 +1,16 @@
 """Segment: the product mask of each image.
 
-Adds ``product_mask`` (HxW uint8, 255 = product, soft edge) and ``mask_area`` (share of pixels that are
-product). Backends, chosen by ``segment.backend``:
+Adds ``product_mask`` (HxW uint8, 255 = product, soft edge), ``mask_area`` (share of pixels that are
+product), ``mask_confidence`` (float in [0, 1]) and ``mask_flags`` (why it is low, '' when fine; see
+:mod:`canvas_ray.stages.mask_trust`). With ``segment.refine: grabcut`` the mask is refined first. Masks
+taken from an image's own alpha channel are exact: confidence 1. Backends, chosen by ``segment.backend``:
 
 - ``hf``: a transformers segmentation model (semantic segmentation with a background label, or a
   one-channel matting model such as BiRefNet with ``trust_remote_code``);
 - ``alpha``: the image's own alpha channel, for cut-outs; images without one use ``segment.fallback``;
-- ``backdrop``: weight-free, a border colour model refined with GrabCut (uses alpha when present).
+- ``backdrop``: weight-free, a border colour model refined with GrabCut (uses alpha when present);
+- ``onnx``: an ONNX background-removal model (IS-Net, U²-Net, BiRefNet) run by onnxruntime, see
+  :mod:`canvas_ray.stages.segment_onnx`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from canvas_ray.stages.backdrop_mask import backdrop_product_mask
 from canvas_ray.stages.base import (
     PLACEHOLDER_MASK,
     Batch,
+    alpha_mask,
     ensure_status,
     object_column,
     ok_indices,
@@ -28,6 +33,8 @@ from canvas_ray.stages.base import (
     timed,
     to_rgb,
 )
+from canvas_ray.stages.mask_trust import assess_mask
+from canvas_ray.stages.segment_onnx import OnnxSegmenter
 
 STAGE = "segment"
 
@@ -49,10 +56,7 @@ def register(name: str):
     return wrap
 
 
-def _alpha_mask(image: np.ndarray) -> np.ndarray | None:
-    if image.ndim == 3 and image.shape[2] == 4 and image[..., 3].min() < 250:
-        return image[..., 3].astype(np.float32) / 255.0
-    return None
+_alpha_mask = alpha_mask
 
 
 @register("backdrop")
@@ -139,6 +143,9 @@ class HFSegmenter:
         return masks
 
 
+register("onnx")(OnnxSegmenter)
+
+
 def build_segmenter(spec: SegmentConfig) -> Segmenter:
     if spec.backend not in _BACKENDS:
         raise ValueError(f"segment.backend {spec.backend!r} unknown; choose one of {sorted(_BACKENDS)}")
@@ -146,7 +153,8 @@ def build_segmenter(spec: SegmentConfig) -> Segmenter:
 
 
 class Segment:
-    """Stage: ``image`` → ``product_mask`` (uint8), ``mask_area``, ``segment_s``."""
+    """Stage: ``image`` → ``product_mask`` (uint8), ``mask_area``, ``mask_confidence``, ``mask_flags``,
+    ``segment_s``."""
 
     def __init__(self, config: CanvasConfig):
         self.spec = config.segment
@@ -158,6 +166,8 @@ class Segment:
         indices = ok_indices(batch)
         masks = [PLACEHOLDER_MASK] * n
         areas = np.zeros(n, dtype=np.float64)
+        confidences = np.zeros(n, dtype=np.float64)
+        flags = np.array([""] * n, dtype=object)
         with timed(batch, "segment_s", indices):
             results = run_rows(
                 batch,
@@ -165,8 +175,14 @@ class Segment:
                 STAGE,
                 lambda rows: self.segmenter.product_masks([batch["image"][i] for i in rows]),
             )
-        for index, soft in results.items():
-            soft = np.clip(np.nan_to_num(soft), 0.0, 1.0)
+            trusted = run_rows(
+                batch,
+                [i for i in indices if i in results],
+                STAGE,
+                lambda rows: [self._trust(batch["image"][i], results[i]) for i in rows],
+            )
+        for index, (soft, confidence, why) in trusted.items():
+            confidences[index], flags[index] = confidence, why
             hard = soft >= self.spec.threshold
             area = float(hard.mean())
             if area < max(self.spec.min_area, 1e-9):
@@ -182,4 +198,20 @@ class Segment:
             areas[index] = area
         batch["product_mask"] = object_column(masks)
         batch["mask_area"] = areas
+        batch["mask_confidence"] = confidences
+        batch["mask_flags"] = flags
         return batch
+
+    def _trust(self, image: np.ndarray, soft: np.ndarray) -> tuple[np.ndarray, float, str]:
+        """(soft mask, possibly refined; mask_confidence; mask_flags)."""
+        soft = np.clip(np.nan_to_num(soft), 0.0, 1.0).astype(np.float32)
+        if alpha_mask(image) is not None and self.spec.backend in ("alpha", "backdrop", "onnx"):
+            return soft, 1.0, ""  # the image's own alpha channel: exact
+        trust = assess_mask(
+            to_rgb(image),
+            soft,
+            self.spec.threshold,
+            refine=self.spec.refine == "grabcut",
+            plain_backdrop_model=self.spec.backend in ("backdrop", "alpha"),
+        )
+        return trust.soft, trust.confidence, trust.flags

@@ -39,7 +39,7 @@ class LoraSection(_Strict):
 
 
 class DataSection(_Strict):
-    segment_backend: Literal["backdrop", "alpha", "hf"] = "backdrop"
+    segment_backend: Literal["backdrop", "alpha", "hf", "onnx"] = "backdrop"
     segment_model: str | None = None
     caption_backend: Literal["metadata", "hf"] = "metadata"
     caption_model: str | None = None
