@@ -100,7 +100,7 @@ class LocalPipeline:
         out = self.run_batch(items_batch(items))
         results = []
         for i in range(len(out.get("status", []))):
-            ok = out["status"][i] == "ok"
+            ok = out["status"][i] in ("ok", "review")  # review: generated, kept for a person to check
             results.append(
                 GeneratedImage(
                     output_id=str(out["output_id"][i]),

@@ -131,6 +131,8 @@ def test_generate_json(client):
         quality = item["quality"]
         assert quality["expansion_ratio"] is not None and quality["expansion_ratio"] <= 0.15
         assert 0 < quality["quality_score"] <= 1 and quality["attempts"] == 1
+        # trust in product_preserved: the mask's confidence and the review flag come with every image
+        assert 0.6 <= quality["mask_confidence"] <= 1 and quality["mask_review"] is False
         decoded = Image.open(io.BytesIO(base64.b64decode(item["image_base64"])))
         assert decoded.format == "PNG" and decoded.size == (item["width"], item["height"])
         want = 1.0 if item["aspect"] == "1:1" else 0.8
