@@ -125,9 +125,10 @@ def run_loop(config: CanvasConfig, catalog: Path, output: Path, profile: bool = 
     """One process, no Ray: load the stages, then batch by batch through them and the writer."""
     from canvas_ray.batch import PLAN_COLUMNS
     from canvas_ray.io.catalog import read_catalog
-    from canvas_ray.io.outputs import WriteOutputs, compact_manifest
+    from canvas_ray.io.manifest import Manifest
+    from canvas_ray.io.outputs import WriteOutputs
     from canvas_ray.pipeline import LocalPipeline, items_batch
-    from canvas_ray.report import write_review_pages
+    from canvas_ray.report import write_index
 
     profiler = cProfile.Profile() if profile else None
     cpu_before = cpu_seconds(descendants=False)  # an idle Ray from an earlier sweep point is not the loop's
@@ -147,13 +148,15 @@ def run_loop(config: CanvasConfig, catalog: Path, output: Path, profile: bool = 
         config.output.shard_width,
     )
     rows = table.to_pylist()
-    step = max(1, min(config.segment.resources.batch_size, 64))  # the job's block size
+    step = config.ray.block_rows  # the job's block size
     for start in range(0, len(rows), step):
         out = pipeline.run_batch(items_batch(rows[start : start + step]))
         if out:
             writer(out)
-    manifest = compact_manifest(str(output))
-    write_review_pages(manifest, str(output))
+    store = Manifest(str(output))
+    store.compact("loop")
+    write_index(store)
+    manifest = store.read()
     wall = time.perf_counter() - started
     if profiler is not None:
         profiler.disable()
@@ -200,7 +203,7 @@ def run_ray(config: CanvasConfig, catalog: Path, output: Path, profile: bool = F
     """The catalog job on the already started Ray; with ``profile`` also Ray Data's per-operator stats."""
     import canvas_ray.batch as batch_module
     from canvas_ray.batch import GenerateRequest, run_generate
-    from canvas_ray.io.outputs import read_manifest
+    from canvas_ray.io.manifest import read_manifest
 
     plans: list[Any] = []
     build_plan = batch_module.build_plan

@@ -51,8 +51,8 @@ from canvas_ray.io.catalog import (
 from canvas_ray.io.images import encode_image, resize
 from canvas_ray.io.manifest import DONE_STATUSES, Manifest, part_name, summarise
 from canvas_ray.io.outputs import OutputLayout, WriteOutputs, join_uri, write_bytes
-from canvas_ray.spec import PIPELINE, StageSpec, stage_resources
-from canvas_ray.stages.base import Batch, ensure_status
+from canvas_ray.spec import PIPELINE, StageSpec, make_stage, stage_resources, step
+from canvas_ray.stages.base import Batch, ensure_status, run_in_chunks
 from canvas_ray.stages.composite import Composite
 from canvas_ray.stages.decode import Decode, Fetch
 from canvas_ray.stages.prompt import DONE_SEPARATOR, Prompt
@@ -172,6 +172,41 @@ CHEAP_STAGES: dict[str, Callable[..., Any]] = {
 }
 
 
+# ---- model stages in actor pools ----
+
+
+class PoolStage:
+    """A model stage in an actor pool. Ray Data hands it whole blocks (blocks of big images are capped
+    in bytes by Ray Data; blocks of error rows are just small), and the stage runs its model on ``ok`` rows
+    ``resources.batch_size`` at a time: the model sees its configured batch, and cheap rows cost no
+    per-batch round trip."""
+
+    stage_name = ""
+
+    def __init__(self, run: RunContext):
+        spec = step(self.stage_name)
+        self.stage = make_stage(spec.stages[0], run.config, run.styles)
+        self.chunk = stage_resources(spec, run.config).batch_size
+
+    def __call__(self, batch: Batch) -> Batch:
+        return run_in_chunks(self.stage, batch, self.chunk)
+
+
+class SegmentPool(PoolStage):
+    stage_name = "segment"
+
+
+class CaptionPool(PoolStage):
+    stage_name = "caption"
+
+
+class InpaintPool(PoolStage):
+    stage_name = "inpaint"
+
+
+POOLS: dict[str, type[PoolStage]] = {cls.stage_name: cls for cls in (SegmentPool, CaptionPool, InpaintPool)}
+
+
 # ---- the plan ----
 
 
@@ -179,7 +214,8 @@ def _map_args(spec: StageSpec, config: CanvasConfig) -> dict[str, Any]:
     import ray.data
 
     resources = stage_resources(spec, config)
-    batch_size = resources.batch_size
+    # pools and composite take whole blocks (see PoolStage); I/O and manifest steps take row counts
+    batch_size = None if spec.kind == "pool" or spec.name == "composite_and_write" else resources.batch_size
     args: dict[str, Any] = {"num_cpus": resources.num_cpus, "batch_format": spec.batch_format}
     if spec.kind == "pool":
         max_size = max(resources.concurrency, resources.max_concurrency or resources.concurrency)
@@ -222,13 +258,10 @@ PLAN_COLUMNS = (*TEXT_COLUMNS, "status", "error", "done_outputs")
 def build_plan(ds: Any, run: RunContext) -> Any:
     """The lazy Ray Dataset from (remaining) catalog rows to the statuses of written manifest parts."""
     config = run.config
-    ds = ds.select_columns([c for c in PLAN_COLUMNS if c in ds.columns()])
     for spec in PIPELINE:
         args = _map_args(spec, config)
         if spec.kind == "pool":
-            ds = ds.map_batches(
-                spec.stage_class(), fn_constructor_kwargs=spec.constructor_kwargs(run), **args
-            )
+            ds = ds.map_batches(POOLS[spec.name], fn_constructor_kwargs={"run": run}, **args)
         else:
             ds = ds.map_batches(CHEAP_STAGES[spec.name], fn_kwargs={"run": run}, **args)
     return ds
@@ -282,6 +315,7 @@ def resume_group(group: pa.Table, run: RunContext, resume: bool) -> pa.Table:
     table = table.append_column("done_outputs", pa.array(done_text, pa.string()))
     problems = pc.starts_with(table.column("error"), "catalog:")
     table = table.append_column("n_problems", pc.cast(problems, pa.int64()))
+    table = table.append_column("n_todo", pa.array((finished < expected).astype(np.int64)))
     return table.append_column("todo", pa.array(finished < expected))
 
 
@@ -313,7 +347,8 @@ def prepare_catalog(
 
     options = request.storage_options
     listing = list_catalog(request.catalog, options)
-    buckets = manifest.ensure(_estimate_rows(listing, options, run.config) if request.limit is None else 1)
+    buckets = manifest.ensure(_estimate_rows(listing, options, run.config))  # sized for the whole catalog
+    ds: Any
     if request.limit is not None:  # a trial run: the first rows, read here
         ds = ray.data.from_arrow(read_catalog_rows(listing, options, request.limit))
     else:
@@ -326,16 +361,28 @@ def prepare_catalog(
         .map_groups(resume_group, fn_kwargs={"run": run, "resume": resume}, batch_format="pyarrow")
         .materialize()
     )
-    if prepared.count() == 0:
-        return prepared, {"items": 0, "outputs_expected": 0, "outputs_done": 0, "problems": 0, "todo": 0}
-    sums = prepared.sum(["n_expected", "n_done", "n_problems"])
-    todo = prepared.filter(expr=col("todo"))
+    from ray.data.aggregate import Count, Sum
+
+    stats = prepared.aggregate(Count(), Sum("n_expected"), Sum("n_done"), Sum("n_problems"), Sum("n_todo"))
     counts = {
-        "items": prepared.count(),
-        "outputs_expected": int(sums["sum(n_expected)"]),
-        "outputs_done": int(sums["sum(n_done)"]),
-        "problems": int(sums["sum(n_problems)"]),
+        "items": int(stats["count()"] or 0),
+        "outputs_expected": int(stats["sum(n_expected)"] or 0),
+        "outputs_done": int(stats["sum(n_done)"] or 0),
+        "problems": int(stats["sum(n_problems)"] or 0),
+        "todo": int(stats["sum(n_todo)"] or 0),
     }
+    block_rows = run.config.ray.block_rows
+    # filtered, projected and cut into blocks here, before any actor pool holds CPUs (these ops ask
+    # for a whole CPU each; inside the generation plan they could wait for ever behind the pools)
+    columns = [c for c in PLAN_COLUMNS if c in prepared.columns()]
+    todo = (
+        prepared.filter(expr=col("todo"))
+        .select_columns(columns)
+        .repartition(target_num_rows_per_block=block_rows)
+        .materialize()
+        if counts["todo"]
+        else prepared.limit(0)
+    )
     return todo, counts
 
 
@@ -379,9 +426,11 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
     review = partial(_bucket_pages, request.output, dict(options))
     if manifest.pending_files():  # rows of a run that died before compaction
         manifest.compact(run_id + "-recovered", review)
+    phase = time.time()
     todo, counts = prepare_catalog(request, run, manifest)
+    timings = {"prepare_s": time.time() - phase}
     remaining = counts["outputs_expected"] - counts["outputs_done"]
-    todo_items = todo.count() if remaining else 0
+    todo_items = counts["todo"]
     log.info(
         "catalog %s: %d items (%d already done, %d to process → %d outputs); config %s; output %s",
         request.catalog,
@@ -393,6 +442,7 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
         request.output,
     )
     processed = {"ok": 0, "review": 0, "rejected": 0, "error": 0}
+    phase = time.time()
     if todo_items:
         check_resources(config)
         progress = _Progress(remaining, request.progress, terminal)
@@ -404,13 +454,19 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
             if request.on_progress is not None:
                 request.on_progress(dict(processed, total=remaining))
         progress.close(processed)
+    timings["generate_s"], phase = time.time() - phase, time.time()
     manifest.compact(run_id, review)
-    elapsed = time.time() - started
-    summary = _summary(manifest, counts, todo_items, processed, request, fingerprint, run_id, elapsed)
-    write_bytes(join_uri(request.output, "summary.json"), json.dumps(summary, indent=2).encode(), options)
+    timings["compact_s"], phase = time.time() - phase, time.time()
+    summary = _summary(
+        manifest, counts, todo_items, processed, request, fingerprint, run_id, time.time() - started
+    )
     from canvas_ray.report import write_index
 
     write_index(manifest, summary)
+    timings["report_s"] = time.time() - phase
+    summary["seconds"] = round(time.time() - started, 3)
+    summary["phases_s"] = {k: round(v, 3) for k, v in timings.items()}
+    write_bytes(join_uri(request.output, "summary.json"), json.dumps(summary, indent=2).encode(), options)
     _print_summary(summary)
     return summary
 

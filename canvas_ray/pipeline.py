@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from canvas_ray.config import CanvasConfig
-from canvas_ray.spec import in_process_stages, make_stage
-from canvas_ray.stages.base import Batch, object_column
+from canvas_ray.spec import in_process_stages, make_stage, model_stages
+from canvas_ray.stages.base import Batch, object_column, run_in_chunks
 from canvas_ray.styles import StyleBook
 
 
@@ -80,6 +80,7 @@ class LocalPipeline:
             )
             for name in self.order
         }
+        self.chunks = {name: getattr(config, name).resources.batch_size for name in model_stages()}
 
     def __getattr__(self, name: str) -> Any:
         stages = self.__dict__.get("stages", {})
@@ -91,7 +92,10 @@ class LocalPipeline:
         for name in self.order:
             if name == "fetch" and "image_uri" not in batch:
                 continue  # rows that already carry their bytes
-            batch = self.stages[name](batch)
+            if name in self.chunks:  # model stages see their configured batch size, as in the Ray plan
+                batch = run_in_chunks(self.stages[name], batch, self.chunks[name])
+            else:
+                batch = self.stages[name](batch)
             if not batch:
                 break
         return batch

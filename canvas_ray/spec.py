@@ -1,8 +1,10 @@
 """The one pipeline spec: stage order, how each step runs, its resources and its columns.
 
 ```
-fetch_decode ─▶ segment ─▶ caption ─▶ thumbnails_and_prompt ─▶ inpaint ─▶ composite_and_write ─▶ write_manifest_part
-  (tasks)       (pool)      (pool)          (tasks)             (pool)        (tasks)                 (tasks)
+fetch_decode ─▶ segment ─▶ caption ─▶ thumbnails_and_prompt ─▶ inpaint ─▶ composite_and_write
+  (tasks)       (pool)      (pool)          (tasks)             (pool)        (tasks)
+  ─▶ write_manifest_part
+        (tasks)
 ```
 A *step* is what the Ray Data plan maps (``map_batches``): model steps are actor pools holding one stage
 class each; cheap steps are tasks running one or more stage classes. Resources always come from the
@@ -14,12 +16,9 @@ each step lists the stage classes it runs (``stages``) so an in-process driver c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from canvas_ray.config import CanvasConfig, Resources
-
-if TYPE_CHECKING:
-    from canvas_ray.batch import RunContext
 
 StageName = Literal["fetch", "decode", "segment", "caption", "prompt", "inpaint", "composite", "write"]
 
@@ -46,18 +45,6 @@ class StageSpec:
     produces: tuple[str, ...]
     resources: str
     batch_format: str = "numpy"
-
-    def stage_class(self) -> type:
-        """The model stage class of a pool step."""
-        if self.kind != "pool" or len(self.stages) != 1:
-            raise TypeError(f"step {self.name} is not an actor pool of one stage")
-        return _STAGE_CLASSES()[self.stages[0]]
-
-    def constructor_kwargs(self, run: RunContext) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"config": run.config}
-        if self.stages[0] == "inpaint":
-            kwargs["styles"] = run.styles
-        return kwargs
 
 
 PIPELINE: tuple[StageSpec, ...] = (

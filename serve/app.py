@@ -42,7 +42,7 @@ from canvas_ray.config import REPO_ROOT, CanvasConfig, ModelStage, canonical_asp
 from canvas_ray.io.images import encode_image
 from canvas_ray.io.outputs import join_uri, safe_name, write_bytes
 from canvas_ray.pipeline import QUALITY_COLUMNS, TIMING_COLUMNS, items_batch
-from canvas_ray.stages.base import OK, REVIEW, Batch, num_rows, object_column
+from canvas_ray.stages.base import OK, REVIEW, Batch, concat_batches, num_rows, take_rows
 from canvas_ray.stages.caption import Caption
 from canvas_ray.stages.composite import Composite
 from canvas_ray.stages.decode import Decode, Fetch
@@ -68,33 +68,6 @@ INPUT_STAGES = ("decode", "segment", "prompt", "fetch")
 
 
 # --------------------------------------------------------------------------------------- batch helpers
-
-
-def concat_batches(batches: list[Batch]) -> Batch:
-    """Rows of several batches in order; columns missing in some batches become ``None`` there."""
-    keys: list[str] = []
-    for batch in batches:
-        keys.extend(k for k in batch if k not in keys)
-    out: Batch = {}
-    for key in keys:
-        columns = [batch.get(key) for batch in batches]
-        present = [c for c in columns if c is not None]
-        same = len(present) == len(columns) and len({c.dtype for c in present}) == 1
-        if same and present[0].dtype != object:
-            out[key] = np.concatenate(present)
-            continue
-        values: list[Any] = []
-        for batch, column in zip(batches, columns, strict=True):
-            values.extend(list(column) if column is not None else [None] * num_rows(batch))
-        out[key] = object_column(values)
-    return out
-
-
-def take_rows(batch: Batch, indices: list[int]) -> Batch:
-    out: Batch = {}
-    for key, column in batch.items():
-        out[key] = object_column([column[i] for i in indices]) if column.dtype == object else column[indices]
-    return out
 
 
 def split_by_request(batch: Batch, request_ids: list[str]) -> list[Batch]:

@@ -14,17 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from canvas_ray.io.images import decode_image
-from canvas_ray.io.outputs import (
-    MANIFEST_SCHEMA,
-    OutputLayout,
-    WriteOutputs,
-    compact_manifest,
-    latest_per_output,
-    read_manifest,
-    safe_name,
-    shard_of,
-)
-from canvas_ray.report import render_pages, write_review_pages
+from canvas_ray.io.manifest import Manifest, compact_manifest, latest_per_output, read_manifest
+from canvas_ray.io.outputs import MANIFEST_SCHEMA, OutputLayout, WriteOutputs, safe_name, shard_of
+from canvas_ray.report import render_item_pages, write_bucket_pages, write_index
 from canvas_ray.stages.base import object_column
 
 UNSAFE = ["../../etc/passwd", "a/b", "a\\b", "a b", "..", ".", "/abs/path", "é-ü", "a:b", "a_b/", "x" * 200]
@@ -41,7 +33,7 @@ def _table(rows: list[dict]) -> pa.Table:
 
 
 def _write_part(root: Path, run: str, name: str, rows: list[dict]) -> Path:
-    path = root / "_parts" / run / f"{name}.parquet"
+    path = root / "manifest" / "_staging" / run / f"{name}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(_table(rows), path)
     return path
@@ -128,9 +120,9 @@ def test_write_outputs_images_and_part(tmp_path, fmt):
         np.testing.assert_array_equal(decode_image(path.read_bytes()), image)  # png / lossless webp exact
     written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
     assert sum(p.startswith("images/") for p in written) == 3  # nothing for the error row
-    assert all(p.startswith(("images/", "_parts/run-1/")) for p in written)
+    assert all(p.startswith(("images/", "manifest/_staging/run-1/")) for p in written)
     assert not any(".tmp-" in p for p in written)
-    parts = list((tmp_path / "_parts" / "run-1").glob("*.parquet"))
+    parts = list((tmp_path / "manifest" / "_staging" / "run-1").glob("*.parquet"))
     assert len(parts) == 1
     table = pq.read_table(parts[0])
     assert table.num_rows == 4
@@ -149,7 +141,7 @@ def test_write_outputs_retry_rewrites_same_part(tmp_path):
     writer = WriteOutputs(str(tmp_path), "run-1", "fp")
     writer({k: v.copy() for k, v in batch.items()})
     writer({k: v.copy() for k, v in batch.items()})
-    assert len(list((tmp_path / "_parts" / "run-1").glob("*.parquet"))) == 1
+    assert len(list((tmp_path / "manifest" / "_staging" / "run-1").glob("*.parquet"))) == 1
     assert read_manifest(str(tmp_path)).num_rows == 3
 
 
@@ -214,10 +206,11 @@ def test_read_manifest_and_compact(tmp_path):
     assert set(by_id) == {"x", "y", "z"}
     assert by_id["x"]["status"] == "ok" and by_id["x"]["output_uri"] == "images/new.png"
     compacted = compact_manifest(str(tmp_path))
-    assert (tmp_path / "manifest" / "manifest.parquet").is_file()
-    assert not (tmp_path / "_parts").exists()
+    (bucket_file,) = Manifest(str(tmp_path)).files()
+    assert "/manifest/bucket=00000/part-" in bucket_file
+    assert not (tmp_path / "manifest" / "_staging").exists()
     assert compacted.num_rows == 3
-    on_disk = pq.read_table(tmp_path / "manifest" / "manifest.parquet")
+    on_disk = pq.read_table(bucket_file)
     assert sorted(on_disk.column("output_id").to_pylist()) == ["x", "y", "z"]
     assert read_manifest(str(tmp_path)).to_pylist() == manifest.to_pylist()
     # a later part still overrides the compacted manifest
@@ -237,7 +230,7 @@ def test_torn_part_is_skipped_with_warning(tmp_path, caplog):
     )
     data = torn.read_bytes()
     torn.write_bytes(data[: len(data) // 2])
-    with caplog.at_level(logging.WARNING, logger="canvas_ray.io.outputs"):
+    with caplog.at_level(logging.WARNING, logger="canvas_ray.io.manifest"):
         manifest = read_manifest(str(tmp_path))
     assert manifest.column("output_id").to_pylist() == ["g"]
     assert any(
@@ -299,58 +292,56 @@ def _review_manifest(n_items: int) -> pa.Table:
     return _table(rows)
 
 
-def test_render_pages_paginates():
-    pages = render_pages(_review_manifest(95), items_per_page=40)
-    assert set(pages) == {"index.html", "review/page-2.html", "review/page-3.html"}
-    counts = [
-        pages[name].count('class="item"')
-        for name in ("index.html", "review/page-2.html", "review/page-3.html")
+def test_item_pages_paginate():
+    pages = render_item_pages(_review_manifest(95), "bucket=00000", items_per_page=40)
+    assert len(pages) == 3
+    assert [page.count('class="item"') for page in pages] == [40, 40, 15]
+    for i in (0, 39, 40, 79, 80, 94):  # every item exactly once across pages
+        assert sum(page.count(f'id="item-{i:03d}"') for page in pages) == 1
+    assert 'id="item-040"' in pages[1]
+    # pages live in review/<bucket>/: links between them are siblings, images two folders up
+    assert 'href="p2.html"' in pages[0] and 'href="p3.html"' in pages[0]
+    assert "href='../../index.html'" in pages[1]
+    assert 'src="../../images/aa/item-040.png"' in pages[1]
+    assert "page 3 of 3" in pages[2]
+
+
+def test_item_pages_escape_user_text():
+    (page,) = render_item_pages(_review_manifest(3), "<b>")
+    assert "<script>" not in page and "<b>out of memory</b>" not in page
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; more" in page
+    assert "&lt;b&gt;out of memory&lt;/b&gt;" in page
+
+
+def test_bucket_pages_replace_stale_ones(tmp_path):
+    assert write_bucket_pages(str(tmp_path), {}, 7, _review_manifest(95)) == 3
+    assert sorted(p.name for p in (tmp_path / "review" / "b00007").iterdir()) == [
+        "p1.html",
+        "p2.html",
+        "p3.html",
     ]
-    assert counts == [40, 40, 15]
-    # every item exactly once across pages
-    for i in (0, 39, 40, 79, 80, 94):
-        item = f'id="item-{i:03d}"'
-        assert sum(page.count(item) for page in pages.values()) == 1
-    assert 'id="item-040"' in pages["review/page-2.html"]
-    # links between pages: relative from the root and from review/
-    index, second = pages["index.html"], pages["review/page-2.html"]
-    assert 'href="review/page-2.html"' in index and 'href="review/page-3.html"' in index
-    assert 'href="../index.html"' in second and 'href="../review/page-3.html"' in second
-    assert 'src="../images/aa/item-040.png"' in second
-    assert "page 3 of 3" in pages["review/page-3.html"]
+    assert write_bucket_pages(str(tmp_path), {}, 7, _review_manifest(45)) == 2
+    assert sorted(p.name for p in (tmp_path / "review" / "b00007").iterdir()) == ["p1.html", "p2.html"]
 
 
-def test_single_page_has_no_nav():
-    pages = render_pages(_review_manifest(5))
-    assert list(pages) == ["index.html"]
-    assert "<nav>" not in pages["index.html"]
-
-
-def test_render_pages_escapes_and_lists_errors():
-    pages = render_pages(_review_manifest(3), summary={"ok": 3, "errors": 1, "config_fingerprint": "<fp>"})
-    index = pages["index.html"]
-    assert "<script>" not in index
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; more" in index
-    assert "<b>out of memory</b>" not in index
-    assert "&lt;b&gt;out of memory&lt;/b&gt;" in index
-    assert "Errors (1)" in index
+def test_index_lists_errors_summary_and_buckets(tmp_path):
+    table = _review_manifest(3)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    part = tmp_path / "manifest" / "_staging" / "r" / "p.parquet"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(buffer.getvalue())
+    manifest = Manifest(str(tmp_path))
+    manifest.compact(
+        "r", review_pages=lambda bucket, rows: write_bucket_pages(str(tmp_path), {}, bucket, rows)
+    )
+    written = write_index(manifest, {"ok": 3, "errors": 1, "config_fingerprint": "<fp>"})
+    assert sorted(written) == ["index.html", "review/errors/p1.html"]
+    index = (tmp_path / "index.html").read_text()
+    assert index.startswith("<!doctype html>") and "&lt;fp&gt;" in index
+    assert "Errors (1)" in index and "<b>out of memory</b>" not in index
     errors = index[index.index("id='errors'") :]
     errors = errors[: errors.index("</table>")]
     assert "item-001" in errors and "inpaint: &lt;b&gt;out of memory" in errors
-    assert "&lt;fp&gt;" in index
-
-
-def test_write_review_pages(tmp_path):
-    written = write_review_pages(_review_manifest(45), str(tmp_path))
-    assert sorted(written) == ["index.html", "review/page-2.html"]
-    assert (tmp_path / "index.html").read_text().startswith("<!doctype html>")
-    assert (tmp_path / "review" / "page-2.html").is_file()
-
-
-def test_manifest_rows_for_pages_can_be_read_back(tmp_path):
-    """A manifest written as parquet and read back renders the same pages."""
-    table = _review_manifest(4)
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    again = pq.read_table(io.BytesIO(buffer.getvalue()))
-    assert render_pages(again) == render_pages(table)
+    assert "review/b00000/p1.html" in index and (tmp_path / "review" / "b00000" / "p1.html").is_file()
+    assert "item-002" in (tmp_path / "review" / "b00000" / "p1.html").read_text()

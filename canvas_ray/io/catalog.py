@@ -347,7 +347,7 @@ def catalog_dataset(listing: CatalogFiles, storage_options: dict[str, Any] | Non
     options = dict(storage_options or {})
     if listing.images is not None:
         return ray.data.from_arrow(_image_rows(listing.images))
-    files = ray.data.from_items([{"file_index": i, "uri": uri} for i, uri in enumerate(listing.files)])
+    files: Any = ray.data.from_items([{"file_index": i, "uri": uri} for i, uri in enumerate(listing.files)])
     return files.map_batches(
         _read_files_batch,
         fn_kwargs={"storage_options": options},

@@ -25,6 +25,7 @@ OUTPUT/manifest/_staging/<run>/<hash>.parquet       rows written while a run is 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 VERSION = 2
 ROWS_PER_BUCKET = 100_000  # target rows per bucket file (a few tens of MB with prompts and captions)
 MAX_BUCKETS = 4096
+LOCAL_COMPACTION_BYTES = 32 * 2**20  # pending parts up to this size are merged in this process
 DONE_STATUSES = ("ok", "review")  # outputs a resume keeps; errors and rejections are tried again
 LEGACY_FILES = ("manifest/manifest.parquet",)  # the single-file manifest of version 1, folded in
 
@@ -147,7 +149,9 @@ class Manifest:
     # ---- reading ----
 
     def read_file(self, path: str, columns: list[str] | None = None) -> pa.Table | None:
-        """One part or bucket file in :data:`MANIFEST_SCHEMA` order (missing columns as nulls); None if torn."""
+        """One part or bucket file in :data:`MANIFEST_SCHEMA` order (missing columns as nulls).
+
+        None if the file is torn (a killed run on a filesystem without atomic writes)."""
         return read_part(self.fs, path, columns)
 
     def read_bucket(self, bucket: int, columns: list[str] | None = None) -> pa.Table:
@@ -194,15 +198,15 @@ class Manifest:
             import ray
         except ImportError:  # pragma: no cover - ray is a dependency
             ray = None  # type: ignore[assignment]
-        if ray is not None and ray.is_initialized() and len(pending) > 4:
+        pending_bytes = sum(int(self.fs.size(p) or 0) for p in pending) if len(pending) <= 256 else None
+        small = pending_bytes is not None and pending_bytes <= LOCAL_COMPACTION_BYTES
+        if ray is not None and ray.is_initialized() and not small:
             rewritten = self._compact_ray(pending, crowded, buckets, run_id, review_pages)
         else:
             rewritten = self._compact_local(pending, crowded, buckets, run_id, review_pages)
         for path in pending:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 self.fs.rm(path)
-            except FileNotFoundError:
-                pass
         for folder in (f"{self.path}/_staging", f"{self.path.rsplit('/', 1)[0]}/_parts"):
             if self.fs.exists(folder):
                 self.fs.rm(folder, recursive=True)
@@ -235,8 +239,8 @@ class Manifest:
     ) -> int:
         import ray.data
 
-        parts = ray.data.from_items([{"path": p} for p in pending])
-        rows = parts.map_batches(
+        parts: Any = ray.data.from_items([{"path": p} for p in pending])
+        rows: Any = parts.map_batches(
             _read_parts_with_bucket,
             fn_kwargs={"root": self.root, "options": self.storage_options, "buckets": buckets},
             batch_size=8,

@@ -143,17 +143,22 @@ def write_bytes(uri: str, data: bytes, storage_options: dict[str, Any]) -> None:
             handle.write(data)
 
 
-def _value(batch: Batch, column: str, index: int, default: Any) -> Any:
-    if column not in batch:
-        return default
-    value = batch[column][index]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and value != value:  # NaN: "not measured" is a null in the manifest
-        return None
-    if value is None:
-        return default
-    return value
+def _column(batch: Batch, name: str, kind: pa.DataType, n: int) -> pa.Array:
+    """A batch column as a manifest column: NaN ("not measured") and None become nulls."""
+    if name not in batch:
+        return pa.nulls(n, kind)
+    values = batch[name]
+    if values.dtype != object:
+        return pa.array(values, from_pandas=True).cast(kind, safe=False)
+    cleaned = [
+        None
+        if v is None or (isinstance(v, float) and v != v)
+        else (v.item() if isinstance(v, np.generic) else v)
+        for v in values
+    ]
+    if pa.types.is_string(kind):
+        cleaned = [None if v is None else str(v) for v in cleaned]
+    return pa.array(cleaned, from_pandas=True).cast(kind, safe=False) if cleaned else pa.nulls(0, kind)
 
 
 class WriteOutputs:
@@ -180,43 +185,56 @@ class WriteOutputs:
         """Store each ``ok``/``review`` result; one manifest row per output (errors included)."""
         batch = ensure_status(batch)
         n = len(batch["status"])
-        rows: list[dict[str, Any]] = []
+        status = [str(s) for s in batch["status"]]
+        error = [str(e or "") for e in batch["error"]]
+        item_ids = [str(i) for i in batch["item_id"]]
+        output_uri = [""] * n
+        width = _column(batch, "width", pa.int64(), n).to_pylist()
+        height = _column(batch, "height", pa.int64(), n).to_pylist()
+        write_s = np.zeros(n)
         for index in range(n):
+            if status[index] not in ("ok", "review"):  # review: kept for a person to check the mask
+                continue
             start = time.perf_counter()
-            item_id = str(batch["item_id"][index])
-            row: dict[str, Any] = {field.name: None for field in MANIFEST_SCHEMA}
-            for field in MANIFEST_SCHEMA:
-                if field.name in batch:
-                    default = 0.0 if pa.types.is_floating(field.type) else None
-                    row[field.name] = _value(batch, field.name, index, default)
-            row.update(
-                item_id=item_id,
-                status=str(batch["status"][index]),
-                error=str(batch["error"][index] or ""),
-                run_id=self.run_id,
-                config_fingerprint=self.fingerprint,
-                output_uri="",
+            rel = self.layout.image_rel(
+                item_ids[index],
+                str(batch["style_key"][index]),
+                str(batch["aspect"][index]),
+                int(batch["variant"][index]),
             )
-            if row["status"] in ("ok", "review"):  # review: kept for a person to check the mask
-                rel = self.layout.image_rel(
-                    item_id, str(row["style_key"]), str(row["aspect"]), int(row["variant"])
+            try:
+                result = batch["result"][index]
+                write_bytes(
+                    self.layout.uri(rel),
+                    encode_image(result, self.format, self.quality),
+                    self.storage_options,
                 )
-                try:
-                    result = batch["result"][index]
-                    write_bytes(
-                        self.layout.uri(rel),
-                        encode_image(result, self.format, self.quality),
-                        self.storage_options,
-                    )
-                    row.update(output_uri=rel, height=int(result.shape[0]), width=int(result.shape[1]))
-                except Exception as error:  # noqa: BLE001 - becomes an error row
-                    row.update(status="error", error=f"write: {describe(error)}")
-            else:
-                row["product_preserved"] = False
-            row["write_s"] = time.perf_counter() - start
-            row["finished_at"] = time.time()
-            rows.append(row)
-        return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+                output_uri[index] = rel
+                height[index], width[index] = int(result.shape[0]), int(result.shape[1])
+            except Exception as failure:  # noqa: BLE001 - becomes an error row
+                status[index], error[index] = "error", f"write: {describe(failure)}"
+            write_s[index] = time.perf_counter() - start
+        delivered = np.array([s in ("ok", "review") for s in status], dtype=bool)
+        preserved = (
+            _column(batch, "product_preserved", pa.bool_(), n).fill_null(False).to_numpy(zero_copy_only=False)
+        )
+        given = {
+            "item_id": pa.array(item_ids, pa.string()),
+            "status": pa.array(status, pa.string()),
+            "error": pa.array(error, pa.string()),
+            "run_id": pa.array([self.run_id] * n, pa.string()),
+            "config_fingerprint": pa.array([self.fingerprint] * n, pa.string()),
+            "output_uri": pa.array(output_uri, pa.string()),
+            "width": pa.array(width, pa.int64()),
+            "height": pa.array(height, pa.int64()),
+            "product_preserved": pa.array(preserved & delivered),
+            "write_s": pa.array(write_s),
+            "finished_at": pa.array(np.full(n, time.time())),
+        }
+        arrays = [
+            given[f.name] if f.name in given else _column(batch, f.name, f.type, n) for f in MANIFEST_SCHEMA
+        ]
+        return pa.Table.from_arrays(arrays, schema=MANIFEST_SCHEMA)
 
     def __call__(self, batch: Batch) -> Batch:
         """:meth:`rows`, plus a staging part of the manifest when ``write_part``; small columns out."""

@@ -27,7 +27,8 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 
-from canvas_ray.io.outputs import join_uri, read_manifest, write_bytes
+from canvas_ray.io.manifest import read_manifest
+from canvas_ray.io.outputs import join_uri, write_bytes
 from canvas_ray.report import CSS, escape
 from canvas_ray.stages.base import ERROR, OK, REJECTED, REVIEW, describe
 

@@ -118,3 +118,47 @@ def alpha_mask(image: np.ndarray) -> np.ndarray | None:
 
 def to_rgb(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image[..., :3]) if image.shape[-1] == 4 else image
+
+
+def concat_batches(batches: list[Batch]) -> Batch:
+    """Rows of several batches in order; columns missing in some batches become ``None`` there."""
+    keys: list[str] = []
+    for batch in batches:
+        keys.extend(k for k in batch if k not in keys)
+    out: Batch = {}
+    for key in keys:
+        columns = [batch.get(key) for batch in batches]
+        present = [c for c in columns if c is not None]
+        same = len(present) == len(columns) and len({c.dtype for c in present}) == 1
+        if same and present[0].dtype != object:
+            out[key] = np.concatenate(present)
+            continue
+        values: list[Any] = []
+        for batch, column in zip(batches, columns, strict=True):
+            values.extend(list(column) if column is not None else [None] * num_rows(batch))
+        out[key] = object_column(values)
+    return out
+
+
+def take_rows(batch: Batch, indices: list[int]) -> Batch:
+    out: Batch = {}
+    for key, column in batch.items():
+        out[key] = object_column([column[i] for i in indices]) if column.dtype == object else column[indices]
+    return out
+
+
+def run_in_chunks(stage: Callable[[Batch], Batch], batch: Batch, chunk: int) -> Batch:
+    """Call a 1-row-in, 1-row-out ``stage`` on a large batch: rows that are not ``ok`` in one call (they
+    pass through), ``ok`` rows ``chunk`` at a time (the model's batch size). Row order may change."""
+    batch = ensure_status(batch)
+    n = num_rows(batch)
+    ok = ok_indices(batch)
+    if len(ok) <= chunk and (len(ok) == n or not ok):
+        return stage(batch)
+    parts = []
+    rest = [i for i in range(n) if batch["status"][i] != OK]
+    if rest:
+        parts.append(stage(take_rows(batch, rest)))
+    for start in range(0, len(ok), chunk):
+        parts.append(stage(take_rows(batch, ok[start : start + chunk])))
+    return concat_batches(parts)
