@@ -347,7 +347,10 @@ def prepare_catalog(
 
     options = request.storage_options
     listing = list_catalog(request.catalog, options)
-    buckets = manifest.ensure(_estimate_rows(listing, options, run.config))  # sized for the whole catalog
+    # sized for the whole catalog (also on a --limit trial run into the same output root)
+    buckets = manifest.ensure(
+        _estimate_rows(listing, options, run.config), run.config.output.manifest_bucket_rows
+    )
     ds: Any
     if request.limit is not None:  # a trial run: the first rows, read here
         ds = ray.data.from_arrow(read_catalog_rows(listing, options, request.limit))
@@ -493,6 +496,7 @@ class _Progress:
     def __init__(self, total: int, enabled: bool, terminal: bool):
         self.total, self.enabled, self.started, self.last = total, enabled, time.time(), 0.0
         self.bar = None
+        self.printed: dict[str, int] = {}
         if enabled and terminal:
             from tqdm.auto import tqdm
 
@@ -505,6 +509,7 @@ class _Progress:
             self.bar.set_postfix(counts, refresh=False)
         elif self.enabled and time.time() - self.last >= PROGRESS_EVERY_S:
             self.last = time.time()
+            self.printed = dict(counts)
             print(self.line(counts), file=sys.stderr, flush=True)
 
     def line(self, counts: dict[str, int]) -> str:
@@ -520,7 +525,7 @@ class _Progress:
     def close(self, counts: dict[str, int]) -> None:
         if self.bar is not None:
             self.bar.close()
-        elif self.enabled:
+        elif self.enabled and counts != self.printed:
             print(self.line(counts), file=sys.stderr, flush=True)
 
 

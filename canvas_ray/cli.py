@@ -292,6 +292,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_manifest(args: argparse.Namespace) -> int:
+    """Counts of an output root's manifest (streamed), or one consolidated file with ``--export``."""
+    from canvas_ray.io.manifest import Manifest, export, summarise
+
+    manifest = Manifest(args.output)
+    if manifest.buckets() is None and not manifest.pending_files():
+        print(f"no manifest under {args.output} (run `canvas-ray generate` first)", file=sys.stderr)
+        return 1
+    if args.compact or manifest.pending_files():
+        manifest.compact("cli")
+    if args.export:
+        rows = export(manifest, args.export)
+        print(f"{rows} rows written to {args.export}")
+        return 0
+    totals = summarise(manifest)
+    print(
+        json.dumps(
+            {
+                "output": args.output,
+                "buckets": manifest.buckets(),
+                "files": len(manifest.files()),
+                **{
+                    k: totals[k] for k in ("outputs", "ok", "review", "rejected", "errors", "errors_by_stage")
+                },
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     config = _config(args.config)
     print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
@@ -388,6 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, help="port (default serve.port)")
     srv.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")
     srv.set_defaults(func=cmd_serve)
+
+    man = sub.add_parser("manifest", help="counts of a run's manifest, or export it as one Parquet file")
+    man.add_argument("output", help="the job's output root (local path or fsspec URI)")
+    man.add_argument("--export", metavar="FILE", help="write every row to one Parquet file (streamed)")
+    man.add_argument("--compact", action="store_true", help="fold staging parts of a killed run first")
+    man.set_defaults(func=cmd_manifest)
 
     show = sub.add_parser("config", help="print the effective config and its fingerprint")
     show.add_argument("--config")

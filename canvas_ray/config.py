@@ -255,6 +255,11 @@ class OutputConfig(_Strict):
     quality: int = Field(95, ge=1, le=100)
     long_side: int | None = Field(None, ge=64, le=8192, description="output size for composite.scale=fit")
     shard_width: int = Field(2, ge=1, le=4, description="hex chars of the image-folder shard prefix")
+    manifest_bucket_rows: int = Field(
+        100_000,
+        ge=1,
+        description="target rows per manifest bucket file; fixes the bucket count of a new output root",
+    )
     manifest_part_rows: int = Field(
         256,
         ge=1,

@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from canvas_ray.cli import main
-from canvas_ray.io.outputs import MANIFEST_SCHEMA, OutputLayout, read_manifest
+from canvas_ray.io.manifest import read_manifest
+from canvas_ray.io.outputs import MANIFEST_SCHEMA, OutputLayout
 from canvas_ray.quality.evaluate import (
     PLOTS,
     EvaluateRequest,
@@ -362,7 +363,8 @@ def test_evaluate_a_real_generate(tmp_path):
     """The same stage classes as the batch job, in one process (no Ray), on one sample item."""
     from canvas_ray.config import load_config
     from canvas_ray.io.catalog import read_catalog
-    from canvas_ray.io.outputs import WriteOutputs, compact_manifest
+    from canvas_ray.io.manifest import compact_manifest
+    from canvas_ray.io.outputs import WriteOutputs
     from canvas_ray.pipeline import LocalPipeline, items_batch
 
     config = load_config(REPO / "configs" / "weightfree.yaml")

@@ -176,7 +176,8 @@ def test_fetch_and_decode_style_images(tmp_path: Path) -> None:
 
 
 def test_catalog_style_image_uri_reaches_every_output(tmp_path: Path) -> None:
-    from canvas_ray.io.outputs import WriteOutputs, read_manifest
+    from canvas_ray.io.manifest import read_manifest
+    from canvas_ray.io.outputs import WriteOutputs
 
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "p.png").write_bytes(png_bytes(product_image()))
@@ -386,7 +387,7 @@ def test_batch_job_on_ray_carries_style_image_uri(ray_local, tmp_path: Path) -> 
     config = config_from_dict(sections)
     out = tmp_path / "out"
     summary = run_generate(GenerateRequest(config, str(tmp_path / "catalog.jsonl"), str(out), progress=False))
-    manifest = {r["item_id"]: r for r in pq.read_table(out / "manifest" / "manifest.parquet").to_pylist()}
+    manifest = {r["item_id"]: r for r in pq.read_table(out / "manifest").to_pylist()}
     assert summary["ok"] == 3 and summary["errors"] == 1
     assert manifest["a"]["style_image_uri"] == manifest["b"]["style_image_uri"] == str(tmp_path / "brand.png")
     assert manifest["c"]["style_image_uri"] == "" and manifest["c"]["status"] == "ok"

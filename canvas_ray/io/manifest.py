@@ -58,9 +58,9 @@ def bucket_dir(bucket: int) -> str:
     return f"bucket={bucket:05d}"
 
 
-def buckets_for(rows: int) -> int:
+def buckets_for(rows: int, rows_per_bucket: int = ROWS_PER_BUCKET) -> int:
     """Power-of-two bucket count for about ``rows`` manifest rows."""
-    wanted = max(1, -(-rows // ROWS_PER_BUCKET))
+    wanted = max(1, -(-rows // rows_per_bucket))
     return min(MAX_BUCKETS, 1 << (wanted - 1).bit_length())
 
 
@@ -94,12 +94,12 @@ class Manifest:
                     self._buckets = int(json.loads(handle.read())["buckets"])
         return self._buckets
 
-    def ensure(self, expected_rows: int) -> int:
+    def ensure(self, expected_rows: int, rows_per_bucket: int = ROWS_PER_BUCKET) -> int:
         """The bucket count, choosing and recording one for a new root."""
         existing = self.buckets()
         if existing is not None:
             return existing
-        count = buckets_for(expected_rows)
+        count = buckets_for(expected_rows, rows_per_bucket)
         write_bytes(
             f"{self.root}/manifest/_manifest.json",
             json.dumps({"version": VERSION, "buckets": count}).encode(),
