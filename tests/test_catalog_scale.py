@@ -79,7 +79,7 @@ def test_fifty_thousand_items_one_record_each_and_after_resume(ray_local, tmp_pa
     glob = str(out / "manifest" / "bucket=*" / "*.parquet")
     total, distinct = duckdb.sql(
         f"select count(*), count(distinct output_id) from read_parquet('{glob}', hive_partitioning=true)"
-    ).fetchone()
+    ).fetchall()[0]
     assert total == distinct == n
     manifest = Manifest(str(out))
     assert manifest.buckets() == buckets_for(n, 8192) > 1
