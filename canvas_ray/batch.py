@@ -446,6 +446,8 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
     )
     processed = {"ok": 0, "review": 0, "rejected": 0, "error": 0}
     phase = time.time()
+    status_file = ProgressFile(request.output, options, run_id, remaining)
+    status_file.write("running", processed, force=True)
     if todo_items:
         check_resources(config)
         progress = _Progress(remaining, request.progress, terminal)
@@ -454,6 +456,7 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
                 key = entry["values"] if entry["values"] in processed else "error"
                 processed[key] += entry["counts"]
             progress.update(processed)
+            status_file.write("running", processed)
             if request.on_progress is not None:
                 request.on_progress(dict(processed, total=remaining))
         progress.close(processed)
@@ -470,6 +473,7 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
     summary["seconds"] = round(time.time() - started, 3)
     summary["phases_s"] = {k: round(v, 3) for k, v in timings.items()}
     write_bytes(join_uri(request.output, "summary.json"), json.dumps(summary, indent=2).encode(), options)
+    status_file.write("finished", processed, force=True)
     _print_summary(summary)
     return summary
 
@@ -488,6 +492,40 @@ def _remove_outputs(root: str, options: dict[str, Any]) -> None:
         target = f"{path.rstrip('/')}/{sub}"
         if fs.exists(target):
             fs.rm(target, recursive=True)
+
+
+class ProgressFile:
+    """``OUTPUT/progress.json``, rewritten at most every few seconds while a run goes: what an HTTP client
+    (the jobs API) or a dashboard polls. ``state`` is ``running`` or ``finished``."""
+
+    EVERY_S = 5.0
+
+    def __init__(self, root: str, options: dict[str, Any], run_id: str, total: int):
+        self.uri = join_uri(root, "progress.json")
+        self.options, self.run_id, self.total = options, run_id, total
+        self.started, self.last = time.time(), 0.0
+
+    def write(self, state: str, counts: dict[str, int], force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self.last < self.EVERY_S:
+            return
+        self.last = now
+        done = sum(counts.values())
+        rate = done / max(now - self.started, 1e-9)
+        record = {
+            "run_id": self.run_id,
+            "state": state,
+            "outputs_total": self.total,
+            "outputs_done": done,
+            **counts,
+            "outputs_per_second": round(rate, 3),
+            "eta_s": round((self.total - done) / rate, 1) if rate > 0 and state == "running" else None,
+            "updated_at": now,
+        }
+        try:
+            write_bytes(self.uri, json.dumps(record).encode(), self.options)
+        except OSError as error:  # progress is advisory: never fail the job over it
+            log.warning("could not write %s: %s", self.uri, error)
 
 
 class _Progress:

@@ -42,6 +42,7 @@ from canvas_ray.config import REPO_ROOT, CanvasConfig, ModelStage, canonical_asp
 from canvas_ray.io.images import encode_image
 from canvas_ray.io.outputs import join_uri, safe_name, write_bytes
 from canvas_ray.pipeline import QUALITY_COLUMNS, TIMING_COLUMNS, items_batch
+from canvas_ray.spec import in_process_stages, model_stages
 from canvas_ray.stages.base import OK, REVIEW, Batch, concat_batches, num_rows, take_rows
 from canvas_ray.stages.caption import Caption
 from canvas_ray.stages.composite import Composite
@@ -63,6 +64,7 @@ MAX_TITLE_TEXT = 200
 MAX_SEED = 2**31 - 1
 # Room for the multipart framing and the small form fields around the image.
 FORM_OVERHEAD = 256 * 1024
+DELIVERED = (OK, REVIEW)  # statuses whose image is returned (review: flagged, for a person to check)
 # Stages whose error rows mean "this input cannot be used" (422) rather than a failure of ours (500).
 INPUT_STAGES = ("decode", "segment", "prompt", "fetch")
 
@@ -343,6 +345,10 @@ class Ingress:
         self.prompt = Prompt(self.config, self.styles)
         self.composite = Composite(self.config, self.styles)
         self.segment, self.caption, self.inpaint = segment, caption, inpaint
+        # the stage order comes from the one pipeline spec: model stages are deployments (handles), the
+        # cheap ones run here in a thread
+        self.models = {"segment": segment, "caption": caption, "inpaint": inpaint}
+        self.order = in_process_stages()
         self.api_keys = configured_api_keys(self.config) if api_keys is None else api_keys
         self.ready = False
 
@@ -523,7 +529,7 @@ class Ingress:
     def _input_error(batch: Batch) -> None:
         """422 when every row failed because of the input; 500 when it failed in generation."""
         statuses = list(batch["status"])
-        if any(s == OK for s in statuses):
+        if any(s in DELIVERED for s in statuses):
             return
         reason = str(batch["error"][0]) if statuses else "no output"
         stage = reason.split(":", 1)[0]
@@ -558,23 +564,20 @@ class Ingress:
         if style_image is not None:  # decoded into `style_image` by Decode, never fetched from a URL
             item["style_image_bytes"] = style_image
         batch = items_batch([item])
-        if image is None:
-            batch = await asyncio.to_thread(self.fetch, batch)
-            self._input_error(batch)
-        batch = await asyncio.to_thread(self.decode, batch)
-        self._input_error(batch)
-        batch = await self.segment.run.remote(batch)
-        self._input_error(batch)
-        batch = await self.caption.run.remote(batch)
-        batch = await asyncio.to_thread(self.prompt, batch)
-        n = num_rows(batch)
-        batch[REQUEST_COLUMN] = np.asarray([rid] * n, dtype=object)
-        if fields.prompt:
-            batch["prompt"] = np.asarray([fields.prompt] * n, dtype=object)
-        self._input_error(batch)
-        batch = await self.inpaint.run.remote(batch)
-        batch = await asyncio.to_thread(self.composite, batch)
-        self._input_error(batch)
+        for name in self.order:
+            if name == "fetch" and image is not None:
+                continue  # uploaded bytes; URIs are fetched only when allowlisted
+            if name in self.models:
+                batch = await self.models[name].run.remote(batch)
+            else:
+                batch = await asyncio.to_thread(getattr(self, name), batch)
+            if name == "prompt":
+                n = num_rows(batch)
+                batch[REQUEST_COLUMN] = np.asarray([rid] * n, dtype=object)
+                if fields.prompt:
+                    batch["prompt"] = np.asarray([fields.prompt] * n, dtype=object)
+            if name != "caption":  # a caption failure is ours (5xx), every other stage may reject input
+                self._input_error(batch)
         return batch
 
     def _save(self, rid: str, name: str, data: bytes) -> str | None:
@@ -642,14 +645,19 @@ class Ingress:
             raise ApiError(422, "validation_error", "image: a product photo is required")
         rid = uuid.uuid4().hex
         batch = await self.generate(fields, image, aspects, rid, style_image)
-        ok = [i for i in range(num_rows(batch)) if batch["status"][i] == OK]
+        # `review` outputs are delivered too, flagged: the mask is not vouched for (quality.mask_review)
+        ok = [i for i in range(num_rows(batch)) if batch["status"][i] in DELIVERED]
         accept = [part.split(";")[0].strip().lower() for part in request.headers.get("accept", "").split(",")]
         wanted = next((FORMAT_OF_MIME[a] for a in accept if a in FORMAT_OF_MIME), None)
         if wanted is not None and len(ok) == 1:
             data = await asyncio.to_thread(self._encode, batch["result"][ok[0]], wanted)
             self._save(rid, str(batch["output_id"][ok[0]]) + "." + wanted, data)
             figures = quality_figures(batch, ok[0])
-            headers = {"X-Request-ID": rid, "X-Product-Preserved": "true"}
+            headers = {
+                "X-Request-ID": rid,
+                "X-Product-Preserved": "true",
+                "X-Status": _text(batch["status"][ok[0]]),
+            }
             headers.update(
                 {f"X-{k.replace('_', '-').title()}": str(v) for k, v in figures.items() if v is not None}
             )
@@ -661,6 +669,7 @@ class Ingress:
             uri = self._save(rid, f"{batch['output_id'][i]}.{fields.format}", data)
             images.append(
                 {
+                    "status": _text(batch["status"][i]),
                     "image_base64": base64.b64encode(data).decode(),
                     "mime": MIME[fields.format],
                     "style": _text(batch["style"][i]),
@@ -688,7 +697,7 @@ class Ingress:
                 "quality": quality_figures(batch, i),
             }
             for i in range(num_rows(batch))
-            if batch["status"][i] != OK
+            if batch["status"][i] not in DELIVERED
         ]
         caption = _text(batch["caption"][ok[0]]) if ok and "caption" in batch else ""
         body = {
@@ -735,9 +744,11 @@ def build_app(config: CanvasConfig, api_keys: list[str] | None = None) -> serve.
         "inpaint": InpaintDeployment,
         "ingress": Ingress,
     }
-    segment = deployments["segment"].options(**_options(config.segment, config)).bind(config)
-    caption = deployments["caption"].options(**_options(config.caption, config)).bind(config)
-    inpaint = deployments["inpaint"].options(**_options(config.inpaint, config)).bind(config)
+    bound = {  # one deployment per model stage of the pipeline spec
+        name: deployments[name].options(**_options(getattr(config, name), config)).bind(config)
+        for name in model_stages()
+    }
+    segment, caption, inpaint = bound["segment"], bound["caption"], bound["inpaint"]
     ingress_resources = config.composite.resources
     ingress = deployments["ingress"].options(
         num_replicas=ingress_resources.concurrency,

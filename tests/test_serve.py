@@ -114,6 +114,19 @@ def test_health_ready_styles_docs(client):
         assert element in page.text
 
 
+def test_review_outputs_are_returned_with_their_flag(client):
+    """A photo whose mask the segmenter cannot vouch for: the images come back, flagged `review`, never
+    as plain ok images (the weight-free segmenter on the busy mug scene: mask confidence 0.29)."""
+    busy = SAMPLE.parent / "sku-0002.jpg"
+    response = post(client, image=busy.read_bytes(), style="studio white", aspect_ratios="1:1")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    (image,) = body["images"]
+    assert image["status"] == "review" and image["quality"]["mask_review"] is True
+    assert image["quality"]["mask_confidence"] < 0.6 and image["product_preserved"] is True
+    assert body["errors"] == []
+
+
 def test_generate_json(client):
     response = post(
         client, image=SAMPLE.read_bytes(), style="marble countertop", n=2, aspect_ratios="1:1, 4x5", seed=7

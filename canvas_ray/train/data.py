@@ -21,10 +21,8 @@ from PIL import Image
 
 from canvas_ray.config import CanvasConfig, config_from_dict
 from canvas_ray.pipeline import items_batch
+from canvas_ray.spec import in_process_stages, make_stage
 from canvas_ray.stages.base import Batch, to_rgb
-from canvas_ray.stages.caption import Caption
-from canvas_ray.stages.decode import Decode, Fetch
-from canvas_ray.stages.segment import Segment
 from canvas_ray.train.config import FinetuneConfig
 
 log = logging.getLogger(__name__)
@@ -65,7 +63,9 @@ class PrepareExamples:
     def __init__(self, config: FinetuneConfig):
         canvas = stage_config(config)
         self.resolution = config.resolution
-        self.stages = (Fetch(canvas), Decode(canvas), Segment(canvas), Caption(canvas))
+        # the pipeline spec's stages up to Caption: masks and captions exactly as generation makes them
+        order = in_process_stages()
+        self.stages = tuple(make_stage(name, canvas) for name in order[: order.index("caption") + 1])
         self.errors: list[tuple[str, str]] = []
 
     def __call__(self, batch: Batch) -> Batch:
