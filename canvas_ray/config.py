@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
 DEFAULT_STYLES_FILE = REPO_ROOT / "configs" / "styles.yaml"
+DEFAULT_PROFILES_FILE = REPO_ROOT / "configs" / "profiles.yaml"
 _ASPECT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[:x/]\s*(\d+(?:\.\d+)?)\s*$")
 
 
@@ -52,6 +53,17 @@ class ModelStage(_Strict):
     options: dict[str, Any] = Field(default_factory=dict, description="backend-specific settings")
     resources: Resources = Field(default_factory=Resources)
 
+    @field_validator("backend")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        """The name must be in the stage's backend registry (which lists the valid ones on error)."""
+        from canvas_ray.registry import registry_for
+
+        kind = {"SegmentConfig": "segment", "CaptionConfig": "caption", "InpaintConfig": "inpaint"}.get(
+            cls.__name__
+        )
+        return registry_for(kind).check(value) if kind else value
+
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
@@ -61,7 +73,7 @@ class ModelStage(_Strict):
 
 
 class SegmentConfig(ModelStage):
-    backend: Literal["hf", "alpha", "backdrop", "onnx"] = "backdrop"
+    backend: str = Field("backdrop", description="a registered segmenter: hf, alpha, backdrop, onnx, …")
     fallback: Literal["backdrop", "none"] = Field(
         "backdrop", description="what `alpha` uses for images without a usable alpha channel"
     )
@@ -80,7 +92,7 @@ class SegmentConfig(ModelStage):
 
 
 class CaptionConfig(ModelStage):
-    backend: Literal["hf", "metadata"] = "metadata"
+    backend: str = Field("metadata", description="a registered captioner: hf, metadata, …")
     prompt: str = (
         "Describe this product photo in detail in two parts. "
         "Product: what the product is, its material, colour and shape. "
@@ -131,7 +143,7 @@ class IPAdapterSpec(_Strict):
 
 
 class InpaintConfig(ModelStage):
-    backend: Literal["diffusers", "studio"] = "studio"
+    backend: str = Field("studio", description="a registered inpainter: diffusers, studio, …")
     resolution: int = Field(512, ge=64, le=2048, description="long side of the model canvas (multiple of 8)")
     steps: int = Field(30, ge=1, le=500)
     guidance_scale: float = Field(7.5, ge=0, le=50)
@@ -267,6 +279,25 @@ class OutputConfig(_Strict):
         description="manifest rows per staging part while a run goes (a crash loses at most the unflushed)",
     )
 
+    profiles: list[str] = Field(
+        default_factory=list,
+        description="output profiles (configs/profiles.yaml) made per item and style; when set, the default "
+        "aspect_ratios are not made (a row's own aspect_ratios still are)",
+    )
+    profiles_file: str = Field(str(DEFAULT_PROFILES_FILE), description="YAML file of output profiles")
+
+    @field_validator("profiles")
+    @classmethod
+    def _profiles(cls, values: list[str]) -> list[str]:
+        from canvas_ray.profiles import PROFILE_NAME
+
+        for value in values:
+            if not re.fullmatch(PROFILE_NAME, value):
+                raise ValueError(f"bad profile name {value!r} (lowercase letters, digits and '-')")
+        if len(set(values)) != len(values):
+            raise ValueError(f"profiles repeat: {values}")
+        return values
+
     @field_validator("aspect_ratios")
     @classmethod
     def _aspects(cls, values: list[str]) -> list[str]:
@@ -333,6 +364,12 @@ class CanvasConfig(_Strict):
     def _fit_needs_size(self) -> CanvasConfig:
         if self.composite.scale == "fit" and self.output.long_side is None:
             raise ValueError("composite.scale=fit needs output.long_side")
+        if self.output.profiles:
+            from canvas_ray.profiles import ProfileBook
+
+            book = ProfileBook.load(self.output.profiles_file)
+            for name in self.output.profiles:
+                book.get(name)  # unknown names fail here, listing the known ones
         return self
 
     def fingerprint(self) -> str:
@@ -356,6 +393,11 @@ class CanvasConfig(_Strict):
         adapter = payload["inpaint"].get("ip_adapter")
         if adapter and Path(adapter["model"]).is_dir():
             adapter["model"] = Path(adapter["model"]).name
+        # Which profiles are made is part of each output id (like aspect ratios); what they draw counts by
+        # content when a run uses them (left out otherwise, so plain runs keep their fingerprints).
+        profiles_file = payload["output"].pop("profiles_file")
+        if payload["output"].pop("profiles"):
+            payload["profiles_content"] = Path(profiles_file).read_text()
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -411,6 +453,9 @@ def _resolve_relative(data: dict[str, Any], base: Path) -> None:
             for lora in section["loras"]:
                 if isinstance(lora, dict) and isinstance(lora.get("path"), str):
                     lora["path"] = fix(lora["path"])
+    output = data.get("output")
+    if isinstance(output, dict) and isinstance(output.get("profiles_file"), str):
+        output["profiles_file"] = fix(output["profiles_file"])
     styles = data.get("styles")
     if isinstance(styles, dict):
         if isinstance(styles.get("file"), str):

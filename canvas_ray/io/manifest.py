@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from canvas_ray.io.catalog import id_bucket
-from canvas_ray.io.outputs import MANIFEST_SCHEMA, join_uri, write_bytes
+from canvas_ray.io.outputs import MANIFEST_SCHEMA, join_uri, split_error, write_bytes
 from canvas_ray.stages.base import describe
 
 log = logging.getLogger(__name__)
@@ -421,6 +421,7 @@ def summarise(manifest: Manifest) -> dict[str, Any]:
         "item_id",
         "status",
         "error",
+        "error_stage",
         "product_preserved",
         "expansion_ratio",
         "quality_score",
@@ -457,8 +458,12 @@ def summarise(manifest: Manifest) -> dict[str, Any]:
         if optional:
             confidence.add(table.column("mask_confidence").drop_null().to_numpy())
         bad = table.filter(pc.not_equal(table.column("status"), "ok"))
-        for error in bad.column("error").to_pylist():
-            stage = (error or "unknown").split(":")[0]
+        for entry in pc.value_counts(bad.column("error_stage")).to_pylist():
+            if entry["values"] is not None:
+                reasons[entry["values"]] = reasons.get(entry["values"], 0) + entry["counts"]
+        legacy = bad.filter(pc.is_null(bad.column("error_stage")))  # rows written before error_stage
+        for error in legacy.column("error").to_pylist():
+            stage = split_error(error or "")[0] or "unknown"
             reasons[stage] = reasons.get(stage, 0) + 1
     summary: dict[str, Any] = {
         "outputs": rows,

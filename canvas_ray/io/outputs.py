@@ -35,7 +35,9 @@ MANIFEST_SCHEMA = pa.schema(
         ("output_id", pa.string()),
         ("item_id", pa.string()),
         ("status", pa.string()),
-        ("error", pa.string()),
+        ("error", pa.string()),  # "stage: reason", as set by the stage
+        ("error_stage", pa.string()),  # the same, split: the failing stage ...
+        ("error_reason", pa.string()),  # ... and what to do about it
         ("output_uri", pa.string()),
         ("style", pa.string()),
         ("style_key", pa.string()),
@@ -143,6 +145,14 @@ def write_bytes(uri: str, data: bytes, storage_options: dict[str, Any]) -> None:
             handle.write(data)
 
 
+def split_error(error: str) -> tuple[str | None, str | None]:
+    """``"decode: not an image"`` → ``("decode", "not an image")``; ``""`` → ``(None, None)``."""
+    if not error:
+        return None, None
+    stage, sep, reason = error.partition(": ")
+    return (stage, reason) if sep and stage.isidentifier() else (None, error)
+
+
 def _column(batch: Batch, name: str, kind: pa.DataType, n: int) -> pa.Array:
     """A batch column as a manifest column: NaN ("not measured") and None become nulls."""
     if name not in batch:
@@ -218,7 +228,10 @@ class WriteOutputs:
         preserved = (
             _column(batch, "product_preserved", pa.bool_(), n).fill_null(False).to_numpy(zero_copy_only=False)
         )
+        stages, reasons = zip(*(split_error(e) for e in error), strict=True) if n else ((), ())
         given = {
+            "error_stage": pa.array(stages, pa.string()),
+            "error_reason": pa.array(reasons, pa.string()),
             "item_id": pa.array(item_ids, pa.string()),
             "status": pa.array(status, pa.string()),
             "error": pa.array(error, pa.string()),

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from enum import Enum
 from typing import Any, TypeVar
 
 import numpy as np
@@ -20,12 +21,17 @@ log = logging.getLogger(__name__)
 Batch = dict[str, np.ndarray]
 T = TypeVar("T")
 
-OK = "ok"
-ERROR = "error"
-REJECTED = "rejected"  # generated, but failed a quality guard (e.g. object expansion); figures recorded
-REVIEW = (
-    "review"  # generated and kept, but the mask is not trusted (mask_confidence low): never delivered as ok
-)
+
+class Status(str, Enum):
+    """Every row's ``status``; the manifest, the summary and the Serve response use these values."""
+
+    OK = "ok"
+    ERROR = "error"
+    REJECTED = "rejected"  # generated, but failed a quality guard (e.g. object expansion); figures recorded
+    REVIEW = "review"  # generated and kept, but the mask is not trusted (low mask_confidence): never ok
+
+
+OK, ERROR, REJECTED, REVIEW = (s.value for s in Status)
 PLACEHOLDER_IMAGE = np.zeros((1, 1, 3), np.uint8)
 PLACEHOLDER_MASK = np.zeros((1, 1), np.uint8)
 

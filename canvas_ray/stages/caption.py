@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from canvas_ray.config import CanvasConfig, CaptionConfig
+from canvas_ray.registry import Registry
 from canvas_ray.stages.base import Batch, ensure_status, ok_indices, run_rows, timed, to_rgb
 
 STAGE = "caption"
@@ -175,10 +176,9 @@ class HFCaptioner:
         return out
 
 
-_BACKENDS: dict[str, type[MetadataCaptioner] | type[HFCaptioner]] = {
-    "metadata": MetadataCaptioner,
-    "hf": HFCaptioner,
-}
+BACKENDS: Registry[Any] = Registry("caption")
+BACKENDS.register("metadata")(MetadataCaptioner)
+BACKENDS.register("hf")(HFCaptioner)
 _META_COLUMNS = ("title", "description", "category", "brand")
 
 
@@ -187,11 +187,7 @@ class Caption:
 
     def __init__(self, config: CanvasConfig):
         self.spec = config.caption
-        if self.spec.backend not in _BACKENDS:
-            raise ValueError(
-                f"caption.backend {self.spec.backend!r} unknown; choose one of {sorted(_BACKENDS)}"
-            )
-        self.captioner = _BACKENDS[self.spec.backend](self.spec)
+        self.captioner = BACKENDS.build(self.spec.backend, self.spec)
 
     def __call__(self, batch: Batch) -> Batch:
         batch = ensure_status(batch)

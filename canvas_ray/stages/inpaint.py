@@ -33,6 +33,7 @@ from canvas_ray.compose import HARD, background_mask, model_size
 from canvas_ray.config import CanvasConfig, InpaintConfig
 from canvas_ray.quality.expansion import Expansion, ExpansionMeter
 from canvas_ray.quality.scoring import ClipScorer, Scores, weight_free_scores
+from canvas_ray.registry import Registry
 from canvas_ray.stages.base import (
     OK,
     PLACEHOLDER_IMAGE,
@@ -236,10 +237,9 @@ class DiffusersInpainter:
         return [image for image in out if image is not None]
 
 
-_BACKENDS: dict[str, type[StudioInpainter] | type[DiffusersInpainter]] = {
-    "studio": StudioInpainter,
-    "diffusers": DiffusersInpainter,
-}
+BACKENDS: Registry[Any] = Registry("inpaint")
+BACKENDS.register("studio")(StudioInpainter)
+BACKENDS.register("diffusers")(DiffusersInpainter)
 _ROW_COLUMNS = ("canvas", "canvas_mask", "style", "seed", "prompt", "negative_prompt", "style_image")
 
 
@@ -283,12 +283,8 @@ class Inpaint:
         from canvas_ray.stages.composite import Composite
 
         self.spec = config.inpaint
-        if self.spec.backend not in _BACKENDS:
-            raise ValueError(
-                f"inpaint.backend {self.spec.backend!r} unknown; choose one of {sorted(_BACKENDS)}"
-            )
         self.styles = styles or StyleBook.from_config(config)
-        self.inpainter = _BACKENDS[self.spec.backend](self.spec, self.styles)
+        self.inpainter = BACKENDS.build(self.spec.backend, self.spec, self.styles)
         self.quality = config.quality
         self.feather_px = config.composite.feather_px
         self.meter = ExpansionMeter(config) if self.quality.expansion.enabled else None
@@ -342,7 +338,9 @@ class Inpaint:
     def __call__(self, batch: Batch) -> Batch:
         batch = ensure_status(batch)
         n = len(batch["status"])
-        indices = ok_indices(batch)
+        # profile outputs on pure white (canvas_ray.profiles) need no generated background
+        white = [i for i in ok_indices(batch) if _pure_white(batch, i)]
+        indices = [i for i in ok_indices(batch) if i not in set(white)]
         guard = self.quality.expansion
         threshold = guard.threshold if guard.enabled else float("inf")
         max_attempts = guard.max_attempts if guard.enabled else 1
@@ -377,6 +375,8 @@ class Inpaint:
             batch["status"][index] = REJECTED
             chosen[index] = least  # its figures are recorded; its image is not delivered
         self._record(batch, n, indices, chosen, history, time.perf_counter() - start)
+        for index in white:
+            batch["background"][index] = np.full_like(batch["canvas"][index][..., :3], 255)
         return batch
 
     def _record(
@@ -432,3 +432,7 @@ class Inpaint:
         quality_s[indices] = self._quality_s * share
         batch["inpaint_s"] = inpaint_s
         batch["quality_s"] = quality_s
+
+
+def _pure_white(batch: Batch, index: int) -> bool:
+    return "background_rule" in batch and batch["background_rule"][index] == "pure_white"

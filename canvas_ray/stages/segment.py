@@ -20,6 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from canvas_ray.config import CanvasConfig, SegmentConfig
+from canvas_ray.registry import Registry
 from canvas_ray.stages.backdrop_mask import backdrop_product_mask
 from canvas_ray.stages.base import (
     PLACEHOLDER_MASK,
@@ -45,15 +46,8 @@ class Segmenter(Protocol):
         ...
 
 
-_BACKENDS: dict[str, type] = {}
-
-
-def register(name: str):
-    def wrap(cls: type) -> type:
-        _BACKENDS[name] = cls
-        return cls
-
-    return wrap
+BACKENDS: Registry[Segmenter] = Registry("segment")
+register = BACKENDS.register
 
 
 _alpha_mask = alpha_mask
@@ -147,9 +141,7 @@ register("onnx")(OnnxSegmenter)
 
 
 def build_segmenter(spec: SegmentConfig) -> Segmenter:
-    if spec.backend not in _BACKENDS:
-        raise ValueError(f"segment.backend {spec.backend!r} unknown; choose one of {sorted(_BACKENDS)}")
-    return _BACKENDS[spec.backend](spec)
+    return BACKENDS.build(spec.backend, spec)
 
 
 class Segment:

@@ -39,15 +39,24 @@ class LoraSection(_Strict):
 
 
 class DataSection(_Strict):
-    segment_backend: Literal["backdrop", "alpha", "hf", "onnx"] = "backdrop"
+    segment_backend: str = "backdrop"
     segment_model: str | None = None
-    caption_backend: Literal["metadata", "hf"] = "metadata"
+    caption_backend: str = "metadata"
     caption_model: str | None = None
     trust_remote_code: bool = Field(False, description="for remote-code segmenters such as BiRefNet")
     device: str = Field("cpu", description="device of the data-prep models: cpu | cuda | auto")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per data-prep actor (Ray Data path)")
     actors: int = Field(1, ge=1, description="data-prep actor pool size (Ray Data path)")
     use_ray_data: bool = Field(False, description="prepare examples with Ray Data instead of in-process")
+
+    @field_validator("segment_backend", "caption_backend")
+    @classmethod
+    def _registered(cls, value: str, info: Any) -> str:
+        """The same backend registries as generation (their error lists the valid names)."""
+        from canvas_ray.registry import registry_for
+
+        return registry_for(info.field_name.removesuffix("_backend")).check(value)
+
     limit: int | None = Field(None, ge=1)
 
 

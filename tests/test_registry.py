@@ -1,0 +1,75 @@
+"""One backend registry per stage kind: config validates names against it, a new backend is one class."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from canvas_ray.config import ConfigError, config_from_dict
+from canvas_ray.io.outputs import split_error
+from canvas_ray.registry import Registry, registry_for
+from canvas_ray.stages.base import Status
+
+
+@pytest.mark.parametrize(
+    ("kind", "names"),
+    [
+        ("segment", {"alpha", "backdrop", "hf", "onnx"}),
+        ("caption", {"hf", "metadata"}),
+        ("inpaint", {"diffusers", "studio"}),
+    ],
+)
+def test_config_rejects_unknown_backends_listing_the_registered_ones(kind, names):
+    assert set(registry_for(kind).names()) == names
+    with pytest.raises(ConfigError) as error:
+        config_from_dict({kind: {"backend": "nope"}})
+    assert f"{kind}.backend 'nope' unknown" in str(error.value)
+    assert all(repr(name) in str(error.value) for name in names)
+
+
+def test_a_new_backend_is_one_registered_class():
+    from canvas_ray.stages.segment import BACKENDS, Segment
+
+    @BACKENDS.register("test-everything-is-product-but-a-border")
+    class Frame:
+        def __init__(self, spec):
+            self.spec = spec
+
+        def product_masks(self, images):
+            masks = []
+            for image in images:
+                mask = np.zeros(image.shape[:2], np.float32)
+                mask[2:-2, 2:-2] = 1.0
+                masks.append(mask)
+            return masks
+
+    try:
+        config = config_from_dict({"segment": {"backend": "test-everything-is-product-but-a-border"}})
+        batch = {"image": np.empty(1, dtype=object), "status": np.array(["ok"], dtype=object)}
+        batch["image"][0] = np.zeros((20, 20, 3), np.uint8)
+        out = Segment(config)(batch)
+        assert out["status"][0] == "ok" and out["product_mask"][0][10, 10] >= 128
+    finally:
+        BACKENDS._entries.pop("test-everything-is-product-but-a-border")
+
+
+def test_registry_refuses_a_second_class_under_one_name():
+    registry: Registry[object] = Registry("thing")
+    registry.register("a")(int)
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.register("a")(str)
+
+
+def test_training_config_uses_the_same_registries(tmp_path):
+    from canvas_ray.train.config import DataSection
+
+    assert DataSection(segment_backend="onnx").segment_backend == "onnx"
+    with pytest.raises(ValueError, match="caption.backend 'nope' unknown"):
+        DataSection(caption_backend="nope")
+
+
+def test_status_values_and_error_split():
+    assert [s.value for s in Status] == ["ok", "error", "rejected", "review"]
+    assert split_error("decode: not an image: truncated") == ("decode", "not an image: truncated")
+    assert split_error("") == (None, None)
+    assert split_error("weird text without stage") == (None, "weird text without stage")
