@@ -145,6 +145,14 @@ def run_job(catalog: Path, output: Path) -> dict[str, Any]:
     raise RuntimeError(f"job failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
 
 
+def _report(label: str, n: int, job: dict[str, Any], extra: str) -> None:
+    print(
+        f"  {label:<7} {n:>9,} items: {job['wall_s']:8.1f} s"
+        f"  driver {job['driver_peak_mb']:7.1f} MB  {extra}",
+        flush=True,
+    )
+
+
 def measure(n: int, folder: Path, with_run: bool) -> dict[str, Any]:
     figures: dict[str, Any] = {"items": n}
     catalog_dir = folder / f"catalog-{n}"
@@ -154,28 +162,14 @@ def measure(n: int, folder: Path, with_run: bool) -> dict[str, Any]:
         run = run_job(catalog_dir, folder / f"run-{n}")
         run["overhead_items_per_s"] = round(n / run["wall_s"], 1)
         figures["run"] = run
-        print(
-            f"  run     {n:>9,} items: {run['wall_s']:8.1f} s  driver {run['driver_peak_mb']:7.1f} MB"
-            f"  {run['overhead_items_per_s']:8.1f} items/s",
-            flush=True,
-        )
+        _report("run", n, run, f"{run['overhead_items_per_s']:8.1f} items/s")
     finished = folder / f"finished-{n}"
     figures["manifest_rows"] = finish_manifest(catalog_dir / "part-0.parquet", finished)
-    resume = run_job(catalog_dir, finished)
-    figures["resume"] = resume
-    print(
-        f"  resume  {n:>9,} items: {resume['wall_s']:8.1f} s  driver {resume['driver_peak_mb']:7.1f} MB"
-        f"  processed {resume['items_processed']}",
-        flush=True,
-    )
+    figures["resume"] = resume = run_job(catalog_dir, finished)
+    _report("resume", n, resume, f"processed {resume['items_processed']}")
     write_catalog(catalog_dir / "part-1.parquet", 1, start=n)  # a second catalog file with one new item
-    one = run_job(catalog_dir, finished)
-    figures["one_more"] = one
-    print(
-        f"  +1 item {n:>9,} items: {one['wall_s']:8.1f} s  driver {one['driver_peak_mb']:7.1f} MB"
-        f"  processed {one['items_processed']}",
-        flush=True,
-    )
+    figures["one_more"] = one = run_job(catalog_dir, finished)
+    _report("+1 item", n, one, f"processed {one['items_processed']}")
     return figures
 
 

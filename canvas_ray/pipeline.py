@@ -54,11 +54,8 @@ QUALITY_COLUMNS = (
 
 def items_batch(items: list[dict[str, Any]]) -> Batch:
     """Catalog-like rows (dicts) → a batch; ``image_bytes`` stays an object column."""
-    keys: list[str] = []
-    for item in items:
-        keys.extend(k for k in item if k not in keys)
     batch: Batch = {}
-    for key in keys:
+    for key in dict.fromkeys(k for item in items for k in item):  # every key, in first-seen order
         values = [item.get(key) for item in items]
         batch[key] = object_column(values) if key == "image_bytes" else np.asarray(values, dtype=object)
     return batch

@@ -128,11 +128,8 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
 
 def concat_batches(batches: list[Batch]) -> Batch:
     """Rows of several batches in order; columns missing in some batches become ``None`` there."""
-    keys: list[str] = []
-    for batch in batches:
-        keys.extend(k for k in batch if k not in keys)
     out: Batch = {}
-    for key in keys:
+    for key in dict.fromkeys(k for batch in batches for k in batch):  # every column, first-seen order
         columns = [batch.get(key) for batch in batches]
         present = [c for c in columns if c is not None]
         same = len(present) == len(columns) and len({c.dtype for c in present}) == 1
