@@ -8,9 +8,10 @@ import pytest
 from canvas_ray.compose import composite
 from canvas_ray.config import load_config
 from canvas_ray.quality.expansion import measure_expansion
+from canvas_ray.quality.guard import candidate_seed
 from canvas_ray.quality.scoring import color_harmony, exposure, seam_energy, weight_free_scores
 from canvas_ray.stages.base import object_column
-from canvas_ray.stages.inpaint import Inpaint, candidate_seed
+from canvas_ray.stages.inpaint import Inpaint
 
 PRODUCT = (200, 30, 30)
 BACKDROP = 235
