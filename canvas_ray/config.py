@@ -331,6 +331,55 @@ class RayConfig(_Strict):
     )
 
 
+class JobsConfig(_Strict):
+    """Catalog jobs over HTTP (``POST /v1/jobs``, serve/jobs.py): submitted to Ray through the Jobs API."""
+
+    allowed_catalog_prefixes: list[str] = Field(
+        default_factory=list, description="catalog URIs must start with one of these (none: every job is 403)"
+    )
+    output_root: str | None = Field(
+        None, description="jobs write under this root (None: serve.output_root/jobs; neither: jobs disabled)"
+    )
+    dashboard_address: str | None = Field(
+        None,
+        description="Ray Jobs API address, e.g. http://127.0.0.1:8265 (None: RAY_ADDRESS or the local one)",
+    )
+    python: str = Field("python", min_length=1, description="interpreter of the job's entry point")
+    working_dir: str | None = Field(
+        None, description="runtime_env working_dir of the job (None: this checkout on PYTHONPATH)"
+    )
+    max_concurrent_per_key: int = Field(2, ge=1, le=1000, description="running jobs per API key")
+    max_variants: int = Field(4, ge=1, le=64)
+    max_styles: int = Field(8, ge=1, le=64)
+    webhook_allowed_hosts: list[str] = Field(
+        default_factory=list, description="webhook URLs (and every redirect) must be on these hosts"
+    )
+    webhook_secret_env: str = Field(
+        "CANVAS_RAY_WEBHOOK_SECRET", description="environment variable holding the HMAC-SHA256 shared secret"
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0, le=120, description="per attempt")
+    webhook_attempts: int = Field(4, ge=1, le=20)
+    webhook_backoff_s: float = Field(1.0, ge=0, le=60, description="first retry delay, doubled each time")
+    webhook_deadline_s: float = Field(120.0, gt=0, le=3600, description="all attempts together")
+    poll_s: float = Field(2.0, gt=0, le=60, description="how often a job's state is checked for its webhook")
+
+    @field_validator("allowed_catalog_prefixes")
+    @classmethod
+    def _prefixes(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not value or ".." in value.split("/") or not (value.endswith("/") or "://" in value):
+                raise ValueError(f"catalog prefix {value!r} must be a folder ending in '/' (no '..')")
+        return values
+
+    @field_validator("webhook_allowed_hosts")
+    @classmethod
+    def _hosts(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not re.fullmatch(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\]", value):
+                raise ValueError(f"webhook host {value!r} must be a bare host name or IP (no scheme or port)")
+        return [v.lower() for v in values]
+
+
 class ServeConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -343,6 +392,27 @@ class ServeConfig(_Strict):
     api_keys_env: str = "CANVAS_RAY_API_KEYS"
     allowed_uri_prefixes: list[str] = Field(default_factory=list)
     output_root: str | None = None
+    jobs: JobsConfig = Field(default_factory=JobsConfig)
+    # load shedding: bounded queues instead of ever-longer waits (503 + Retry-After past the bound)
+    max_inflight: int = Field(8, ge=1, le=4096, description="generate requests running in the ingress")
+    max_queued: int = Field(16, ge=0, le=100_000, description="requests waiting for a slot; more get 503")
+    model_max_queued: int = Field(
+        64, ge=1, le=100_000, description="max_queued_requests of each model deployment (503 past it)"
+    )
+    retry_after_s: float = Field(2.0, gt=0, le=3600, description="the Retry-After sent with 503 and 429")
+    request_timeout_s: float = Field(
+        120.0, gt=0, le=3600, description="deadline of one request: cancelled and answered 504 past it"
+    )
+    rate_limit_per_key: float | None = Field(
+        None, gt=0, description="requests per second per API key (429 past it); None = no limit"
+    )
+    rate_limit_burst: int = Field(10, ge=1, le=10_000)
+    max_json_depth: int = Field(32, ge=2, le=1000, description="deepest nesting accepted in JSON bodies")
+    max_drain_bytes: int = Field(
+        256 * 2**20,
+        ge=0,
+        description="a refused (413) body is read and dropped up to this size so clients see the 413",
+    )
 
 
 class CanvasConfig(_Strict):

@@ -19,9 +19,9 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import logging
 import os
+import re
 import time
 import uuid
 from pathlib import Path
@@ -34,6 +34,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request as StarletteRequest
@@ -51,6 +52,9 @@ from canvas_ray.stages.inpaint import Inpaint
 from canvas_ray.stages.prompt import Prompt
 from canvas_ray.stages.segment import Segment
 from canvas_ray.styles import MAX_STYLE_TEXT, StyleBook
+from serve.admission import Admission, RateLimiter, RefusedError, parse_json_object, with_deadline
+from serve.jobs import JobRoutes
+from serve.jobs import router as jobs_router
 
 log = logging.getLogger("canvas_ray.serve")
 
@@ -61,12 +65,13 @@ MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 FORMAT_OF_MIME = {mime: fmt for fmt, mime in MIME.items()}
 MAX_PROMPT_TEXT = 1000
 MAX_TITLE_TEXT = 200
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # tab and newline are text; the rest is not
 MAX_SEED = 2**31 - 1
 # Room for the multipart framing and the small form fields around the image.
 FORM_OVERHEAD = 256 * 1024
 DELIVERED = (OK, REVIEW)  # statuses whose image is returned (review: flagged, for a person to check)
 # Stages whose error rows mean "this input cannot be used" (422) rather than a failure of ours (500).
-INPUT_STAGES = ("decode", "segment", "prompt", "fetch")
+INPUT_STAGES = ("decode", "segment", "prompt", "fetch", "profile", "compliance")
 
 
 # --------------------------------------------------------------------------------------- batch helpers
@@ -183,6 +188,11 @@ class GenerateFields(BaseModel):
     n: int = Field(1, description="variants per aspect ratio, 1..serve.max_variants")
     seed: int | None = Field(None, description=f"fixed seed 0..{MAX_SEED}; variant k uses seed+k")
     aspect_ratios: str | None = Field(None, description="comma-separated W:H, e.g. '1:1,4:5'")
+    profile: str | None = Field(
+        None,
+        description="comma-separated output profiles (GET /v1/profiles), e.g. 'amazon-main,stories'; "
+        "each is checked for compliance; without aspect_ratios only the profiles are made",
+    )
     format: Literal["png", "jpeg", "webp"] = "png"
     title: str | None = Field(None, description="product title, helps the caption")
     image_uri: str | None = Field(None, description="fetch the image from here (only allowed prefixes)")
@@ -244,10 +254,18 @@ app = FastAPI(
 )
 
 
+app.include_router(jobs_router)  # /v1/jobs: catalog jobs on the cluster (serve/jobs.py)
+
+
 @app.exception_handler(ApiError)
 async def _api_error(_: Request, error: ApiError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
     return error_response(error.status, error.code, error.message, headers)
+
+
+@app.exception_handler(RefusedError)
+async def _refused(_: Request, error: RefusedError) -> JSONResponse:
+    return error_response(error.status, error.code, error.message, error.headers or None)
 
 
 @app.exception_handler(RequestValidationError)
@@ -322,13 +340,40 @@ def quality_figures(batch: Batch, index: int) -> dict[str, Any]:
     return figures
 
 
+def compliance_figures(batch: Batch, index: int) -> dict[str, Any]:
+    """``profile`` and its ``compliance`` check for one output (both None for plain aspect ratios)."""
+    profile = _text(batch["profile"][index]) if "profile" in batch else ""
+    if not profile:
+        return {"profile": None, "compliance": None}
+    checked = "compliant" in batch and batch["compliant"][index] is not None
+    if not checked:
+        return {"profile": profile, "compliance": None}
+
+    def number(name: str) -> float | None:
+        value = float(batch[name][index]) if name in batch else float("nan")
+        return None if value != value else round(value, 6)
+
+    issues = _text(batch["compliance_issues"][index])
+    return {
+        "profile": profile,
+        "compliance": {
+            "compliant": bool(batch["compliant"][index]),
+            "issues": [part for part in issues.split("; ") if part],
+            "fill_ratio": number("fill_ratio"),
+            "background_purity": number("background_purity"),
+            "product_scale": number("product_scale"),
+            "upscaled": bool(batch["upscaled"][index]),
+        },
+    }
+
+
 def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
 @serve.deployment
 @serve.ingress(app)
-class Ingress:
+class Ingress(JobRoutes):
     def __init__(
         self,
         config: CanvasConfig,
@@ -351,6 +396,12 @@ class Ingress:
         self.order = in_process_stages()
         self.api_keys = configured_api_keys(self.config) if api_keys is None else api_keys
         self.ready = False
+        self.init_jobs()
+        self.admission = Admission(
+            self.limits.max_inflight, self.limits.max_queued, self.limits.retry_after_s
+        )
+        rate = self.limits.rate_limit_per_key
+        self.rate_limiter = RateLimiter(rate, self.limits.rate_limit_burst) if rate else None
 
     # -- helpers ------------------------------------------------------------------------------------
 
@@ -371,15 +422,28 @@ class Ingress:
         if length is not None:
             if not length.isdigit():
                 raise ApiError(400, "bad_request", "Content-Length is not a number")
-            if int(length) > cap:
+            if int(length) > cap:  # refused from the header, before reading a byte
+                await self._drain(request, int(length))
                 raise ApiError(413, "too_large", self._too_large_message())
         chunks, total = [], 0
         async for chunk in request.stream():
             total += len(chunk)
-            if total > cap:
+            if total > cap:  # a streamed body is refused once it passes the limit
+                await self._drain(request, None)
                 raise ApiError(413, "too_large", self._too_large_message())
             chunks.append(chunk)
         return b"".join(chunks)
+
+    async def _drain(self, request: Request, length: int | None) -> None:
+        """Read and drop the rest of a refused body (up to ``serve.max_drain_bytes``), so that a client
+        still uploading gets the 413 instead of a broken pipe; beyond that, the connection is closed."""
+        if length is not None and length > self.limits.max_drain_bytes:
+            return
+        drained = 0
+        async for chunk in request.stream():
+            drained += len(chunk)
+            if drained > self.limits.max_drain_bytes:
+                return
 
     def _too_large_message(self, field: str | None = None) -> str:
         what = f"{field}: the file" if field else "the upload"
@@ -454,12 +518,7 @@ class Ingress:
         return b"".join(chunks)
 
     def _parse_json(self, body: bytes) -> tuple[GenerateFields, bytes | None, bytes | None]:
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise ApiError(400, "bad_request", "the body is not valid JSON") from None
-        if not isinstance(data, dict):
-            raise ApiError(422, "validation_error", "the JSON body must be an object")
+        data = parse_json_object(body, self.limits.max_json_depth)  # UTF-8 only, bounded depth, no dup keys
         fields = self._validate(GenerateJSON, data)
         assert isinstance(fields, GenerateJSON)
         image = self._base64(fields.image_base64, "image_base64")
@@ -498,6 +557,10 @@ class Ingress:
             raise ApiError(400, "bad_request", f"n must be between 1 and {self.limits.max_variants}")
         if fields.seed is not None and not 0 <= fields.seed <= MAX_SEED:
             raise ApiError(400, "bad_request", f"seed must be between 0 and {MAX_SEED}")
+        for name in ("style", "title", "prompt"):
+            text = getattr(fields, name)
+            if text is not None and CONTROL_CHARS.search(text):
+                raise ApiError(400, "bad_request", f"{name} contains control characters: send plain text")
         if "|" in fields.style:
             raise ApiError(400, "bad_style", "style must be one style ('|' is not allowed)")
         try:
@@ -525,6 +588,18 @@ class Ingress:
                 raise ApiError(400, "bad_aspect", "at most 8 aspect ratios")
         return aspects
 
+    def _check_profiles(self, fields: GenerateFields) -> list[str]:
+        """The requested output profiles, each known (400 otherwise)."""
+        names = [p.strip() for p in (fields.profile or "").split(",") if p.strip()]
+        if len(names) > 8:
+            raise ApiError(400, "bad_profile", "at most 8 profiles")
+        for name in names:
+            try:
+                self.prompt.profiles.get(name)
+            except ValueError as error:
+                raise ApiError(400, "bad_profile", str(error)) from None
+        return list(dict.fromkeys(names))
+
     @staticmethod
     def _input_error(batch: Batch) -> None:
         """422 when every row failed because of the input; 500 when it failed in generation."""
@@ -534,7 +609,8 @@ class Ingress:
         reason = str(batch["error"][0]) if statuses else "no output"
         stage = reason.split(":", 1)[0]
         if stage in INPUT_STAGES:
-            raise ApiError(422, "invalid_image" if stage != "prompt" else "invalid_request", reason)
+            code = {"prompt": "invalid_request", "profile": "invalid_request", "compliance": "not_compliant"}
+            raise ApiError(422, code.get(stage, "invalid_image"), reason)
         raise ApiError(500, "generation_failed", reason)
 
     # -- the pipeline -------------------------------------------------------------------------------
@@ -553,6 +629,7 @@ class Ingress:
             "style": " ".join(fields.style.split()),
             "variants": fields.n,
             "aspect_ratios": "|".join(aspects) if aspects else None,
+            "profile": "|".join(self._check_profiles(fields)) or None,
             "seed": fields.seed,
             "title": fields.title or "",
             REQUEST_COLUMN: rid,
@@ -568,7 +645,15 @@ class Ingress:
             if name == "fetch" and image is not None:
                 continue  # uploaded bytes; URIs are fetched only when allowlisted
             if name in self.models:
-                batch = await self.models[name].run.remote(batch)
+                try:
+                    batch = await self.models[name].run.remote(batch)
+                except BackPressureError:
+                    raise RefusedError(
+                        503,
+                        "overloaded",
+                        f"the {name} model is at capacity; retry later",
+                        self.limits.retry_after_s,
+                    ) from None
             else:
                 batch = await asyncio.to_thread(getattr(self, name), batch)
             if name == "prompt":
@@ -617,6 +702,14 @@ class Ingress:
                 return error_response(503, "not_ready", f"model deployments not ready: {error}"[:500])
         if not self.ready:
             return error_response(503, "not_ready", "model deployments not ready")
+        if self.admission.saturated:
+            return error_response(
+                503,
+                "saturated",
+                f"every slot is busy and the queue is full ({self.admission.inflight} running, "
+                f"{self.admission.queued} waiting)",
+                {"Retry-After": str(max(1, round(self.limits.retry_after_s)))},
+            )
         return JSONResponse({"status": "ready"})
 
     @app.get("/v1/styles", summary="style presets", responses={401: {}})
@@ -633,12 +726,26 @@ class Ingress:
             "max_style_chars": MAX_STYLE_TEXT,
         }
 
+    @app.get("/v1/profiles", summary="output profiles (channel rules)", responses={401: {}})
+    async def profiles_list(self, request: Request) -> dict[str, Any]:
+        self._authorize(request)
+        book = self.prompt.profiles
+        return {"profiles": [book.get(name).model_dump(mode="json") for name in book.names()]}
+
     @app.post("/v1/backgrounds", summary="new backgrounds for a product photo", openapi_extra=_openapi_body())
     async def backgrounds(self, request: Request) -> Response:
         started = time.perf_counter()
         self._authorize(request)
+        if self.rate_limiter is not None:  # per API key (per client address without keys)
+            header = request.headers.get("authorization", "")
+            self.rate_limiter.take(header or (request.client.host if request.client else "-"))
+        async with self.admission.slot():  # bounded: past the queue, 503 + Retry-After at once
+            return await with_deadline(self._backgrounds(request, started), self.limits.request_timeout_s)
+
+    async def _backgrounds(self, request: Request, started: float) -> Response:
         fields, image, style_image = await self._parse(request)
         aspects = self._check(fields)
+        self._check_profiles(fields)
         if image is not None and fields.image_uri is not None:
             raise ApiError(400, "bad_request", "give either an image or image_uri, not both")
         if image is None and fields.image_uri is None:
@@ -683,6 +790,7 @@ class Ingress:
                     "width": int(result.shape[1]),
                     "height": int(result.shape[0]),
                     "quality": quality_figures(batch, i),
+                    **compliance_figures(batch, i),
                     "timings": {c: round(float(batch[c][i]), 4) for c in TIMING_COLUMNS if c in batch},
                     **({"uri": uri} if uri else {}),
                 }
@@ -695,6 +803,7 @@ class Ingress:
                 "status": _text(batch["status"][i]),
                 "error": _text(batch["error"][i]),
                 "quality": quality_figures(batch, i),
+                **compliance_figures(batch, i),
             }
             for i in range(num_rows(batch))
             if batch["status"][i] not in DELIVERED
@@ -722,6 +831,8 @@ def _options(stage: ModelStage, config: CanvasConfig) -> dict[str, Any]:
         "ray_actor_options": {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus},
         # Enough requests in flight per replica for a full batch to form.
         "max_ongoing_requests": max(2 * config.serve.max_batch_size, 8),
+        # a bounded queue per model deployment: past it callers get BackPressureError (503), not a wait
+        "max_queued_requests": config.serve.model_max_queued,
     }
     if res.max_concurrency is not None and res.max_concurrency > res.concurrency:
         options["autoscaling_config"] = {

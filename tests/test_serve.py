@@ -62,6 +62,9 @@ def server(ray_local, tmp_path_factory):
         api_keys=[API_KEY], output_root=str(outputs), allowed_uri_prefixes=[str(allowed) + "/"]
     )
     serve.run(build_app(auth_config), name="auth", route_prefix="/auth")
+    # tight bounds for the overload test: one request runs, one waits, the rest are shed
+    shed_config = local_config(max_inflight=1, max_queued=1, retry_after_s=3, request_timeout_s=60)
+    serve.run(build_app(shed_config), name="shed", route_prefix="/shed")
     base = f"http://127.0.0.1:{port}"
     with httpx.Client(base_url=base, timeout=60) as client:
         yield {"base": base, "client": client, "outputs": outputs, "allowed": allowed, "serve": serve}
@@ -531,3 +534,205 @@ def test_tiny_neural_models(tiny_app):
         headers={"Accept": "image/png"},
     )
     assert single.status_code == 200 and single.headers["content-type"] == "image/png"
+
+
+# ------------------------------------------------------------------------- hostile input and overload
+
+
+def _png_with_size(width: int, height: int) -> bytes:
+    """A valid PNG header claiming ``width`` x ``height`` (a decompression bomb), with a tiny body."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0"))
+        + chunk(b"IEND", b"")
+    )
+
+
+JSON = {"content-type": "application/json"}
+HOSTILE: list[tuple[str, dict[str, Any]]] = [
+    ("nested arrays", {"content": b"[" * 100_000 + b"]" * 100_000, "headers": JSON}),
+    ("nested objects", {"content": b'{"a":' * 5000 + b"1" + b"}" * 5000, "headers": JSON}),
+    ("utf-16 body", {"content": '{"style": "x"}'.encode("utf-16"), "headers": JSON}),
+    ("utf-8 BOM", {"content": b'\xef\xbb\xbf{"style": "x"}', "headers": JSON}),
+    ("invalid utf-8", {"content": b'{"style": "\xff\xfe\xfd"}', "headers": JSON}),
+    ("duplicate json keys", {"content": b'{"style": "a", "style": "b"}', "headers": JSON}),
+    ("json null", {"content": b"null", "headers": JSON}),
+    ("json number", {"content": b"12", "headers": JSON}),
+    ("json string", {"content": b'"style"', "headers": JSON}),
+    ("json array", {"content": b'[{"style": "x"}]', "headers": JSON}),
+    ("empty json", {"content": b"", "headers": JSON}),
+    ("truncated json", {"content": b'{"style": "x", "image_base64": "iVBOR', "headers": JSON}),
+    ("NaN seed", {"content": b'{"style": "x", "seed": NaN}', "headers": JSON}),
+    ("huge seed", {"json": {"style": "x", "seed": 2**70}}),
+    ("float n", {"json": {"style": "x", "n": 1.5}}),
+    ("bool style", {"json": {"style": True}}),
+    ("null style", {"json": {"style": None}}),
+    ("style object", {"json": {"style": {"$ne": 1}}}),
+    ("missing style", {"json": {"image_base64": "aGVsbG8="}}),
+    ("not base64", {"json": {"style": "x", "image_base64": "!!!not base64!!!"}}),
+    ("base64 of text", {"json": {"style": "x", "image_base64": "aGVsbG8gd29ybGQ="}}),
+    ("unknown field", {"json": {"style": "x", "admin": True}}),
+    ("control characters in style", {"json": {"style": "x\x00\x07\x1b[31m"}}),
+    ("title too long", {"json": {"style": "x", "title": "t" * 5000}}),
+    ("prompt too long", {"json": {"style": "x", "prompt": "p" * 5000}}),
+    ("aspect zero", {"json": {"style": "x", "aspect_ratios": "0:0"}}),
+    ("aspect huge", {"json": {"style": "x", "aspect_ratios": "100000:1"}}),
+    ("aspect injection", {"json": {"style": "x", "aspect_ratios": "1:1;rm -rf /"}}),
+    ("format svg", {"json": {"style": "x", "format": "svg"}}),
+    ("file uri", {"json": {"style": "x", "image_uri": "file:///etc/passwd"}}),
+    ("metadata uri", {"json": {"style": "x", "image_uri": "http://169.254.169.254/latest/"}}),
+    ("traversal uri", {"json": {"style": "x", "image_uri": "../../../../etc/passwd"}}),
+    ("bomb header", {"multipart": {"style": "x"}, "image": _png_with_size(30000, 30000)}),
+    ("zero-byte image", {"multipart": {"style": "x"}, "image": b""}),
+    (
+        "svg with entity",
+        {
+            "multipart": {"style": "x"},
+            "image": b'<?xml version="1.0"?><!DOCTYPE s [<!ENTITY x SYSTEM "file:///etc/passwd">]><svg>&x;</svg>',
+        },
+    ),
+    ("text as image", {"multipart": {"style": "x"}, "image": b"GIF89a but not really"}),
+    ("multipart duplicate field", {"multipart_raw": [("style", "a"), ("style", "b")]}),
+    ("multipart image as text", {"multipart_raw": [("style", "a"), ("image", "not a file")]}),
+    (
+        "broken multipart",
+        {
+            "content": b"--x\r\nContent-Disposition: form-data; name=",
+            "headers": {"content-type": "multipart/form-data; boundary=x"},
+        },
+    ),
+    ("multipart without boundary", {"content": b"abc", "headers": {"content-type": "multipart/form-data"}}),
+    (
+        "lying content-length",
+        {"content": b'{"style": "x"}', "headers": {**JSON, "content-length": "999999999999"}},
+    ),
+    (
+        "non-numeric content-length",
+        # refused by the HTTP server itself (h11) before the app sees it: a plain-text 400
+        {"content": b'{"style": "x"}', "headers": {**JSON, "content-length": "12abc"}, "protocol": True},
+    ),
+    ("xml body", {"content": b"<a/>", "headers": {"content-type": "application/xml"}}),
+]
+
+
+def _send(client: httpx.Client, case: dict[str, Any]) -> httpx.Response:
+    if "json" in case:
+        return client.post("/v1/backgrounds", json=case["json"])
+    if "multipart" in case:
+        return post(client, image=case.get("image"), **case["multipart"])
+    if "multipart_raw" in case:
+        return client.post("/v1/backgrounds", files=[(k, (None, v)) for k, v in case["multipart_raw"]])
+    headers = case.get("headers", {})
+    if "content-length" in headers:  # HTTP clients refuse to lie: write the request on a raw socket
+        return _raw_post(str(client.base_url), case["content"], headers)
+    return client.post("/v1/backgrounds", content=case["content"], headers=headers)
+
+
+def _length(data: bytes) -> int:
+    for line in data.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
+def _raw_post(base: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    host, port = base.removeprefix("http://").rstrip("/").split(":")
+    lines = ["POST /v1/backgrounds HTTP/1.1", f"Host: {host}", "Connection: close"]
+    lines += [f"{key}: {value}" for key, value in headers.items()]
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        data = b""  # the body may be short of what the header promised: read the answer without closing
+        while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < _length(data):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, payload = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return httpx.Response(status, content=payload, headers={"content-type": "application/json"})
+
+
+@pytest.mark.parametrize("name", [name for name, _ in HOSTILE])
+def test_hostile_input_gets_a_4xx_that_says_what_to_fix(client, name):
+    case = dict(HOSTILE)[name]
+    response = _send(client, case)
+    assert 400 <= response.status_code < 500, (name, response.status_code, response.text[:300])
+    if not case.get("protocol"):
+        error = response.json()["error"]
+        assert error["code"] and len(error["message"]) > 10
+    assert client.get("/readyz").status_code == 200  # and the service is still ready
+
+
+def test_huge_body_gets_a_clean_413(client):
+    """A 40 MB JSON body: refused from Content-Length, drained, answered 413 (no broken pipe)."""
+    body = b'{"style": "x", "image_base64": "' + b"A" * (40 * 2**20) + b'"}'
+    assert_error(client.post("/v1/backgrounds", content=body, headers=JSON), 413, "too_large")
+
+    def chunks():  # the same without Content-Length: refused once past the limit, then drained
+        yield body[: 2**20]
+        for start in range(2**20, len(body), 2**20):
+            yield body[start : start + 2**20]
+
+    assert_error(client.post("/v1/backgrounds", content=chunks(), headers=JSON), 413, "too_large")
+    assert client.get("/readyz").status_code == 200
+
+
+def test_user_text_stays_text(server, client):
+    """Traversal and HTML in the text fields: kept as text, never a path (control characters: 400)."""
+    payload = "../../../../etc/passwd<script>alert(1)</script>&amp;"
+    response = post(client, image=product_png(), style=payload, title=payload, aspect_ratios="1:1")
+    assert response.status_code == 200, response.text
+    (image,) = response.json()["images"]
+    assert image["style"] == payload  # free text, kept as text
+    # the authenticated app saves outputs: file names come from the sanitiser, inside output_root
+    headers = {"authorization": f"Bearer {API_KEY}"}
+    parts = [("style", (None, payload)), ("image", ("p.png", product_png(), "image/png"))]
+    ok = server["client"].post("/auth/v1/backgrounds", files=parts, headers=headers)
+    assert ok.status_code == 200, ok.text
+    outputs = server["outputs"]
+    for path in outputs.rglob("*"):
+        assert outputs in path.resolve().parents
+        assert "<" not in path.name and ".." not in path.name
+
+
+def test_overload_sheds_with_retry_after_and_admitted_requests_finish(server):
+    base = server["base"] + "/shed"
+    results = asyncio.run(asyncio.wait_for(_fire_detailed(base, 12, 12, product_png()), timeout=240))
+    shed = [r for r in results if r[0] == 503]
+    done = [r for r in results if r[0] == 200]
+    assert len(shed) + len(done) == 12, [r[0] for r in results]
+    assert len(done) >= 2 and len(shed) >= 1
+    assert all(r[2].get("retry-after") == "3" for r in shed)
+    assert all(r[3]["error"]["code"] == "overloaded" for r in shed)
+    latencies = sorted(r[1] for r in done)
+    assert latencies[int(0.95 * len(latencies)) - 1] < 60  # p95 of admitted requests within the deadline
+
+
+async def _fire_detailed(
+    base: str, total: int, concurrency: int, image: bytes
+) -> list[tuple[int, float, dict, Any]]:
+    limit = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=base, timeout=120) as session:
+
+        async def one() -> tuple[int, float, dict, Any]:
+            async with limit:
+                started = time.perf_counter()
+                files = {"image": ("p.png", image, "image/png"), "style": (None, "studio white")}
+                response = await session.post("/v1/backgrounds", files=files)
+                body = (
+                    response.json()
+                    if response.headers.get("content-type", "").startswith("application/json")
+                    else None
+                )
+                return response.status_code, time.perf_counter() - started, dict(response.headers), body
+
+        return await asyncio.gather(*(one() for _ in range(total)))
