@@ -24,6 +24,7 @@ import os
 import re
 import time
 import uuid
+from collections import deque
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
@@ -55,6 +56,7 @@ from canvas_ray.styles import MAX_STYLE_TEXT, StyleBook
 from serve.admission import Admission, RateLimiter, RefusedError, parse_json_object, with_deadline
 from serve.jobs import JobRoutes
 from serve.jobs import router as jobs_router
+from serve.metrics import BatchMetrics, ServiceMetrics
 
 log = logging.getLogger("canvas_ray.serve")
 
@@ -92,11 +94,14 @@ class _StageServer:
     def __init__(self, stage: Any, config: CanvasConfig):
         self.stage = stage
         self.config = config
-        self._sizes: list[int] = []
-        self._rows: list[int] = []
+        # the recent calls only: a long-running replica must not grow with its traffic
+        self._sizes: deque[int] = deque(maxlen=100_000)
+        self._rows: deque[int] = deque(maxlen=100_000)
+        self._metrics = BatchMetrics(type(stage).__name__.lower())
 
     def _process(self, batches: list[Batch]) -> list[Batch]:
         self._sizes.append(len(batches))
+        self._metrics.observe(len(batches))
         ids = [str(b[REQUEST_COLUMN][0]) for b in batches]
         if len(set(ids)) != len(ids):  # never expected; keeps the split unambiguous anyway
             return [self.stage(b) for b in batches]
@@ -400,6 +405,7 @@ class Ingress(JobRoutes):
         self.admission = Admission(
             self.limits.max_inflight, self.limits.max_queued, self.limits.retry_after_s
         )
+        self.metrics = ServiceMetrics()
         rate = self.limits.rate_limit_per_key
         self.rate_limiter = RateLimiter(rate, self.limits.rate_limit_burst) if rate else None
 
@@ -644,6 +650,7 @@ class Ingress(JobRoutes):
         for name in self.order:
             if name == "fetch" and image is not None:
                 continue  # uploaded bytes; URIs are fetched only when allowlisted
+            begun = time.perf_counter()
             if name in self.models:
                 try:
                     batch = await self.models[name].run.remote(batch)
@@ -656,6 +663,7 @@ class Ingress(JobRoutes):
                     ) from None
             else:
                 batch = await asyncio.to_thread(getattr(self, name), batch)
+            self.metrics.stage(name, time.perf_counter() - begun)
             if name == "prompt":
                 n = num_rows(batch)
                 batch[REQUEST_COLUMN] = np.asarray([rid] * n, dtype=object)
@@ -686,6 +694,11 @@ class Ingress(JobRoutes):
     @app.get("/", include_in_schema=False)
     async def page(self) -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/v1/stats", summary="this replica's request counts, queue depth and stage latencies")
+    async def stats(self, request: Request) -> dict[str, Any]:
+        self._authorize(request)
+        return self.metrics.snapshot(self.admission.inflight, self.admission.queued)
 
     @app.get("/healthz", summary="process is up")
     async def healthz(self) -> dict[str, str]:
@@ -739,8 +752,21 @@ class Ingress(JobRoutes):
         if self.rate_limiter is not None:  # per API key (per client address without keys)
             header = request.headers.get("authorization", "")
             self.rate_limiter.take(header or (request.client.host if request.client else "-"))
-        async with self.admission.slot():  # bounded: past the queue, 503 + Retry-After at once
-            return await with_deadline(self._backgrounds(request, started), self.limits.request_timeout_s)
+        code = 500
+        try:
+            async with self.admission.slot():  # bounded: past the queue, 503 + Retry-After at once
+                self.metrics.admission(self.admission.inflight, self.admission.queued)
+                response = await with_deadline(
+                    self._backgrounds(request, started), self.limits.request_timeout_s
+                )
+            code = response.status_code
+            return response
+        except (ApiError, RefusedError) as error:
+            code = error.status
+            raise
+        finally:
+            self.metrics.request(code)
+            self.metrics.admission(self.admission.inflight, self.admission.queued)
 
     async def _backgrounds(self, request: Request, started: float) -> Response:
         fields, image, style_image = await self._parse(request)
@@ -754,6 +780,7 @@ class Ingress(JobRoutes):
         batch = await self.generate(fields, image, aspects, rid, style_image)
         # `review` outputs are delivered too, flagged: the mask is not vouched for (quality.mask_review)
         ok = [i for i in range(num_rows(batch)) if batch["status"][i] in DELIVERED]
+        self.metrics.review(sum(batch["status"][i] == REVIEW for i in ok))
         accept = [part.split(";")[0].strip().lower() for part in request.headers.get("accept", "").split(",")]
         wanted = next((FORMAT_OF_MIME[a] for a in accept if a in FORMAT_OF_MIME), None)
         if wanted is not None and len(ok) == 1:

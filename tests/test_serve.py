@@ -126,6 +126,7 @@ def test_review_outputs_are_returned_with_their_flag(client):
     body = response.json()
     (image,) = body["images"]
     assert image["status"] == "review" and image["quality"]["mask_review"] is True
+    assert client.get("/v1/stats").json()["mask_review_outputs"] >= 1
     assert image["quality"]["mask_confidence"] < 0.6 and image["product_preserved"] is True
     assert body["errors"] == []
 
@@ -715,6 +716,11 @@ def test_overload_sheds_with_retry_after_and_admitted_requests_finish(server):
     assert all(r[3]["error"]["code"] == "overloaded" for r in shed)
     latencies = sorted(r[1] for r in done)
     assert latencies[int(0.95 * len(latencies)) - 1] < 60  # p95 of admitted requests within the deadline
+    stats = httpx.get(base + "/v1/stats", timeout=30).json()  # the replica's own counters agree
+    assert stats["requests_by_code"].get("503", 0) == stats["shed"] >= len(shed)
+    assert stats["requests_by_code"].get("200", 0) >= len(done)
+    assert stats["running"] == 0 and stats["waiting"] == 0
+    assert {"decode", "segment", "inpaint", "composite"} <= set(stats["stage_seconds"])
 
 
 async def _fire_detailed(
