@@ -301,7 +301,11 @@ def resume_group(group: pa.Table, run: RunContext, resume: bool) -> pa.Table:
             )
             done = set(rows.filter(keep).column("output_id").to_pylist())
     prompt = Prompt(run.config, run.styles, fingerprint=run.fingerprint)
-    batch = {c: table.column(c).to_numpy(zero_copy_only=False) for c in ("item_id", "style")}
+    batch = {
+        c: table.column(c).to_numpy(zero_copy_only=False)
+        for c in ("item_id", "style", "profile")
+        if c in table.column_names
+    }
     n = table.num_rows
     expected, finished, done_text = np.zeros(n, np.int64), np.zeros(n, np.int64), [""] * n
     for i in range(n):
@@ -324,7 +328,8 @@ def _estimate_rows(listing: CatalogFiles, options: dict[str, Any], config: Canva
     import fsspec
     import pyarrow.parquet as pq
 
-    per_item = len(config.styles.default) * len(config.output.aspect_ratios) * config.output.variants
+    targets = len(config.output.profiles) or len(config.output.aspect_ratios)
+    per_item = len(config.styles.default) * targets * config.output.variants
     if listing.images is not None:
         return listing.images.num_rows * per_item
     rows = 0

@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +87,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         overrides["output.aspect_ratios"] = args.aspect
     if args.style:
         overrides["styles.default"] = args.style
+    if args.profile:
+        overrides["output.profiles"] = list(dict.fromkeys(args.profile))
     config = _config(args.config, overrides)
     summary = run_generate(
         GenerateRequest(
@@ -256,7 +260,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     import ray
 
     from canvas_ray.train.config import load_finetune_config
-    from canvas_ray.train.lora import finetune
+    from canvas_ray.train.trainer import finetune
 
     overrides: dict[str, Any] = {}
     if args.steps:
@@ -323,6 +327,48 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """``canvas-ray jobs submit|status|cancel|list``: a client of the HTTP jobs API (serve/jobs.py)."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    with httpx.Client(base_url=args.api.rstrip("/"), headers=headers, timeout=60, trust_env=False) as client:
+        if args.action == "submit":
+            body: dict[str, Any] = {"catalog": args.catalog}
+            for key, value in (
+                ("styles", args.style),
+                ("profiles", args.profile),
+                ("aspect_ratios", args.aspect),
+                ("variants", args.variants),
+                ("output", args.output),
+                ("webhook_url", args.webhook),
+                ("limit", args.limit),
+            ):
+                if value is not None:
+                    body[key] = value
+            response = client.post("/v1/jobs", json=body)
+        elif args.action == "list":
+            response = client.get("/v1/jobs")
+        elif not args.job_id:
+            print(f"canvas-ray jobs {args.action} needs a job id", file=sys.stderr)
+            return 2
+        elif args.action == "status":
+            response = client.get(f"/v1/jobs/{args.job_id}")
+            while args.wait and response.status_code == 200:
+                if response.json()["state"] in ("SUCCEEDED", "FAILED", "STOPPED"):
+                    break
+                time.sleep(2)
+                response = client.get(f"/v1/jobs/{args.job_id}")
+        else:
+            response = client.delete(f"/v1/jobs/{args.job_id}")
+    print(json.dumps(response.json(), indent=2))
+    if response.status_code >= 400:
+        return 1
+    if args.action == "status" and response.json().get("state") == "FAILED":
+        return 3
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     config = _config(args.config)
     print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
@@ -344,6 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--limit", type=int, help="only the first N catalog rows")
     gen.add_argument("--style", action="append", help="style preset or description (repeatable)")
     gen.add_argument("--aspect", action="append", help="aspect ratio W:H (repeatable)")
+    gen.add_argument(
+        "--profile",
+        action="append",
+        help="output profile from configs/profiles.yaml, e.g. amazon-main (repeatable; replaces the "
+        "default aspect ratios)",
+    )
     gen.add_argument("--variants", type=int, help="variants per item, style and aspect")
     gen.add_argument("--overwrite", action="store_true", help="discard earlier results under --output")
     gen.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")
@@ -425,6 +477,22 @@ def build_parser() -> argparse.ArgumentParser:
     man.add_argument("--export", metavar="FILE", help="write every row to one Parquet file (streamed)")
     man.add_argument("--compact", action="store_true", help="fold staging parts of a killed run first")
     man.set_defaults(func=cmd_manifest)
+
+    jobs = sub.add_parser("jobs", help="catalog jobs over the HTTP API: submit, status, cancel, list")
+    jobs.add_argument("action", choices=["submit", "status", "cancel", "list"])
+    jobs.add_argument("job_id", nargs="?", help="the job id (status, cancel)")
+    jobs.add_argument("--api", default=os.environ.get("CANVAS_RAY_API", "http://127.0.0.1:8000"))
+    jobs.add_argument("--api-key", default=os.environ.get("CANVAS_RAY_API_KEY"), help="or CANVAS_RAY_API_KEY")
+    jobs.add_argument("--catalog", help="catalog URI (submit; under an allowed prefix of the server)")
+    jobs.add_argument("--style", action="append", help="style preset (repeatable)")
+    jobs.add_argument("--profile", action="append", help="output profile (repeatable)")
+    jobs.add_argument("--aspect", action="append", help="aspect ratio W:H (repeatable)")
+    jobs.add_argument("--variants", type=int)
+    jobs.add_argument("--limit", type=int, help="only the first N catalog rows")
+    jobs.add_argument("--output", help="output folder name under the server's jobs root")
+    jobs.add_argument("--webhook", help="URL POSTed (signed) when the job ends")
+    jobs.add_argument("--wait", action="store_true", help="status: poll until the job has ended")
+    jobs.set_defaults(func=cmd_jobs)
 
     show = sub.add_parser("config", help="print the effective config and its fingerprint")
     show.add_argument("--config")

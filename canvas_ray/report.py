@@ -65,10 +65,23 @@ def _page(title: str, body: list[str]) -> str:
 
 
 def _label(row: dict[str, Any]) -> str:
-    return (
-        f"{escape(row['style'])} · {escape(row['aspect'])} · v{escape(row['variant'])}"
-        f" · seed {escape(row['seed'])}"
-    )
+    target = f"profile {escape(row['profile'])}" if row.get("profile") else escape(row["aspect"])
+    return f"{escape(row['style'])} · {target} · v{escape(row['variant'])} · seed {escape(row['seed'])}"
+
+
+def _compliance(row: dict[str, Any]) -> str:
+    """The profile check of one output (empty for plain aspect-ratio outputs)."""
+    if not row.get("profile") or row.get("compliant") is None:
+        return ""
+    verdict = "compliant" if row["compliant"] else "NOT COMPLIANT"
+    parts = [f"{escape(row['profile'])}: {verdict}"]
+    if row.get("fill_ratio") is not None:
+        parts.append(f"fill {row['fill_ratio']:.1%}")
+    if row.get("background_purity") is not None:
+        parts.append(f"white {row['background_purity']:.2%}")
+    if row.get("product_scale") is not None:
+        parts.append(f"scale {row['product_scale']:.2f}" + (" (upscaled)" if row.get("upscaled") else ""))
+    return "<br><span class='compliance'>" + " · ".join(parts) + "</span>"
 
 
 def _output_figure(row: dict[str, Any], prefix: str) -> str:
@@ -82,6 +95,7 @@ def _output_figure(row: dict[str, Any], prefix: str) -> str:
             check += f"<br>score {row['quality_score']:.2f}"
         if row.get("expansion_ratio") is not None:
             check += f" · expansion {row['expansion_ratio']:.1%}"
+        check += _compliance(row)
         note = f"<br>{escape(row.get('error'))}" if status == "review" else ""
         return (
             f'<figure><a href="{prefix}{escape(row["output_uri"])}"><img loading="lazy" '
@@ -92,7 +106,7 @@ def _output_figure(row: dict[str, Any], prefix: str) -> str:
         )
     return (
         f'<figure><figcaption><span class="error">{escape(status)}</span> · {label}<br>'
-        f"{escape(row.get('error'))}</figcaption></figure>"
+        f"{escape(row.get('error'))}{_compliance(row)}</figcaption></figure>"
     )
 
 

@@ -46,6 +46,7 @@ TEXT_COLUMNS = (
     "brand",
     "style",
     "style_image_uri",
+    "profile",  # output profiles for this item, "a|b" (canvas_ray.profiles); empty: the config's
 )
 COUNT_COLUMNS = ("impressions", "saves", "clicks")
 ROW_BITS = 40  # _pos = file_index << ROW_BITS | row: a trillion rows per file, a million files
@@ -158,10 +159,16 @@ def iter_file_chunks(
                 except json.JSONDecodeError as error:
                     raise ValueError(f"{uri} line {number} is not JSON: {error}") from None
                 if len(rows) >= chunk_rows:
-                    yield pa.Table.from_pylist(rows)
+                    yield _json_rows(rows)
                     rows = []
             if rows:
-                yield pa.Table.from_pylist(rows)
+                yield _json_rows(rows)
+
+
+def _json_rows(rows: list[dict[str, Any]]) -> pa.Table:
+    """JSON rows as a table with every key any row has (``from_pylist`` keeps only the first row's keys)."""
+    keys = dict.fromkeys(key for row in rows for key in row)
+    return pa.Table.from_pydict({key: [row.get(key) for row in rows] for key in keys})
 
 
 def _text(value: Any) -> str:

@@ -428,7 +428,8 @@ def summarise(manifest: Manifest) -> dict[str, Any]:
         *TIMING_COLUMNS,
     ]
     optional = [c for c in ("mask_confidence",) if c in MANIFEST_SCHEMA.names]
-    columns += optional
+    columns += optional + ["profile", "compliant"]
+    by_profile: dict[str, dict[str, int]] = {}
     counts: dict[str, int] = {}
     reasons: dict[str, int] = {}
     sums = dict.fromkeys(TIMING_COLUMNS, 0.0)
@@ -457,6 +458,7 @@ def summarise(manifest: Manifest) -> dict[str, Any]:
         quality.add(ok.column("quality_score").drop_null().to_numpy())
         if optional:
             confidence.add(table.column("mask_confidence").drop_null().to_numpy())
+        _count_profiles(table, by_profile)
         bad = table.filter(pc.not_equal(table.column("status"), "ok"))
         for entry in pc.value_counts(bad.column("error_stage")).to_pylist():
             if entry["values"] is not None:
@@ -481,8 +483,47 @@ def summarise(manifest: Manifest) -> dict[str, Any]:
             c.removesuffix("_s"): round(sums[c] / sum_counts[c], 4) if sum_counts[c] else None
             for c in TIMING_COLUMNS
         },
+        "profiles": dict(sorted(by_profile.items())),
     }
     return summary
+
+
+def _count_profiles(table: pa.Table, by_profile: dict[str, dict[str, int]]) -> None:
+    """Per output profile: outputs, statuses, and how many were checked compliant / not compliant."""
+    profiled = table.filter(pc.fill_null(pc.not_equal(table.column("profile"), ""), False))
+    if not profiled.num_rows:
+        return
+    compliant = pc.cast(profiled.column("compliant"), pa.string())
+    keyed = pa.table(
+        {
+            "profile": profiled.column("profile"),
+            "status": profiled.column("status"),
+            "compliant": pc.fill_null(compliant, "unchecked"),
+        }
+    )
+    for row in (
+        keyed.group_by(["profile", "status", "compliant"]).aggregate([("status", "count")]).to_pylist()
+    ):
+        entry = by_profile.setdefault(
+            row["profile"],
+            {
+                "outputs": 0,
+                "ok": 0,
+                "review": 0,
+                "rejected": 0,
+                "errors": 0,
+                "compliant": 0,
+                "not_compliant": 0,
+            },
+        )
+        n = int(row["status_count"])
+        entry["outputs"] += n
+        status = row["status"] if row["status"] in ("ok", "review", "rejected") else "errors"
+        entry[status] += n
+        if row["compliant"] == "true":
+            entry["compliant"] += n
+        elif row["compliant"] == "false":
+            entry["not_compliant"] += n
 
 
 def part_name(output_ids: list[str]) -> str:

@@ -64,6 +64,14 @@ MANIFEST_SCHEMA = pa.schema(
         ("source_width", pa.int64()),
         ("source_height", pa.int64()),
         ("placement", pa.string()),
+        # output profiles (canvas_ray.profiles): null for plain aspect-ratio outputs
+        ("profile", pa.string()),
+        ("compliant", pa.bool_()),
+        ("compliance_issues", pa.string()),
+        ("fill_ratio", pa.float64()),
+        ("background_purity", pa.float64()),
+        ("product_scale", pa.float64()),
+        ("upscaled", pa.bool_()),
         ("style_image_uri", pa.string()),
         ("expansion_ratio", pa.float64()),
         ("expansion_px", pa.int64()),
@@ -111,10 +119,14 @@ class OutputLayout:
         self.ext = {"jpeg": "jpg"}.get(image_format, image_format)
         self.shard_width = shard_width
 
-    def image_rel(self, item_id: str, style_key: str, aspect: str, variant: int) -> str:
-        aspect_part = safe_name(aspect.replace(":", "x"), 12)
+    def image_rel(
+        self, item_id: str, style_key: str, aspect: str, variant: int, image_format: str | None = None
+    ) -> str:
+        """``aspect`` is the aspect ratio, or the profile name for a profile's output."""
+        aspect_part = safe_name(aspect.replace(":", "x"), 40)
         name = f"{safe_name(item_id)}__{safe_name(style_key, 60)}__{aspect_part}__v{variant}"
-        return posixpath.join("images", shard_of(item_id, self.shard_width), f"{name}.{self.ext}")
+        ext = {"jpeg": "jpg"}.get(image_format, image_format) if image_format else self.ext
+        return posixpath.join("images", shard_of(item_id, self.shard_width), f"{name}.{ext}")
 
     def thumb_rel(self, item_id: str, kind: str) -> str:
         suffix = "jpg" if kind == "image" else "png"
@@ -206,19 +218,20 @@ class WriteOutputs:
             if status[index] not in ("ok", "review"):  # review: kept for a person to check the mask
                 continue
             start = time.perf_counter()
+            # a profile's output is named by the profile and encoded as it says
+            profile = str(batch["profile"][index] or "") if "profile" in batch else ""
+            fmt = str(batch["image_format"][index] or self.format) if profile else self.format
+            quality = int(batch["image_quality"][index] or self.quality) if profile else self.quality
             rel = self.layout.image_rel(
                 item_ids[index],
                 str(batch["style_key"][index]),
-                str(batch["aspect"][index]),
+                profile or str(batch["aspect"][index]),
                 int(batch["variant"][index]),
+                fmt,
             )
             try:
                 result = batch["result"][index]
-                write_bytes(
-                    self.layout.uri(rel),
-                    encode_image(result, self.format, self.quality),
-                    self.storage_options,
-                )
+                write_bytes(self.layout.uri(rel), encode_image(result, fmt, quality), self.storage_options)
                 output_uri[index] = rel
                 height[index], width[index] = int(result.shape[0]), int(result.shape[1])
             except Exception as failure:  # noqa: BLE001 - becomes an error row

@@ -6,6 +6,11 @@ Adds ``result`` (HxWx3 uint8), ``product_preserved`` (bool), ``max_product_diff`
 row: an altered product is never delivered as ``ok``. The check is only as good as the mask, so an ``ok``
 row whose ``mask_confidence`` is below ``segment.min_confidence`` becomes ``review`` (image kept for a
 person to look at, never counted or delivered as ``ok``).
+
+Outputs made for an output profile (``profile`` column, :mod:`canvas_ray.profiles`) are drawn by its rules
+(pure white: the product on RGB 255 with no feathering or shadow) and checked against it: ``compliant``,
+``compliance_issues``, ``fill_ratio``, ``background_purity``, ``upscaled``. An output that fails its
+profile's check is ``rejected`` with the reason ``compliance: <profile>: <issues>``.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ import numpy as np
 
 from canvas_ray.compose import composite, verify_product_preserved
 from canvas_ray.config import CanvasConfig
+from canvas_ray.profiles import Compliance, ProfileBook, check_compliance, render_pure_white
 from canvas_ray.stages.base import (
     OK,
     PLACEHOLDER_IMAGE,
+    REJECTED,
     REVIEW,
     Batch,
     ensure_status,
@@ -40,23 +47,44 @@ class Composite:
         self.min_confidence = config.segment.min_confidence
         self.styles = styles or StyleBook.from_config(config)
         self.keep_intermediate = keep_intermediate
+        self.profiles_file = config.output.profiles_file
+        self._profiles: ProfileBook | None = None
 
-    def render(self, canvas: np.ndarray, mask: np.ndarray, background: np.ndarray, style: str) -> np.ndarray:
+    @property
+    def profiles(self) -> ProfileBook:
+        if self._profiles is None:
+            self._profiles = ProfileBook.load(self.profiles_file)
+        return self._profiles
+
+    def render(
+        self, canvas: np.ndarray, mask: np.ndarray, background: np.ndarray, style: str, profile: str = ""
+    ) -> np.ndarray:
         """The final image for one output (also used by Inpaint to score candidates)."""
+        rules = self.profiles.get(profile) if profile else None
+        if rules is not None and rules.background == "pure_white":
+            return render_pure_white(canvas, mask)
         shadow = self.spec.shadow
         if shadow is None:
             shadow = self.styles.resolve(style).backdrop.shadow
+        if rules is not None and not rules.shadow:
+            shadow = 0.0
         return composite(canvas, mask, background, feather_px=self.spec.feather_px, shadow=shadow)
 
-    def _one(self, batch: Batch, index: int) -> tuple[np.ndarray, int, int]:
+    def _one(self, batch: Batch, index: int) -> tuple[np.ndarray, int, int, Compliance | None]:
         canvas, mask = batch["canvas"][index], batch["canvas_mask"][index]
-        result = self.render(canvas, mask, batch["background"][index], str(batch["style"][index]))
+        profile = str(batch["profile"][index] or "") if "profile" in batch else ""
+        result = self.render(canvas, mask, batch["background"][index], str(batch["style"][index]), profile)
+        # the canvas holds the product as pasted (resampled where the profile scaled it): compare with it
         check = verify_product_preserved(result, canvas, mask)
         if not check.product_preserved:
             raise RuntimeError(
                 f"product pixels changed (max difference {check.max_product_diff}); output rejected"
             )
-        return result, check.max_product_diff, check.product_pixels
+        compliance = None
+        if profile:
+            scale = float(batch["product_scale"][index]) if "product_scale" in batch else 1.0
+            compliance = check_compliance(result, mask, self.profiles.get(profile), scale)
+        return result, check.max_product_diff, check.product_pixels, compliance
 
     def gate_on_mask_confidence(self, batch: Batch) -> None:
         """``ok`` rows whose mask we cannot vouch for become ``review``, with the reason."""
@@ -82,16 +110,23 @@ class Composite:
         preserved = np.zeros(n, dtype=bool)
         max_diff = np.full(n, -1, dtype=np.int64)
         pixels = np.zeros(n, dtype=np.int64)
+        checks: list[Compliance | None] = [None] * n
         with timed(batch, "composite_s", indices):
             done = run_rows(batch, indices, STAGE, lambda rows: [self._one(batch, i) for i in rows])
-        for index, (result, diff, count) in done.items():
+        for index, (result, diff, count, compliance) in done.items():
             if batch["status"][index] != "ok":
                 continue
             if result.shape[:2] != batch["canvas"][index].shape[:2]:
                 set_error(batch, index, STAGE, "result size differs from canvas")
                 continue
             results[index], preserved[index], max_diff[index], pixels[index] = result, diff == 0, diff, count
+            checks[index] = compliance
+            if compliance is not None and not compliance.compliant:
+                batch["status"][index] = REJECTED
+                batch["error"][index] = f"compliance: {compliance.profile}: " + "; ".join(compliance.issues)
         self.gate_on_mask_confidence(batch)
+        if "profile" in batch:
+            record_compliance(batch, checks)
         batch["result"] = object_column(results)
         batch["product_preserved"] = preserved
         batch["max_product_diff"] = max_diff
@@ -100,3 +135,19 @@ class Composite:
             for column in INTERMEDIATE:
                 batch.pop(column, None)
         return batch
+
+
+def record_compliance(batch: Batch, checks: list[Compliance | None]) -> None:
+    """Compliance columns (None/NaN where an output has no profile or was not checked)."""
+    batch["compliant"] = np.asarray([None if c is None else c.compliant for c in checks], dtype=object)
+    batch["compliance_issues"] = np.asarray(
+        [None if c is None else "; ".join(c.issues) for c in checks], dtype=object
+    )
+    batch["fill_ratio"] = np.asarray(
+        [np.nan if c is None else c.fill_ratio for c in checks], dtype=np.float64
+    )
+    batch["background_purity"] = np.asarray(
+        [np.nan if c is None or c.background_purity is None else c.background_purity for c in checks],
+        dtype=np.float64,
+    )
+    batch["upscaled"] = np.asarray([None if c is None else c.upscaled for c in checks], dtype=object)

@@ -1,10 +1,14 @@
-"""Prompt: one row per item becomes one row per requested output (style × variant × aspect ratio).
+"""Prompt: one row per item becomes one row per requested output (style × variant × aspect ratio/profile).
 
 For each output it resolves the style, builds the prompt and negative prompt, derives the seed
 (hash of item id, variant, style and config fingerprint) and lays the product out on a canvas of the
 target aspect ratio. Error rows expand too, so every requested output has exactly one record.
 
-Per-row requests override the config: ``style`` ("a|b" for several), ``variants``, ``aspect_ratios``.
+Per-row requests override the config: ``style`` ("a|b" for several), ``variants``, ``aspect_ratios``,
+``profile`` ("a|b"). A profile (:mod:`canvas_ray.profiles`) is a target like an aspect ratio: its frame,
+fill and product scale come from the profile, and its output id names it instead of the aspect
+(``item__style__amazon-main__v0``). When profiles are asked for, the config's default aspect ratios are not
+made (a row's own ``aspect_ratios`` still are).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import numpy as np
 
 from canvas_ray.compose import aspect_slug, place_product, plan_placement
 from canvas_ray.config import CanvasConfig, canonical_aspect, parse_aspect
+from canvas_ray.profiles import OutputProfile, ProfileBook, ProfileError, plan_profile_placement
 from canvas_ray.stages.base import (
     ERROR,
     OK,
@@ -60,8 +65,12 @@ def derive_seed(item_id: str, variant: int, style_key: str, fingerprint: str) ->
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
-def output_id(item_id: str, style_key: str, aspect: str, variant: int) -> str:
-    return f"{item_id}__{style_key}__{aspect_slug(aspect)}__v{variant}"
+def output_id(item_id: str, style_key: str, aspect: str, variant: int, profile: str = "") -> str:
+    """``item__style__1x1__v0`` for an aspect ratio; ``item__style__amazon-main__v0`` for a profile."""
+    return f"{item_id}__{style_key}__{profile or aspect_slug(aspect)}__v{variant}"
+
+
+Target = tuple[str, str]  # (aspect ratio, profile name or "")
 
 
 def _valid_aspect(value: str) -> bool:
@@ -98,18 +107,33 @@ class Prompt:
         self.styles = styles or StyleBook.from_config(config)
         # Computed on the driver and passed in: workers on other nodes may not see the styles file.
         self.fingerprint = fingerprint or config.fingerprint()
+        self._profiles: ProfileBook | None = None
 
-    def requests(self, batch: Batch, index: int) -> tuple[list[str], int, list[str]]:
+    @property
+    def profiles(self) -> ProfileBook:
+        if self._profiles is None:
+            self._profiles = ProfileBook.load(self.config.output.profiles_file)
+        return self._profiles
+
+    def requests(self, batch: Batch, index: int) -> tuple[list[str], int, list[Target]]:
+        """Styles, variants and targets (aspect ratio or profile) row ``index`` asks for."""
         output = self.config.output
         styles = _split(batch["style"][index] if "style" in batch else None, self.config.styles.default)
         variants = output.variants
         if "variants" in batch and not _missing(batch["variants"][index]):
             variants = int(batch["variants"][index])
-        aspects = _split(
-            batch["aspect_ratios"][index] if "aspect_ratios" in batch else None, output.aspect_ratios
-        )
+        profiles = _split(batch["profile"][index] if "profile" in batch else None, output.profiles)
+        own_aspects = batch["aspect_ratios"][index] if "aspect_ratios" in batch else None
+        default_aspects = [] if profiles and _missing(own_aspects) else output.aspect_ratios
+        aspects = _split(own_aspects, default_aspects)
         aspects = list(dict.fromkeys(canonical_aspect(a) if _valid_aspect(a) else a for a in aspects))
-        return styles, max(1, variants), aspects
+        targets: list[Target] = [(aspect, "") for aspect in aspects]
+        for name in dict.fromkeys(profiles):
+            try:
+                targets.append((self.profiles.get(name).aspect, name))
+            except (ProfileError, OSError):
+                targets.append(("", name))  # an error row says why
+        return styles, max(1, variants), targets
 
     def style_key(self, requested: str) -> str:
         try:
@@ -120,11 +144,11 @@ class Prompt:
     def output_ids(self, batch: Batch, index: int) -> list[str]:
         """The output ids row ``index`` asks for (what resume and the exactly-once check count)."""
         item_id = str(batch["item_id"][index])
-        styles, variants, aspects = self.requests(batch, index)
+        styles, variants, targets = self.requests(batch, index)
         return [
-            output_id(item_id, self.style_key(requested), aspect, variant)
+            output_id(item_id, self.style_key(requested), aspect, variant, profile)
             for requested in styles
-            for aspect in aspects
+            for aspect, profile in targets
             for variant in range(variants)
         ]
 
@@ -136,13 +160,13 @@ class Prompt:
         for index in range(len(batch["status"])):
             carried = {c: batch[c][index] for c in CARRIED if c in batch}
             item_id = str(batch["item_id"][index])
-            styles, variants, aspects = self.requests(batch, index)
+            styles, variants, targets = self.requests(batch, index)
             done = _done_outputs(batch, index)
             for requested in styles:
                 key = self.style_key(requested) if done else ""
-                for aspect in aspects:
+                for aspect, profile in targets:
                     for variant in range(variants):
-                        if done and output_id(item_id, key, aspect, variant) in done:
+                        if done and output_id(item_id, key, aspect, variant, profile) in done:
                             continue  # finished by an earlier run (resume)
                         row: dict[str, Any] = dict(carried)
                         row.update(
@@ -157,10 +181,16 @@ class Prompt:
                             negative_prompt="",
                             placement="",
                             output_id="",
+                            profile=profile,
+                            background_rule="",
+                            image_format="",
+                            image_quality=0,
+                            product_scale=float("nan"),
                             canvas=PLACEHOLDER_IMAGE,
                             canvas_mask=PLACEHOLDER_MASK,
                         )
-                        self._fill(row, batch, index, item_id, requested, aspect, variant, long_side)
+                        target = (aspect, profile)
+                        self._fill(row, batch, index, item_id, requested, target, variant, long_side)
                         rows.append(row)
         return _columns(rows)
 
@@ -171,14 +201,15 @@ class Prompt:
         index: int,
         item_id: str,
         requested: str,
-        aspect: str,
+        target: Target,
         variant: int,
         long_side: int | None,
     ) -> None:
+        aspect, profile_name = target
         try:
             style = self.styles.resolve(requested)
             row["style"], row["style_key"] = style.name, style.key
-            row["output_id"] = output_id(item_id, style.key, aspect, variant)
+            row["output_id"] = output_id(item_id, style.key, aspect, variant, profile_name)
             requested_seed = batch["seed"][index] if "seed" in batch else None
             if requested_seed is not None and not _missing(requested_seed) and int(requested_seed) >= 0:
                 row["seed"] = (int(requested_seed) + variant) & 0x7FFFFFFF
@@ -190,18 +221,24 @@ class Prompt:
                 str(batch["product_description"][index]) if "product_description" in batch else "",
                 self.config.caption.max_words,
             )
+            profile = self._profile(row, profile_name, style.name) if profile_name else None
             if row["status"] != OK:
                 return
-            ratio = parse_aspect(aspect)
             composite = self.config.composite
-            where = plan_placement(
-                batch["product_mask"][index],
-                ratio,
-                fill=composite.fill,
-                placement=composite.placement,
-                floor_margin=composite.floor_margin,
-                long_side=long_side,
-            )
+            if profile is not None:
+                image = batch["image"][index]
+                where = plan_profile_placement(
+                    batch["product_mask"][index], (int(image.shape[1]), int(image.shape[0])), profile
+                )
+            else:
+                where = plan_placement(
+                    batch["product_mask"][index],
+                    parse_aspect(aspect),
+                    fill=composite.fill,
+                    placement=composite.placement,
+                    floor_margin=composite.floor_margin,
+                    long_side=long_side,
+                )
             width, height = where.canvas
             if width * height > self.config.limits.max_pixels:
                 raise ValueError(f"canvas {width}x{height} for aspect {aspect} exceeds limits.max_pixels")
@@ -209,11 +246,22 @@ class Prompt:
                 batch["image"][index], batch["product_mask"][index], where
             )
             row["placement"] = where.to_json()
+            row["product_scale"] = float(where.scale)
         except Exception as error:  # noqa: BLE001 - becomes an error row
             if row["status"] == OK:
-                row["status"], row["error"] = ERROR, f"{STAGE}: {describe(error)}"
+                stage = "profile" if isinstance(error, ProfileError) else STAGE
+                row["status"], row["error"] = ERROR, f"{stage}: {describe(error)}"
             if not row["output_id"]:
-                row["output_id"] = output_id(item_id, INVALID_STYLE, aspect, variant)
+                row["output_id"] = output_id(item_id, INVALID_STYLE, aspect, variant, profile_name)
+
+    def _profile(self, row: dict[str, Any], name: str, style: str) -> OutputProfile:
+        """The row's profile, its encoding and background rule set on the row; raises ProfileError."""
+        profile = self.profiles.get(name)
+        if profile.styles is not None and style not in profile.styles:
+            raise ProfileError(f"profile {name} allows the styles {profile.styles}, not {style!r}")
+        row["background_rule"] = profile.background
+        row["image_format"], row["image_quality"] = profile.format, profile.quality
+        return profile
 
 
 def _columns(rows: list[dict[str, Any]]) -> Batch:
@@ -224,7 +272,7 @@ def _columns(rows: list[dict[str, Any]]) -> Batch:
         values = [row[key] for row in rows]
         if key in ("canvas", "canvas_mask", "style_image"):
             out[key] = object_column(values)
-        elif key in ("variant", "seed"):
+        elif key in ("variant", "seed", "image_quality"):
             out[key] = np.asarray(values, dtype=np.int64)
         elif isinstance(values[0], float | np.floating):
             out[key] = np.asarray(values, dtype=np.float64)
