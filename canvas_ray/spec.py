@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from canvas_ray.config import CanvasConfig, Resources
+from canvas_ray.stages.base import Stage
 
 StageName = Literal["fetch", "decode", "segment", "caption", "prompt", "inpaint", "composite", "write"]
 
@@ -31,8 +32,6 @@ class StageSpec:
         name: the step's name (a model stage's config section for pools).
         kind: ``pool`` (an actor pool holding a model) or ``task`` (stateless, cheap).
         stages: the stage classes the step runs, in order (names known to :func:`make_stage`).
-        requires: columns the step reads.
-        produces: columns the step adds (or, for expanding steps, the columns of its output rows).
         resources: where its resources come from: a config section with ``resources``, ``io`` or
             ``manifest``.
         batch_format: what ``map_batches`` hands the step.
@@ -41,10 +40,27 @@ class StageSpec:
     name: str
     kind: Literal["pool", "task"]
     stages: tuple[StageName, ...]
-    requires: tuple[str, ...]
-    produces: tuple[str, ...]
     resources: str
     batch_format: str = "numpy"
+
+    @property
+    def requires(self) -> tuple[str, ...]:
+        """Columns the step reads: what its stages require and an earlier stage of it does not make."""
+        made: set[str] = set()
+        needed: list[str] = []
+        for name in self.stages:
+            cls = _STAGE_CLASSES().get(name)
+            if cls is None:
+                continue
+            needed += [c for c in cls.requires if c not in made and c not in needed]
+            made.update(cls.produces)
+        return tuple(needed)
+
+    @property
+    def produces(self) -> tuple[str, ...]:
+        """Columns the step adds (declared by its stage classes, ``requires`` / ``produces``)."""
+        cls_map = _STAGE_CLASSES()
+        return tuple(dict.fromkeys(c for n in self.stages if n in cls_map for c in cls_map[n].produces))
 
 
 PIPELINE: tuple[StageSpec, ...] = (
@@ -52,66 +68,42 @@ PIPELINE: tuple[StageSpec, ...] = (
         "fetch_decode",
         "task",
         ("fetch", "decode"),
-        requires=("item_id", "image_uri", "status", "error"),
-        produces=("image", "style_image", "source_width", "source_height", "fetch_s", "decode_s"),
         resources="io",
     ),
     StageSpec(
         "segment",
         "pool",
         ("segment",),
-        requires=("image",),
-        produces=("product_mask", "mask_area", "segment_s"),
         resources="segment",
     ),
     StageSpec(
         "caption",
         "pool",
         ("caption",),
-        requires=("image", "product_mask"),
-        produces=("caption", "product_description", "caption_s"),
         resources="caption",
     ),
     StageSpec(
         "thumbnails_and_prompt",
         "task",
         ("prompt",),
-        requires=("image", "product_mask", "item_id", "style"),
-        produces=(
-            "output_id",
-            "style",
-            "style_key",
-            "aspect",
-            "variant",
-            "seed",
-            "prompt",
-            "canvas",
-            "canvas_mask",
-        ),
         resources="io",
     ),
     StageSpec(
         "inpaint",
         "pool",
         ("inpaint",),
-        requires=("canvas", "canvas_mask", "prompt", "seed"),
-        produces=("background", "inpaint_s", "quality_s", "expansion_ratio", "quality_score"),
         resources="inpaint",
     ),
     StageSpec(
         "composite_and_write",
         "task",
         ("composite", "write"),
-        requires=("canvas", "canvas_mask", "background"),
-        produces=("output_uri", "product_preserved", "max_product_diff", "composite_s", "write_s"),
         resources="composite",
     ),
     StageSpec(
         "write_manifest_part",
         "task",
         (),
-        requires=("output_id", "status"),
-        produces=("status",),
         resources="manifest",
         batch_format="pyarrow",
     ),
@@ -146,7 +138,7 @@ def in_process_stages() -> tuple[StageName, ...]:
     return tuple(name for s in PIPELINE for name in s.stages if name != "write")
 
 
-def _STAGE_CLASSES() -> dict[str, type]:  # noqa: N802 - a lazy constant
+def _STAGE_CLASSES() -> dict[str, type[Stage]]:  # noqa: N802 - a lazy constant
     from canvas_ray.stages.caption import Caption
     from canvas_ray.stages.composite import Composite
     from canvas_ray.stages.decode import Decode, Fetch
@@ -167,7 +159,7 @@ def _STAGE_CLASSES() -> dict[str, type]:  # noqa: N802 - a lazy constant
 
 def make_stage(name: StageName, config: CanvasConfig, styles: Any = None, **options: Any) -> Any:
     """Build one stage class by name in this process (``styles``: a StyleBook where the stage uses one)."""
-    cls = _STAGE_CLASSES()[name]
+    cls: Any = _STAGE_CLASSES()[name]  # constructors differ in their optional context arguments
     if name in ("prompt", "inpaint", "composite"):
         return cls(config, styles, **options)
     if name == "fetch":

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -34,6 +34,18 @@ class Status(str, Enum):
 OK, ERROR, REJECTED, REVIEW = (s.value for s in Status)
 PLACEHOLDER_IMAGE = np.zeros((1, 1, 3), np.uint8)
 PLACEHOLDER_MASK = np.zeros((1, 1), np.uint8)
+
+
+class Stage(Protocol):
+    """What every stage class is: ``__init__(config, ...)`` loads what it needs once; ``__call__`` maps a
+    batch to a batch, touching only ``ok`` rows and passing every other row through untouched (no row
+    dropped; 1 row in → 1 row out, except Prompt, which expands items into their outputs). ``requires``
+    and ``produces`` declare its columns (the pipeline spec and the contract test read them)."""
+
+    requires: tuple[str, ...]
+    produces: tuple[str, ...]
+
+    def __call__(self, batch: Batch) -> Batch: ...
 
 
 def object_column(values: Sequence[Any]) -> np.ndarray:

@@ -185,6 +185,9 @@ _META_COLUMNS = ("title", "description", "category", "brand")
 class Caption:
     """Stage: ``image``, ``product_mask`` and metadata → ``caption``, ``product_description``."""
 
+    requires: tuple[str, ...] = ("image", "product_mask")
+    produces: tuple[str, ...] = ("caption", "product_description", "caption_s")
+
     def __init__(self, config: CanvasConfig):
         self.spec = config.caption
         self.captioner = BACKENDS.build(self.spec.backend, self.spec)

@@ -79,6 +79,9 @@ class Fetch:
     (at most ``STYLE_CACHE_ENTRIES`` images and ``STYLE_CACHE_BYTES`` bytes, least recently used out first).
     """
 
+    requires: tuple[str, ...] = ("image_uri",)
+    produces: tuple[str, ...] = ("image_bytes", "fetch_s")  # and style_image_bytes for reference rows
+
     def __init__(self, config: CanvasConfig, storage_options: dict | None = None):
         self.limits = config.limits
         self.storage_options = storage_options or {}
@@ -152,6 +155,9 @@ class Decode:
     """``image_bytes`` → ``image`` (HxWx3 RGB or HxWx4 RGBA uint8) and ``style_image_bytes`` →
     ``style_image`` (RGB, long side ≤ ``STYLE_IMAGE_SIDE``; ``PLACEHOLDER_IMAGE`` for rows without a
     reference); drops the bytes. The ``style_image`` column is always added."""
+
+    requires: tuple[str, ...] = ("image_bytes",)
+    produces: tuple[str, ...] = ("image", "style_image", "source_width", "source_height", "decode_s")
 
     def __init__(self, config: CanvasConfig):
         self.limits = config.limits

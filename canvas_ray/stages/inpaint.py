@@ -238,6 +238,17 @@ class Inpaint:
     kept candidate's seed.
     """
 
+    requires: tuple[str, ...] = ("canvas", "canvas_mask", "style", "seed", "prompt")
+    produces: tuple[str, ...] = (
+        "background",
+        "inpaint_s",
+        "quality_s",
+        "expansion_ratio",
+        "attempts",
+        "candidates",
+        "quality_score",
+    )
+
     def __init__(self, config: CanvasConfig, styles: StyleBook | None = None):
         self.spec = config.inpaint
         self.styles = styles or StyleBook.from_config(config)

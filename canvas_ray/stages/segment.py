@@ -148,6 +148,9 @@ class Segment:
     """Stage: ``image`` → ``product_mask`` (uint8), ``mask_area``, ``mask_confidence``, ``mask_flags``,
     ``segment_s``."""
 
+    requires: tuple[str, ...] = ("image",)
+    produces: tuple[str, ...] = ("product_mask", "mask_area", "mask_confidence", "mask_flags", "segment_s")
+
     def __init__(self, config: CanvasConfig):
         self.spec = config.segment
         self.segmenter = build_segmenter(self.spec)
