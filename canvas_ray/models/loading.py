@@ -118,6 +118,26 @@ def load_captioner(spec: CaptionConfig) -> LoadedModel:
     return LoadedModel(model, processor, device, dtype)
 
 
+def load_clip(name: str, device: str = "auto") -> LoadedModel:
+    """A CLIP-family dual encoder (transformers ``CLIPModel``) and its ``CLIPProcessor``: image–text."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    resolved = resolve_device(device)
+    model = CLIPModel.from_pretrained(name)
+    model.to(resolved).eval()  # type: ignore[arg-type]
+    return LoadedModel(model, CLIPProcessor.from_pretrained(name), resolved, model.dtype)
+
+
+def load_image_encoder(name: str, device: str = "auto") -> LoadedModel:
+    """Any transformers vision model (``AutoModel``) with its image processor: features for FID/KID."""
+    from transformers import AutoImageProcessor, AutoModel
+
+    resolved = resolve_device(device)
+    model = AutoModel.from_pretrained(name)
+    model.to(resolved).eval()
+    return LoadedModel(model, AutoImageProcessor.from_pretrained(name), resolved, model.dtype)
+
+
 def load_inpainter(spec: InpaintConfig) -> LoadedModel:
     """A diffusers inpainting pipeline (SD 1.5 / 2 / XL) through AutoPipelineForInpainting."""
     import diffusers

@@ -155,16 +155,13 @@ class ClipScorer:
 
     def __init__(self, spec: ScoringConfig):
         import torch
-        from transformers import CLIPModel, CLIPProcessor
 
-        from canvas_ray.models.loading import resolve_device
+        from canvas_ray.models.loading import load_clip
 
         if not spec.clip_model:
             raise ValueError("quality.scoring.clip_model is not set")
-        self.device = resolve_device(spec.clip_device)
-        model = CLIPModel.from_pretrained(spec.clip_model)
-        self.model = model.to(self.device).eval()  # type: ignore[arg-type]
-        self.processor = CLIPProcessor.from_pretrained(spec.clip_model)
+        loaded = load_clip(spec.clip_model, spec.clip_device)
+        self.device, self.model, self.processor = loaded.device, loaded.model, loaded.processor
         self.torch = torch
 
     def __call__(self, images: list[np.ndarray], texts: list[str]) -> list[float]:
