@@ -24,7 +24,6 @@ from PIL import Image
 from canvas_ray.compose import HARD, model_size
 from canvas_ray.config import DEFAULT_STYLES_FILE, config_from_dict, load_config
 from canvas_ray.models.tiny import (
-    build_tiny_models,
     make_tiny_captioner,
     make_tiny_inpainter,
     make_tiny_segmenter,
@@ -114,8 +113,9 @@ def assert_state_equal(expected: torch.nn.Module, actual: torch.nn.Module) -> No
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return build_tiny_models(tmp_path_factory.mktemp("tiny-neural"), seed=0)
+def tiny(tiny_models: dict[str, Path]) -> dict[str, Path]:
+    """The session's tiny models (seed 0), built once for every module that needs them."""
+    return tiny_models
 
 
 @pytest.fixture(scope="module")
