@@ -20,7 +20,9 @@ from canvas_ray.config import DEFAULT_STYLES_FILE, config_from_dict
 from canvas_ray.models.tiny import build_tiny_inpainter
 from canvas_ray.testing import lora_params, png_bytes, product_image
 from canvas_ray.train.config import LORA_TARGETS, FinetuneConfig, finetune_config_from_dict
-from canvas_ray.train.lora import WEIGHTS_NAME, Objective, add_lora, load_base, train_in_process
+from canvas_ray.train.lora import WEIGHTS_NAME, add_lora, load_base
+from canvas_ray.train.objective import Objective
+from canvas_ray.train.trainer import train_in_process
 
 # tiny models on a shared 2-core runner: one intra-op thread (see tests/conftest.py)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -158,7 +160,7 @@ def test_prepare_examples_in_process() -> None:
 
 @pytest.fixture(scope="module")
 def ray_run(ray_local, base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from canvas_ray.train.lora import finetune
+    from canvas_ray.train.trainer import finetune
 
     root = tmp_path_factory.mktemp("ray-ft")
     (root / "images").mkdir()

@@ -78,6 +78,9 @@ class FinetuneConfig(_Strict):
     gradient_accumulation: int = Field(1, ge=1)
     learning_rate: float = Field(1e-4, gt=0)
     lr_warmup_steps: int = Field(0, ge=0)
+    lr_scheduler: Literal[
+        "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"
+    ] = Field("constant_with_warmup", description="diffusers.optimization.get_scheduler name")
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0)
     mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="used on GPU only")
