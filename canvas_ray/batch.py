@@ -28,6 +28,7 @@ import os
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -323,6 +324,17 @@ def resume_group(group: pa.Table, run: RunContext, resume: bool) -> pa.Table:
     return table.append_column("todo", pa.array(finished < expected))
 
 
+MIN_BLOCKS = 16  # enough blocks that the model pools work on different blocks at the same time
+
+
+def plan_block_rows(config: CanvasConfig, todo_items: int) -> int:
+    """Rows per block: ``ray.block_rows`` for big catalogs (cheap rows cost little per block), fewer for
+    small ones so that Segment, Caption and Inpaint overlap on different blocks instead of taking turns
+    on one (never below the smallest model batch)."""
+    smallest_batch = min(stage_resources(s, config).batch_size for s in PIPELINE if s.kind == "pool")
+    return max(1, min(config.ray.block_rows, max(smallest_batch, -(-todo_items // MIN_BLOCKS))))
+
+
 def _estimate_rows(listing: CatalogFiles, options: dict[str, Any], config: CanvasConfig) -> int:
     """Rough manifest size of a new output root (sizes its buckets): rows × outputs per row."""
     import fsspec
@@ -379,7 +391,7 @@ def prepare_catalog(
         "problems": int(stats["sum(n_problems)"] or 0),
         "todo": int(stats["sum(n_todo)"] or 0),
     }
-    block_rows = run.config.ray.block_rows
+    block_rows = plan_block_rows(run.config, counts["todo"])
     # filtered, projected and cut into blocks here, before any actor pool holds CPUs (these ops ask
     # for a whole CPU each; inside the generation plan they could wait for ever behind the pools)
     columns = [c for c in PLAN_COLUMNS if c in prepared.columns()]
@@ -424,6 +436,8 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
     if request.overwrite:
         _remove_outputs(request.output, options)
     _init_ray(request.address or config.ray.address)
+    # Ray Data's advice that a 1-block input cannot use every task slot is noise on small catalogs
+    warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks", category=UserWarning)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = False
     terminal = request.progress and sys.stderr.isatty()

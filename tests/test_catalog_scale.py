@@ -164,3 +164,65 @@ def test_compaction_on_ray_merges_parts_per_bucket_and_heals(ray_local, tmp_path
     for bucket, paths in files.items():
         for row in pq.read_table(paths[0]).to_pylist():
             assert id_bucket(row["item_id"], buckets) == bucket
+
+
+def test_killed_driver_loses_nothing_and_duplicates_nothing(ray_local, tmp_path):
+    """SIGKILL the whole job (driver and the local Ray it started) once it has flushed manifest parts;
+    the next run folds the dead run's parts into the manifest, makes only the missing outputs, and every
+    requested output ends with exactly one row."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    lines = (SAMPLE_CATALOG / "catalog.jsonl").read_text().splitlines()
+    rows = []
+    for copy in range(2):
+        for line in lines:
+            row = json.loads(line)
+            row.update(item_id=f"{row['item_id']}-c{copy}", image_uri=str(SAMPLE_CATALOG / row["image_uri"]))
+            rows.append(row)
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_text("\n".join(json.dumps(r) for r in rows))
+    settings = yaml.safe_load(WEIGHTFREE.read_text())
+    settings["styles"]["file"] = str(REPO / "configs" / "styles.yaml")
+    settings["output"].update(aspect_ratios=["1:1"], manifest_part_rows=2)
+    settings["ray"] = {"block_rows": 2}
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(settings))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "canvas_ray.cli", "generate", "--config", str(config_file)]
+    command += ["--catalog", str(catalog), "--output", str(out)]
+    job = subprocess.Popen(
+        command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    staging = out / "manifest" / "_staging"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and len(list(staging.rglob("*.parquet"))) < 3:
+            assert job.poll() is None, "the job finished before it could be killed"
+            time.sleep(0.2)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)  # the job's own process group: its driver and its Ray
+        job.wait(timeout=60)
+    flushed = len(pq.read_table(staging).column("output_id")) if staging.exists() else 0
+    config = load_config(config_file)
+    summary = run_generate(GenerateRequest(config, str(catalog), str(out), progress=False))
+    expected = summary["outputs_expected"]
+    assert 0 < flushed < expected
+    assert summary["outputs_this_run"] == expected - flushed  # only what the dead run did not record
+    table = _bucket_rows(out)
+    assert table.num_rows == expected
+    assert pa.compute.count_distinct(table.column("output_id")).as_py() == table.num_rows
+    assert not staging.exists()
+
+
+def test_block_rows_keep_small_catalogs_pipelined():
+    from canvas_ray.batch import plan_block_rows
+
+    config = _config()  # block_rows 256, smallest model batch 4
+    assert plan_block_rows(config, 12) == 4  # 3 blocks: the model pools overlap
+    assert plan_block_rows(config, 1600) == 100
+    assert plan_block_rows(config, 1_000_000) == 256
