@@ -68,13 +68,14 @@ def finish_manifest(catalog: Path, output: Path) -> int:
     from canvas_ray.config import load_config
     from canvas_ray.io.catalog import id_bucket
     from canvas_ray.io.manifest import Manifest, bucket_dir
-    from canvas_ray.io.outputs import MANIFEST_SCHEMA
+    from canvas_ray.schema import MANIFEST_SCHEMA
+    from canvas_ray.stages.base import StageContext
     from canvas_ray.stages.prompt import Prompt
     from canvas_ray.styles import StyleBook
 
     config = load_config(CONFIG, OVERRIDES)
     fingerprint = config.fingerprint()
-    prompt = Prompt(config, StyleBook.from_config(config), fingerprint=fingerprint)
+    prompt = Prompt(config, StageContext(styles=StyleBook.from_config(config), fingerprint=fingerprint))
     ids = pq.read_table(catalog, columns=["item_id"]).column("item_id").to_pylist()
     per_item = prompt.output_ids({"item_id": np.array(["x"], dtype=object)}, 0)
     manifest = Manifest(str(output))

@@ -4,6 +4,9 @@ Starts Serve on 127.0.0.1 with configs/weightfree.yaml (default bounds: ``serve.
 ``max_queued`` 16), sends ``--requests`` (default 1,000) at ``--concurrency`` (default 32), and samples
 the resident memory of every Ray process of this local cluster once a second.
 
+Each of the ``--concurrency`` clients sends its next request as soon as the last one is answered, after
+waiting ``Retry-After`` when it was shed (503/429), as a well-behaved client does.
+
 Reports: counts by status code (goal: no 5xx other than the intended 503 / 504), p50/p95 of the admitted
 requests, and memory flatness = mean RSS of the last quarter ÷ mean RSS of the first quarter (goal ≤ 1.1).
 
@@ -71,7 +74,10 @@ async def soak(base: str, requests: int, concurrency: int) -> list[tuple[int, fl
                     code = response.status_code
                 except httpx.HTTPError:
                     code = 599  # transport failure: counted as a server error
-                return code, time.perf_counter() - started
+                seconds = time.perf_counter() - started
+                if code in (429, 503):  # a well-behaved client waits as told before its next request
+                    await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+                return code, seconds
 
         return await asyncio.gather(*(one(i) for i in range(requests)))
 

@@ -23,7 +23,6 @@ config must redo exactly the outputs it changes.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 import time
@@ -52,14 +51,15 @@ from canvas_ray.io.catalog import (
 from canvas_ray.io.images import encode_image, resize
 from canvas_ray.io.manifest import DONE_STATUSES, Manifest, part_name, summarise
 from canvas_ray.io.outputs import OutputLayout, WriteOutputs, join_uri, write_bytes
+from canvas_ray.logs import get_logger
 from canvas_ray.spec import PIPELINE, StageSpec, make_stage, stage_resources, step
-from canvas_ray.stages.base import Batch, ensure_status, run_in_chunks
+from canvas_ray.stages.base import Batch, StageContext, ensure_status, run_in_chunks
 from canvas_ray.stages.composite import Composite
 from canvas_ray.stages.decode import Decode, Fetch
 from canvas_ray.stages.prompt import DONE_SEPARATOR, Prompt
 from canvas_ray.styles import StyleBook
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 PROGRESS_EVERY_S = 10.0  # the compact progress line when stderr is not a terminal
 
 
@@ -87,12 +87,18 @@ class RunContext:
     root: str
     storage_options: dict[str, Any]
 
+    def stage_context(self) -> StageContext:
+        return StageContext(
+            styles=self.styles, fingerprint=self.fingerprint, storage_options=self.storage_options
+        )
+
 
 # ---- cheap stages, run as Ray tasks (functions; constructors are cheap) ----
 
 
 def fetch_decode(batch: Batch, run: RunContext) -> Batch:
-    return Decode(run.config)(Fetch(run.config, run.storage_options)(batch))
+    context = run.stage_context()
+    return Decode(run.config, context)(Fetch(run.config, context)(batch))
 
 
 def thumbnails_and_prompt(batch: Batch, run: RunContext) -> Batch:
@@ -124,7 +130,7 @@ def thumbnails_and_prompt(batch: Batch, run: RunContext) -> Batch:
             masks[index] = layout.thumb_rel(item_id, "mask")
         except Exception as error:  # noqa: BLE001 - thumbnails are for review only
             log.warning("thumbnail for %s failed: %s", item_id, error)
-    out = Prompt(run.config, run.styles, fingerprint=run.fingerprint)(batch)
+    out = Prompt(run.config, run.stage_context())(batch)
     if not out:
         return out
     by_item = {str(batch["item_id"][i]): (thumbs[i], masks[i]) for i in range(n)}
@@ -146,7 +152,7 @@ def composite_and_write(batch: Batch, run: RunContext) -> pa.Table:
         run.storage_options,
         write_part=False,
     )
-    return writer.rows(Composite(config, run.styles)(batch))
+    return writer.rows(Composite(config, run.stage_context())(batch))
 
 
 def write_manifest_part(table: pa.Table, run: RunContext) -> pa.Table:
@@ -186,7 +192,7 @@ class PoolStage:
 
     def __init__(self, run: RunContext):
         spec = step(self.stage_name)
-        self.stage = make_stage(spec.stages[0], run.config, run.styles)
+        self.stage = make_stage(spec.stages[0], run.config, run.stage_context())
         self.chunk = stage_resources(spec, run.config).batch_size
 
     def __call__(self, batch: Batch) -> Batch:
@@ -273,7 +279,7 @@ def build_plan(ds: Any, run: RunContext) -> Any:
 
 def expected_outputs(table: pa.Table, config: CanvasConfig, styles: StyleBook) -> dict[str, list[str]]:
     """item_id → the output ids these (small, in-memory) catalog rows ask for."""
-    prompt = Prompt(config, styles, fingerprint="-")
+    prompt = Prompt(config, StageContext(styles=styles, fingerprint="-"))
     batch = {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
     return {str(batch["item_id"][i]): prompt.output_ids(batch, i) for i in range(table.num_rows)}
 
@@ -301,7 +307,7 @@ def resume_group(group: pa.Table, run: RunContext, resume: bool) -> pa.Table:
                 pc.equal(rows.column("config_fingerprint"), run.fingerprint),
             )
             done = set(rows.filter(keep).column("output_id").to_pylist())
-    prompt = Prompt(run.config, run.styles, fingerprint=run.fingerprint)
+    prompt = Prompt(run.config, run.stage_context())
     batch = {
         c: table.column(c).to_numpy(zero_copy_only=False)
         for c in ("item_id", "style", "profile")

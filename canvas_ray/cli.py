@@ -15,8 +15,9 @@ from typing import Any
 import yaml
 
 from canvas_ray.config import REPO_ROOT, ConfigError, load_config
+from canvas_ray.logs import get_logger
 
-log = logging.getLogger("canvas_ray")
+log = get_logger("canvas_ray")
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "local.yaml"
 
 

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 
 from canvas_ray.config import CanvasConfig
+from canvas_ray.schema import QUALITY_COLUMNS, TIMING_COLUMNS
 from canvas_ray.spec import in_process_stages, make_stage, model_stages
-from canvas_ray.stages.base import Batch, object_column, run_in_chunks
+from canvas_ray.stages.base import Batch, StageContext, object_column, run_in_chunks
 from canvas_ray.styles import StyleBook
 
 
@@ -38,18 +39,6 @@ class GeneratedImage:
     quality: dict[str, float | None]
 
 
-TIMING_COLUMNS = ("fetch_s", "decode_s", "segment_s", "caption_s", "inpaint_s", "quality_s", "composite_s")
-QUALITY_COLUMNS = (
-    "expansion_ratio",
-    "expansion_px",
-    "attempts",
-    "candidates",
-    "quality_score",
-    "clip_score",
-    "seam_energy",
-    "color_harmony",
-    "exposure",
-)
 
 
 def items_batch(items: list[dict[str, Any]]) -> Batch:
@@ -68,15 +57,8 @@ class LocalPipeline:
         self.config = config
         self.styles = StyleBook.from_config(config)
         self.order = in_process_stages()  # from the one pipeline spec
-        self.stages = {
-            name: make_stage(
-                name,
-                config,
-                self.styles,
-                **({"keep_intermediate": True} if keep_intermediate and name == "composite" else {}),
-            )
-            for name in self.order
-        }
+        context = StageContext(styles=self.styles, keep_intermediate=keep_intermediate)
+        self.stages = {name: make_stage(name, config, context) for name in self.order}
         self.chunks = {name: getattr(config, name).resources.batch_size for name in model_stages()}
 
     def __getattr__(self, name: str) -> Any:

@@ -65,7 +65,7 @@ class OutputProfile(BaseModel):
     floor_margin: float = Field(0.08, ge=0, lt=0.5)
     background: Literal["pure_white", "generated"] = "generated"
     shadow: bool = True
-    format: Literal["png", "jpeg", "webp"] = "jpeg"
+    format: Literal["png", "jpeg", "webp"] = "png"
     quality: int = Field(92, ge=1, le=100)
     styles: list[str] | None = None
     allow_upscale: bool = False

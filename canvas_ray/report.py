@@ -208,7 +208,7 @@ def write_index(manifest: Manifest, summary: dict[str, Any] | None = None) -> li
     buckets = manifest.buckets() or 1
     columns = ["item_id", "status", "error", "style", "aspect", "variant", "seed", "output_uri", "prompt"]
     columns += ["product_preserved", "quality_score", "expansion_ratio"]
-    from canvas_ray.io.outputs import MANIFEST_SCHEMA
+    from canvas_ray.schema import MANIFEST_SCHEMA
 
     if "mask_confidence" in MANIFEST_SCHEMA.names:
         columns.append("mask_confidence")

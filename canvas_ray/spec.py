@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from canvas_ray.config import CanvasConfig, Resources
-from canvas_ray.stages.base import Stage
+from canvas_ray.stages.base import Stage, StageContext
 
 StageName = Literal["fetch", "decode", "segment", "caption", "prompt", "inpaint", "composite", "write"]
 
@@ -138,6 +138,11 @@ def in_process_stages() -> tuple[StageName, ...]:
     return tuple(name for s in PIPELINE for name in s.stages if name != "write")
 
 
+def timing_columns(name: StageName) -> tuple[str, ...]:
+    """The ``*_s`` columns a stage records: its own seconds per row, measured inside the stage."""
+    return tuple(c for c in _STAGE_CLASSES()[name].produces if c.endswith("_s"))
+
+
 def _STAGE_CLASSES() -> dict[str, type[Stage]]:  # noqa: N802 - a lazy constant
     from canvas_ray.stages.caption import Caption
     from canvas_ray.stages.composite import Composite
@@ -157,11 +162,6 @@ def _STAGE_CLASSES() -> dict[str, type[Stage]]:  # noqa: N802 - a lazy constant
     }
 
 
-def make_stage(name: StageName, config: CanvasConfig, styles: Any = None, **options: Any) -> Any:
-    """Build one stage class by name in this process (``styles``: a StyleBook where the stage uses one)."""
-    cls: Any = _STAGE_CLASSES()[name]  # constructors differ in their optional context arguments
-    if name in ("prompt", "inpaint", "composite"):
-        return cls(config, styles, **options)
-    if name == "fetch":
-        return cls(config, options.get("storage_options"))
-    return cls(config)
+def make_stage(name: StageName, config: CanvasConfig, context: StageContext | None = None) -> Any:
+    """Build one stage class by name in this process; every stage takes ``(config, context)``."""
+    return _STAGE_CLASSES()[name](config, context or StageContext())

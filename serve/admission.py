@@ -13,23 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
 from collections.abc import Awaitable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+from serve.errors import ApiError
+
 T = TypeVar("T")
 MAX_JSON_DEPTH = 32
-
-
-class RefusedError(Exception):
-    """A request refused before or while running: HTTP status, error code, message, extra headers."""
-
-    def __init__(self, status: int, code: str, message: str, retry_after_s: float | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))} if retry_after_s else {}
 
 
 class Admission:
@@ -50,7 +42,7 @@ class Admission:
     async def slot(self):  # type: ignore[no-untyped-def]
         if self.inflight >= self.max_inflight and self.queued >= self.max_queued:
             self.shed += 1
-            raise RefusedError(
+            raise ApiError(
                 503,
                 "overloaded",
                 f"the service is at capacity ({self.inflight} running, {self.queued} waiting); "
@@ -83,7 +75,7 @@ class RateLimiter:
         tokens = min(float(self.burst), tokens + (now - last) * self.rate)
         if tokens < 1.0:
             self._buckets[key] = (tokens, now)
-            raise RefusedError(
+            raise ApiError(
                 429,
                 "rate_limited",
                 f"more than {self.rate:g} requests per second for this API key; slow down",
@@ -99,7 +91,7 @@ async def with_deadline(work: Awaitable[T], seconds: float) -> T:
     try:
         return await asyncio.wait_for(work, timeout=seconds)
     except asyncio.TimeoutError:
-        raise RefusedError(
+        raise ApiError(
             504, "deadline_exceeded", f"the request did not finish within {seconds:g} s and was cancelled"
         ) from None
 
@@ -108,7 +100,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise RefusedError(400, "bad_request", f"field {key!r} is given more than once")
+            raise ApiError(400, "bad_request", f"field {key!r} is given more than once")
         out[key] = value
     return out
 
@@ -140,21 +132,21 @@ def _depth(text: str, limit: int) -> int:
 def parse_json_object(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:
     """A JSON object from a UTF-8 body, or :class:`RefusedError` (400/422) saying what to fix."""
     if body.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
-        raise RefusedError(
+        raise ApiError(
             400, "bad_request", "the JSON body starts with a byte-order mark: send plain UTF-8"
         )
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise RefusedError(
+        raise ApiError(
             400, "bad_request", f"the JSON body is not valid UTF-8 (byte {error.start})"
         ) from None
     if _depth(text, max_depth) > max_depth:
-        raise RefusedError(400, "bad_request", f"the JSON body is nested deeper than {max_depth} levels")
+        raise ApiError(400, "bad_request", f"the JSON body is nested deeper than {max_depth} levels")
     try:
         data = json.loads(text, object_pairs_hook=_no_duplicates)
     except (ValueError, RecursionError) as error:
-        raise RefusedError(400, "bad_request", f"the body is not valid JSON: {str(error)[:200]}") from None
+        raise ApiError(400, "bad_request", f"the body is not valid JSON: {str(error)[:200]}") from None
     if not isinstance(data, dict):
-        raise RefusedError(422, "validation_error", "the JSON body must be an object")
+        raise ApiError(422, "validation_error", "the JSON body must be an object")
     return data

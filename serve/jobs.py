@@ -24,7 +24,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-import logging
 import os
 import re
 import shlex
@@ -38,13 +37,17 @@ import fsspec
 import yaml
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from canvas_ray.config import REPO_ROOT, CanvasConfig, canonical_aspect
 from canvas_ray.io.outputs import join_uri, write_bytes
+from canvas_ray.logs import get_logger
 from canvas_ray.profiles import valid_profile_name
+from serve.auth import uri_allowed
+from serve.errors import ApiError
+from serve.parsing import BodyReader, validate_model
 
-log = logging.getLogger("canvas_ray.serve.jobs")
+log = get_logger("canvas_ray.serve.jobs")
 router = APIRouter()
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -53,6 +56,7 @@ JOB_ID_RE = re.compile(r"^cr-[0-9a-f]{20}$")
 OUTPUT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_REDIRECTS = 3
 SIGNATURE_HEADER = "X-Canvas-Ray-Signature"
+MAX_JOB_BODY = 64 * 1024  # a job request is a few fields
 # Files of a job's output that GET /v1/jobs/{id}/files/... may return (the review pages and what they show).
 SERVABLE = re.compile(r"^(index\.html|summary\.json|progress\.json|(review|images|thumbs)/[A-Za-z0-9._/-]+)$")
 
@@ -71,10 +75,8 @@ class JobRequest(BaseModel):
     limit: int | None = Field(None, ge=1, le=10_000_000, description="only the first N catalog rows")
 
 
-class JobError(Exception):
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+class JobError(ApiError):
+    """A job request refused or failed: answered like every other API error (serve.errors)."""
 
 
 def owner_of(api_key: str | None) -> str:
@@ -183,17 +185,24 @@ class JobService:
         if self._client is None:
             from ray.job_submission import JobSubmissionClient
 
-            self._client = JobSubmissionClient(self.jobs.dashboard_address)
+            try:
+                self._client = JobSubmissionClient(self.jobs.dashboard_address)
+            except Exception as error:  # noqa: BLE001 - no job server: say so, and where we looked
+                raise JobError(
+                    503,
+                    "jobs_unavailable",
+                    f"the Ray job server at {self.jobs.dashboard_address} does not answer "
+                    f"({type(error).__name__}); start Ray with its dashboard, or set "
+                    "serve.jobs.dashboard_address",
+                ) from None
         return self._client
 
     # -- checks -----------------------------------------------------------------------------------
 
     def _catalog(self, uri: str) -> str:
-        from serve.app import _uri_allowed
-
         if not self.jobs.allowed_catalog_prefixes:
             raise JobError(403, "catalog_not_allowed", "no catalog prefixes are allowed on this server")
-        if not _uri_allowed(uri, self.jobs.allowed_catalog_prefixes):
+        if not uri_allowed(uri, self.jobs.allowed_catalog_prefixes):
             raise JobError(403, "catalog_not_allowed", "catalog is not under an allowed prefix")
         return uri
 
@@ -466,65 +475,37 @@ class JobRoutes:
     def init_jobs(self) -> None:
         self.jobs_service = JobService(self.config)
 
-    def _authorize(self, request: Request) -> None:  # provided by the ingress
+    def _authorize(self, request: Request) -> str | None:  # the ingress's: the caller's API key, or 401
         raise NotImplementedError
-
-    def _key(self, request: Request) -> str | None:
-        self._authorize(request)
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-
-    @staticmethod
-    def _fail(error: JobError) -> Any:
-        from serve.app import ApiError
-
-        return ApiError(error.status, error.code, error.message)
 
     @router.post("/v1/jobs", summary="start a catalog job", status_code=202)
     async def jobs_submit(self, request: Request) -> dict[str, Any]:
-        key = self._key(request)
-        try:
-            data = json.loads(await request.body())
-            body = JobRequest.model_validate(data)
-        except (ValueError, ValidationError) as error:
-            from serve.app import ApiError, _pydantic_message
-
-            message = _pydantic_message(error.errors()) if isinstance(error, ValidationError) else "bad JSON"
-            raise ApiError(422, "validation_error", message) from None
-        try:
-            result = await asyncio.to_thread(self.jobs_service.submit, body, key)
-        except JobError as error:
-            raise self._fail(error) from None
+        key = self._authorize(request)
+        # bounded like every body: 413 past the cap, strict UTF-8 JSON of bounded depth, no duplicate keys
+        data = await BodyReader(self.config.serve).read_json(request, MAX_JOB_BODY)
+        body: JobRequest = validate_model(JobRequest, data)
+        result = await asyncio.to_thread(self.jobs_service.submit, body, key)
         if body.webhook_url:
             self.jobs_service.watch(result["job_id"], body.webhook_url, result["output"])
         return result
 
     @router.get("/v1/jobs", summary="recent catalog jobs of this key")
     async def jobs_list(self, request: Request) -> dict[str, Any]:
-        key = self._key(request)
+        key = self._authorize(request)
         return {"jobs": await asyncio.to_thread(self.jobs_service.recent, key)}
 
     @router.get("/v1/jobs/{job_id}", summary="a catalog job's state and progress")
     async def jobs_status(self, job_id: str, request: Request) -> dict[str, Any]:
-        key = self._key(request)
-        try:
-            return await asyncio.to_thread(self.jobs_service.status, job_id, key)
-        except JobError as error:
-            raise self._fail(error) from None
+        key = self._authorize(request)
+        return await asyncio.to_thread(self.jobs_service.status, job_id, key)
 
     @router.delete("/v1/jobs/{job_id}", summary="cancel a catalog job")
     async def jobs_cancel(self, job_id: str, request: Request) -> dict[str, Any]:
-        key = self._key(request)
-        try:
-            return await asyncio.to_thread(self.jobs_service.cancel, job_id, key)
-        except JobError as error:
-            raise self._fail(error) from None
+        key = self._authorize(request)
+        return await asyncio.to_thread(self.jobs_service.cancel, job_id, key)
 
     @router.get("/v1/jobs/{job_id}/files/{rel:path}", summary="a file of a job's output (review pages)")
     async def jobs_file(self, job_id: str, rel: str, request: Request) -> FileResponse:
-        key = self._key(request)
-        try:
-            path = await asyncio.to_thread(self.jobs_service.file, job_id, key, rel)
-        except JobError as error:
-            raise self._fail(error) from None
+        key = self._authorize(request)
+        path = await asyncio.to_thread(self.jobs_service.file, job_id, key, rel)
         return FileResponse(path)

@@ -10,6 +10,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# The local test clusters listen on loopback only: Ray token auth off for every cluster this process starts
+# or joins. Ray reads the mode once per process (a later change of the variable does not reach the driver,
+# only the servers it spawns), so it is set here, before any ray.init, and never toggled by a test; a test
+# that wants a token-auth cluster starts that head as a subprocess with its own environment.
+os.environ["RAY_AUTH_MODE"] = "disabled"
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_CATALOG = REPO / "examples" / "catalog"

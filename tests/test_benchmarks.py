@@ -11,7 +11,7 @@ import torch
 
 from benchmarks import common, engine, gpu
 from canvas_ray.config import REPO_ROOT
-from canvas_ray.io.outputs import MANIFEST_SCHEMA
+from canvas_ray.schema import MANIFEST_SCHEMA
 
 
 def test_flop_per_image_matches_the_sd15_estimate() -> None:

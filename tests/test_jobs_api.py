@@ -78,9 +78,8 @@ def stack(tmp_path_factory):
         ray.shutdown()
     temp = tmp_path_factory.mktemp("rj")  # short: Ray's unix socket paths are capped at 107 bytes
     port, dashboard, http_port = _free_port(), _free_port(), _free_port()
-    # Ray token auth off for this loopback-only head and this process (the API under test has its own keys)
-    saved_mode = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"
+    # Ray token auth is off for this loopback-only head, as for this process (tests/conftest.py); the API
+    # under test has its own keys
     env = dict(os.environ, RAY_DEDUP_LOGS="0", CANVAS_RAY_WEBHOOK_SECRET=SECRET)
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     head = subprocess.Popen(
@@ -160,10 +159,6 @@ def stack(tmp_path_factory):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(head.pid, signal.SIGKILL)
         _stop_head(head, str(temp))  # and anything left using its temp dir
-        if saved_mode is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = saved_mode
 
 
 def wait_for(client: httpx.Client, job_id: str, states: tuple[str, ...], timeout: float = 240) -> dict:

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from canvas_ray.config import load_config
-from canvas_ray.io.outputs import MANIFEST_SCHEMA
+from canvas_ray.schema import MANIFEST_SCHEMA
 from canvas_ray.stages.composite import Composite
 from canvas_ray.stages.mask_trust import assess_mask, enclosed, refine_mask
 from canvas_ray.stages.segment import Segment

@@ -17,7 +17,7 @@ from canvas_ray.compose import HARD, Placement, place_product
 from canvas_ray.config import REPO_ROOT, ConfigError, load_config
 from canvas_ray.pipeline import LocalPipeline, items_batch
 from canvas_ray.profiles import ProfileBook, check_compliance
-from canvas_ray.stages.base import take_rows
+from canvas_ray.stages.base import StageContext, take_rows
 from canvas_ray.stages.prompt import Prompt, output_id
 
 SAMPLE = REPO_ROOT / "examples" / "catalog"
@@ -213,7 +213,7 @@ def test_compliance_check_catches_a_grey_pixel():
 
 
 def test_output_ids_keep_plain_aspects_and_name_profiles():
-    prompt = Prompt(config(**{"output.aspect_ratios": ["1:1"]}), fingerprint="-")
+    prompt = Prompt(config(**{"output.aspect_ratios": ["1:1"]}), StageContext(fingerprint="-"))
     plain = {"item_id": np.array(["a"], dtype=object), "style": np.array([""], dtype=object)}
     assert prompt.output_ids(plain, 0) == ["a__studio-white__1x1__v0"]
     assert output_id("a", "studio-white", "1:1", 0) == "a__studio-white__1x1__v0"
@@ -244,9 +244,11 @@ def test_catalog_job_with_profiles_summary_and_resume(ray_local, tmp_path):
     by_id = {r["output_id"]: r for r in table}
     main = by_id["sku-0002__studio-white__amazon-main__v0"]
     assert main["compliant"] and main["background_purity"] == 1.0 and main["fill_ratio"] >= 0.85
-    assert main["output_uri"].endswith("__amazon-main__v0.jpg") and main["width"] >= 1000
+    assert main["output_uri"].endswith("__amazon-main__v0.png") and main["width"] >= 1000
     image = Image.open(io.BytesIO((output / main["output_uri"]).read_bytes()))
-    assert image.format == "JPEG"
+    assert image.format == "PNG" and min(image.size) >= 1000  # lossless: the checked pixels, delivered
+    pixels = np.asarray(image.convert("RGB"))
+    assert (pixels[0] == 255).all() and (pixels[-1] == 255).all()  # pure white edges (fill 90%, centred)
     assert "profile amazon-main" in (output / "index.html").read_text() or any(
         "amazon-main" in p.read_text() for p in (output / "review").rglob("*.html")
     )

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from canvas_ray.config import ConfigError, config_from_dict
-from canvas_ray.io.outputs import split_error
 from canvas_ray.registry import Registry, registry_for
+from canvas_ray.schema import split_error
 from canvas_ray.stages.base import Status
 
 

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from serve.admission import Admission, RateLimiter, RefusedError, parse_json_object, with_deadline
+from serve.admission import Admission, RateLimiter, parse_json_object, with_deadline
+from serve.errors import ApiError
 
 
 def test_admission_runs_queues_then_sheds_with_retry_after():
@@ -21,7 +22,7 @@ def test_admission_runs_queues_then_sheds_with_retry_after():
                 async with gate.slot():
                     await release.wait()
                 outcomes.append("done")
-            except RefusedError as refused:
+            except ApiError as refused:
                 assert refused.status == 503 and refused.headers == {"Retry-After": "3"}
                 outcomes.append("shed")
 
@@ -41,7 +42,7 @@ def test_rate_limiter_is_per_key_and_refills():
     limiter = RateLimiter(rate=2.0, burst=2)
     limiter.take("a", now=0.0)
     limiter.take("a", now=0.0)
-    with pytest.raises(RefusedError) as refused:
+    with pytest.raises(ApiError) as refused:
         limiter.take("a", now=0.1)
     assert refused.value.status == 429 and refused.value.headers["Retry-After"] == "1"
     limiter.take("b", now=0.1)  # another key has its own bucket
@@ -59,7 +60,7 @@ def test_deadline_cancels_the_work():
             raise
 
     async def scenario() -> None:
-        with pytest.raises(RefusedError) as refused:
+        with pytest.raises(ApiError) as refused:
             await with_deadline(slow(), 0.05)
         assert refused.value.status == 504
         assert cancelled.is_set()
@@ -86,7 +87,7 @@ def test_deadline_cancels_the_work():
     ],
 )
 def test_hostile_json_is_refused_with_a_reason(body, status, needle):
-    with pytest.raises(RefusedError) as refused:
+    with pytest.raises(ApiError) as refused:
         parse_json_object(body)
     assert refused.value.status == status and needle in refused.value.message
 

@@ -12,7 +12,7 @@ import pytest
 
 from canvas_ray.config import load_config
 from canvas_ray.spec import in_process_stages, make_stage
-from canvas_ray.stages.base import object_column, take_rows
+from canvas_ray.stages.base import StageContext, object_column, take_rows
 from canvas_ray.styles import StyleBook
 from canvas_ray.testing import png_bytes, product_image
 from tests.conftest import REPO
@@ -108,7 +108,7 @@ def _input_of(stage: str, tmp_path: Path) -> tuple[dict[str, np.ndarray], StyleB
     for name in in_process_stages():
         if name == stage:
             break
-        batch = make_stage(name, config, styles)(batch)
+        batch = make_stage(name, config, StageContext(styles=styles))(batch)
     return batch, styles
 
 
@@ -133,7 +133,7 @@ def _same(a: Any, b: Any, column: str, tolerance: float) -> bool:
 def test_stage_contract(stage, backend, models, tmp_path):
     batch, styles = _input_of(stage, tmp_path)
     config = _config(stage, backend, models)
-    runner = make_stage(stage, config, styles)
+    runner = make_stage(stage, config, StageContext(styles=styles))
     out = runner(_copy(batch))
     # 1. the declared columns are produced
     assert set(type(runner).produces) <= set(out), set(type(runner).produces) - set(out)
@@ -153,7 +153,7 @@ def test_stage_contract(stage, backend, models, tmp_path):
     # batched float kernels (the diffusion model) may move a pixel by one or two levels, and its scores
     tolerance = 1e-3 if backend == "diffusers" else 1e-6
     for index in range(len(ids_in)):
-        alone = make_stage(stage, config, styles)(take_rows(_copy(batch), [index]))
+        alone = make_stage(stage, config, StageContext(styles=styles))(take_rows(_copy(batch), [index]))
         rows = (
             [j for j, item in enumerate(ids_out) if item == ids_in[index]] if stage == "prompt" else [index]
         )

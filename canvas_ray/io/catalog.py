@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
 import posixpath
 import re
 from collections.abc import Iterator
@@ -34,7 +33,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-log = logging.getLogger(__name__)
+from canvas_ray.logs import get_logger
+
+log = get_logger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 TABLE_SUFFIXES = (".parquet", ".pq", ".jsonl", ".ndjson", ".json", ".csv")
 TEXT_COLUMNS = (

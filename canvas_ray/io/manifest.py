@@ -29,7 +29,6 @@ import contextlib
 import hashlib
 import io
 import json
-import logging
 import posixpath
 import time
 from collections.abc import Iterator
@@ -42,10 +41,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from canvas_ray.io.catalog import id_bucket
-from canvas_ray.io.outputs import MANIFEST_SCHEMA, join_uri, split_error, write_bytes
+from canvas_ray.io.outputs import join_uri, write_bytes
+from canvas_ray.logs import get_logger
+from canvas_ray.schema import MANIFEST_SCHEMA, TIMING_COLUMNS, split_error
 from canvas_ray.stages.base import describe
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 VERSION = 2
 ROWS_PER_BUCKET = 100_000  # target rows per bucket file (a few tens of MB with prompts and captions)
 MAX_BUCKETS = 4096
@@ -379,16 +380,6 @@ def _merge_group(
 
 # ---- aggregation over the compacted manifest (streaming, bounded memory) ----
 
-TIMING_COLUMNS = (
-    "fetch_s",
-    "decode_s",
-    "segment_s",
-    "caption_s",
-    "inpaint_s",
-    "quality_s",
-    "composite_s",
-    "write_s",
-)
 
 
 class _Reservoir:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import logging
 import posixpath
 import re
 import time
@@ -25,76 +24,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from canvas_ray.io.images import encode_image
+from canvas_ray.logs import get_logger
+from canvas_ray.schema import MANIFEST_SCHEMA, split_error
 from canvas_ray.stages.base import Batch, describe, ensure_status
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 _SAFE_RE = re.compile(r"[^A-Za-z0-9._-]+")
 
-MANIFEST_SCHEMA = pa.schema(
-    [
-        ("output_id", pa.string()),
-        ("item_id", pa.string()),
-        ("status", pa.string()),
-        ("error", pa.string()),  # "stage: reason", as set by the stage
-        ("error_stage", pa.string()),  # the same, split: the failing stage ...
-        ("error_reason", pa.string()),  # ... and what to do about it
-        ("output_uri", pa.string()),
-        ("style", pa.string()),
-        ("style_key", pa.string()),
-        ("aspect", pa.string()),
-        ("variant", pa.int64()),
-        ("seed", pa.int64()),
-        ("prompt", pa.string()),
-        ("negative_prompt", pa.string()),
-        ("caption", pa.string()),
-        ("image_uri", pa.string()),
-        ("title", pa.string()),
-        ("category", pa.string()),
-        ("brand", pa.string()),
-        ("thumb_uri", pa.string()),
-        ("mask_uri", pa.string()),
-        ("mask_area", pa.float64()),
-        ("mask_confidence", pa.float64()),
-        ("mask_flags", pa.string()),
-        ("product_preserved", pa.bool_()),
-        ("max_product_diff", pa.int64()),
-        ("product_pixels", pa.int64()),
-        ("width", pa.int64()),
-        ("height", pa.int64()),
-        ("source_width", pa.int64()),
-        ("source_height", pa.int64()),
-        ("placement", pa.string()),
-        # output profiles (canvas_ray.profiles): null for plain aspect-ratio outputs
-        ("profile", pa.string()),
-        ("compliant", pa.bool_()),
-        ("compliance_issues", pa.string()),
-        ("fill_ratio", pa.float64()),
-        ("background_purity", pa.float64()),
-        ("product_scale", pa.float64()),
-        ("upscaled", pa.bool_()),
-        ("style_image_uri", pa.string()),
-        ("expansion_ratio", pa.float64()),
-        ("expansion_px", pa.int64()),
-        ("attempts", pa.int64()),
-        ("candidates", pa.int64()),
-        ("quality_score", pa.float64()),
-        ("clip_score", pa.float64()),
-        ("seam_energy", pa.float64()),
-        ("color_harmony", pa.float64()),
-        ("exposure", pa.float64()),
-        ("fetch_s", pa.float64()),
-        ("decode_s", pa.float64()),
-        ("segment_s", pa.float64()),
-        ("caption_s", pa.float64()),
-        ("inpaint_s", pa.float64()),
-        ("composite_s", pa.float64()),
-        ("quality_s", pa.float64()),
-        ("write_s", pa.float64()),
-        ("config_fingerprint", pa.string()),
-        ("run_id", pa.string()),
-        ("finished_at", pa.float64()),
-    ]
-)
 
 
 def safe_name(text: str, limit: int = 80) -> str:
@@ -155,14 +91,6 @@ def write_bytes(uri: str, data: bytes, storage_options: dict[str, Any]) -> None:
     else:
         with fs.open(path, "wb") as handle:
             handle.write(data)
-
-
-def split_error(error: str) -> tuple[str | None, str | None]:
-    """``"decode: not an image"`` → ``("decode", "not an image")``; ``""`` → ``(None, None)``."""
-    if not error:
-        return None, None
-    stage, sep, reason = error.partition(": ")
-    return (stage, reason) if sep and stage.isidentifier() else (None, error)
 
 
 def _column(batch: Batch, name: str, kind: pa.DataType, n: int) -> pa.Array:

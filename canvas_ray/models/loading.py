@@ -6,7 +6,6 @@ for fp16 convolutions are slow or missing) with a log line saying so.
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -14,8 +13,9 @@ from typing import Any
 import torch
 
 from canvas_ray.config import CaptionConfig, InpaintConfig, IPAdapterSpec, ModelStage, SegmentConfig
+from canvas_ray.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 

@@ -20,16 +20,26 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from canvas_ray import schema
 from canvas_ray.compose import HARD
 from canvas_ray.config import CanvasConfig
 from canvas_ray.quality.expansion import Expansion, ExpansionMeter
 from canvas_ray.quality.scoring import ClipScorer, Scores, weight_free_scores
-from canvas_ray.stages.base import OK, PLACEHOLDER_IMAGE, REJECTED, Batch, object_column, run_rows, set_error
+from canvas_ray.stages.base import (
+    OK,
+    PLACEHOLDER_IMAGE,
+    REJECTED,
+    Batch,
+    StageContext,
+    object_column,
+    run_rows,
+    set_error,
+)
 from canvas_ray.styles import StyleBook
 
 # The columns of a row an inpainter reads.
 ROW_COLUMNS = ("canvas", "canvas_mask", "style", "seed", "prompt", "negative_prompt", "style_image")
-SCORE_COLUMNS = ("expansion_ratio", "quality_score", "clip_score", "seam_energy", "color_harmony", "exposure")
+SCORE_COLUMNS = ("expansion_ratio", *schema.SCORE_COLUMNS)
 
 
 class Inpainter(Protocol):
@@ -81,7 +91,7 @@ class CandidateGuard:
         self.feather_px = config.composite.feather_px
         self.meter = ExpansionMeter(config) if self.quality.expansion.enabled else None
         self.clip = ClipScorer(self.quality.scoring) if self.quality.scoring.clip_model else None
-        self.preview = Composite(config, styles)
+        self.preview = Composite(config, StageContext(styles=styles))
         self._quality_s = 0.0
 
     def candidates(

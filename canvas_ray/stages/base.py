@@ -8,18 +8,25 @@ on ``ok`` rows only and passes the others through untouched, so no row is ever d
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from canvas_ray.logs import get_logger
+
+if TYPE_CHECKING:
+    from canvas_ray.config import CanvasConfig
+    from canvas_ray.styles import StyleBook
+
+log = get_logger(__name__)
 Batch = dict[str, np.ndarray]
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class Status(str, Enum):
@@ -36,14 +43,37 @@ PLACEHOLDER_IMAGE = np.zeros((1, 1, 3), np.uint8)
 PLACEHOLDER_MASK = np.zeros((1, 1), np.uint8)
 
 
+@dataclass
+class StageContext:
+    """What a stage may need besides its config, shared by every stage of one driver, actor or replica:
+    the style book (built once), the run's config fingerprint (it seeds the outputs), the storage options
+    of the catalog's filesystem, and whether Composite keeps its intermediate columns (for tests)."""
+
+    styles: StyleBook | None = None
+    fingerprint: str | None = None
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    keep_intermediate: bool = False
+
+    def style_book(self, config: CanvasConfig) -> StyleBook:
+        """The shared style book, built from ``config`` on first use."""
+        if self.styles is None:
+            from canvas_ray.styles import StyleBook
+
+            self.styles = StyleBook.from_config(config)
+        return self.styles
+
+
 class Stage(Protocol):
-    """What every stage class is: ``__init__(config, ...)`` loads what it needs once; ``__call__`` maps a
+    """What every stage class is: ``__init__(config, context=None)`` (one shape for every stage: the config
+    and a :class:`StageContext`) loads what it needs once; ``__call__`` maps a
     batch to a batch, touching only ``ok`` rows and passing every other row through untouched (no row
     dropped; 1 row in → 1 row out, except Prompt, which expands items into their outputs). ``requires``
     and ``produces`` declare its columns (the pipeline spec and the contract test read them)."""
 
     requires: tuple[str, ...]
     produces: tuple[str, ...]
+
+    def __init__(self, config: CanvasConfig, context: StageContext | None = None) -> None: ...
 
     def __call__(self, batch: Batch) -> Batch: ...
 
@@ -87,29 +117,58 @@ def describe(error: BaseException) -> str:
     return text if isinstance(error, ValueError) else f"{type(error).__name__}: {text}"
 
 
+def each_alone_on_failure(
+    items: list[T],
+    run: Callable[[list[T]], list[R]],
+    on_error: Callable[[T, Exception], R],
+    what: str,
+) -> list[R]:
+    """``run(items)``, one result per item; if it raises, ``run([item])`` for each item alone, so that one
+    bad item fails alone (``on_error(item, error)`` gives its result). The one retry rule of the project:
+    stages apply it to rows (:func:`run_rows`), the Serve deployments to the requests of a batch."""
+    if not items:
+        return []
+    try:
+        return run(items)
+    except Exception as error:  # noqa: BLE001 - a batch failure is retried one by one below
+        if len(items) == 1:
+            return [on_error(items[0], error)]
+        log.warning("%s: batch of %d failed (%s); retrying one by one", what, len(items), describe(error))
+    results: list[R] = []
+    for item in items:
+        try:
+            results.extend(run([item]))
+        except Exception as error:  # noqa: BLE001 - this item's result says why
+            results.append(on_error(item, error))
+    return results
+
+
+_FAILED: Any = object()
+
+
 def run_rows(
     batch: Batch,
     indices: list[int],
     stage: str,
     batched: Callable[[list[int]], list[T]],
 ) -> dict[int, T]:
-    """Run ``batched`` on all rows at once; if it raises, retry row by row so one bad row fails alone."""
-    if not indices:
-        return {}
-    try:
-        return dict(zip(indices, batched(indices), strict=True))
-    except Exception as error:  # noqa: BLE001 - a batch failure is retried per row below
-        if len(indices) == 1:
-            set_error(batch, indices[0], stage, describe(error))
-            return {}
-        log.warning("%s: batch of %d failed (%s); retrying row by row", stage, len(indices), describe(error))
-    results: dict[int, T] = {}
-    for index in indices:
-        try:
-            results[index] = batched([index])[0]
-        except Exception as error:  # noqa: BLE001 - becomes an error row
-            set_error(batch, index, stage, describe(error))
-    return results
+    """Run ``batched`` on all rows at once; if it raises, retry row by row so one bad row fails alone
+    (its row becomes an error row: ``"stage: reason"``)."""
+
+    def failed(index: int, error: Exception) -> Any:
+        set_error(batch, index, stage, describe(error))
+        return _FAILED
+
+    results = each_alone_on_failure(indices, batched, failed, stage)
+    return {i: r for i, r in zip(indices, results, strict=True) if r is not _FAILED}
+
+
+def fail_rows(batch: Batch, stage: str, error: Exception) -> Batch:
+    """Every ``ok`` row of ``batch`` becomes an error row of ``stage`` (a whole call failed)."""
+    batch = ensure_status(dict(batch))
+    for index in ok_indices(batch):
+        set_error(batch, index, stage, describe(error))
+    return batch
 
 
 @contextmanager

@@ -17,7 +17,7 @@ import numpy as np
 
 from canvas_ray.config import CanvasConfig, CaptionConfig
 from canvas_ray.registry import Registry
-from canvas_ray.stages.base import Batch, ensure_status, ok_indices, run_rows, timed, to_rgb
+from canvas_ray.stages.base import Batch, StageContext, ensure_status, ok_indices, run_rows, timed, to_rgb
 
 STAGE = "caption"
 _NAMED_COLOURS = {
@@ -188,7 +188,7 @@ class Caption:
     requires: tuple[str, ...] = ("image", "product_mask")
     produces: tuple[str, ...] = ("caption", "product_description", "caption_s")
 
-    def __init__(self, config: CanvasConfig):
+    def __init__(self, config: CanvasConfig, context: StageContext | None = None):
         self.spec = config.caption
         self.captioner = BACKENDS.build(self.spec.backend, self.spec)
 

@@ -26,6 +26,7 @@ from canvas_ray.stages.base import (
     REJECTED,
     REVIEW,
     Batch,
+    StageContext,
     ensure_status,
     object_column,
     ok_indices,
@@ -33,20 +34,27 @@ from canvas_ray.stages.base import (
     set_error,
     timed,
 )
-from canvas_ray.styles import StyleBook
 
 STAGE = "composite"
 INTERMEDIATE = ("canvas", "canvas_mask", "background")
 
 
 class Composite:
-    def __init__(
-        self, config: CanvasConfig, styles: StyleBook | None = None, keep_intermediate: bool = False
-    ):
+    requires: tuple[str, ...] = ("canvas", "canvas_mask", "background", "style")
+    produces: tuple[str, ...] = (
+        "result",
+        "product_preserved",
+        "max_product_diff",
+        "product_pixels",
+        "composite_s",
+    )
+
+    def __init__(self, config: CanvasConfig, context: StageContext | None = None):
+        context = context or StageContext()
         self.spec = config.composite
         self.min_confidence = config.segment.min_confidence
-        self.styles = styles or StyleBook.from_config(config)
-        self.keep_intermediate = keep_intermediate
+        self.styles = context.style_book(config)
+        self.keep_intermediate = context.keep_intermediate
         self.profiles_file = config.output.profiles_file
         self._profiles: ProfileBook | None = None
 

@@ -21,6 +21,7 @@ from canvas_ray.stages.base import (
     OK,
     PLACEHOLDER_IMAGE,
     Batch,
+    StageContext,
     describe,
     ensure_status,
     object_column,
@@ -82,9 +83,9 @@ class Fetch:
     requires: tuple[str, ...] = ("image_uri",)
     produces: tuple[str, ...] = ("image_bytes", "fetch_s")  # and style_image_bytes for reference rows
 
-    def __init__(self, config: CanvasConfig, storage_options: dict | None = None):
+    def __init__(self, config: CanvasConfig, context: StageContext | None = None):
         self.limits = config.limits
-        self.storage_options = storage_options or {}
+        self.storage_options = context.storage_options if context else {}
         self._style_cache: OrderedDict[str, bytes] = OrderedDict()
         self._style_cache_bytes = 0
         self.style_reads = 0  # style images read from storage (cache misses)
@@ -159,7 +160,7 @@ class Decode:
     requires: tuple[str, ...] = ("image_bytes",)
     produces: tuple[str, ...] = ("image", "style_image", "source_width", "source_height", "decode_s")
 
-    def __init__(self, config: CanvasConfig):
+    def __init__(self, config: CanvasConfig, context: StageContext | None = None):
         self.limits = config.limits
 
     def __call__(self, batch: Batch) -> Batch:

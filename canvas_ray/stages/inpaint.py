@@ -17,7 +17,6 @@ Backends:
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -28,12 +27,13 @@ from PIL import Image
 from canvas_ray.backdrops import palette_from_reference, render_backdrop
 from canvas_ray.compose import HARD, background_mask, model_size
 from canvas_ray.config import CanvasConfig, InpaintConfig
+from canvas_ray.logs import get_logger
 from canvas_ray.quality.guard import CandidateGuard
 from canvas_ray.registry import Registry
-from canvas_ray.stages.base import Batch, ensure_status, ok_indices
+from canvas_ray.stages.base import Batch, StageContext, ensure_status, ok_indices
 from canvas_ray.styles import Style, StyleBook
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 STAGE = "inpaint"
 
 
@@ -249,9 +249,9 @@ class Inpaint:
         "quality_score",
     )
 
-    def __init__(self, config: CanvasConfig, styles: StyleBook | None = None):
+    def __init__(self, config: CanvasConfig, context: StageContext | None = None):
         self.spec = config.inpaint
-        self.styles = styles or StyleBook.from_config(config)
+        self.styles = (context or StageContext()).style_book(config)
         self.inpainter = BACKENDS.build(self.spec.backend, self.spec, self.styles)
         self.guard = CandidateGuard(config, self.styles, stage=STAGE)
 

@@ -22,17 +22,19 @@ import numpy as np
 from canvas_ray.compose import aspect_slug, place_product, plan_placement
 from canvas_ray.config import CanvasConfig, canonical_aspect, parse_aspect
 from canvas_ray.profiles import OutputProfile, ProfileBook, ProfileError, plan_profile_placement
+from canvas_ray.schema import ITEM_TIMING_COLUMNS
 from canvas_ray.stages.base import (
     ERROR,
     OK,
     PLACEHOLDER_IMAGE,
     PLACEHOLDER_MASK,
     Batch,
+    StageContext,
     describe,
     ensure_status,
     object_column,
 )
-from canvas_ray.styles import StyleBook, build_prompt
+from canvas_ray.styles import build_prompt
 
 STAGE = "prompt"
 INVALID_STYLE = "invalid-style"
@@ -49,10 +51,7 @@ CARRIED = (
     "mask_area",
     "mask_confidence",
     "mask_flags",
-    "fetch_s",
-    "decode_s",
-    "segment_s",
-    "caption_s",
+    *ITEM_TIMING_COLUMNS,
     "source_width",
     "source_height",
     "style_image_uri",
@@ -102,11 +101,27 @@ def _split(value: Any, default: list[str]) -> list[str]:
 class Prompt:
     """Stage (CPU): expand items into outputs with style, prompt, seed and the placed canvas."""
 
-    def __init__(self, config: CanvasConfig, styles: StyleBook | None = None, fingerprint: str | None = None):
+    requires: tuple[str, ...] = ("item_id", "image", "product_mask")
+    produces: tuple[str, ...] = (
+        "output_id",
+        "style",
+        "style_key",
+        "aspect",
+        "variant",
+        "seed",
+        "prompt",
+        "negative_prompt",
+        "placement",
+        "canvas",
+        "canvas_mask",
+    )
+
+    def __init__(self, config: CanvasConfig, context: StageContext | None = None):
+        context = context or StageContext()
         self.config = config
-        self.styles = styles or StyleBook.from_config(config)
+        self.styles = context.style_book(config)
         # Computed on the driver and passed in: workers on other nodes may not see the styles file.
-        self.fingerprint = fingerprint or config.fingerprint()
+        self.fingerprint = context.fingerprint or config.fingerprint()
         self._profiles: ProfileBook | None = None
 
     @property

@@ -25,6 +25,7 @@ from canvas_ray.stages.backdrop_mask import backdrop_product_mask
 from canvas_ray.stages.base import (
     PLACEHOLDER_MASK,
     Batch,
+    StageContext,
     alpha_mask,
     ensure_status,
     object_column,
@@ -151,7 +152,7 @@ class Segment:
     requires: tuple[str, ...] = ("image",)
     produces: tuple[str, ...] = ("product_mask", "mask_area", "mask_confidence", "mask_flags", "segment_s")
 
-    def __init__(self, config: CanvasConfig):
+    def __init__(self, config: CanvasConfig, context: StageContext | None = None):
         self.spec = config.segment
         self.segmenter = build_segmenter(self.spec)
 

@@ -13,19 +13,19 @@ being logged, with their reasons).
 from __future__ import annotations
 
 import hashlib
-import logging
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from canvas_ray.config import CanvasConfig, config_from_dict
+from canvas_ray.logs import get_logger
 from canvas_ray.pipeline import items_batch
 from canvas_ray.spec import in_process_stages, make_stage
 from canvas_ray.stages.base import Batch, to_rgb
 from canvas_ray.train.config import FinetuneConfig
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 EXAMPLE_COLUMNS = ("item_id", "image", "mask", "caption")
 _CATALOG_COLUMNS = ("item_id", "image_uri", "image_bytes", "title", "description", "category", "brand")
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import random
 import shutil
 import tempfile
@@ -25,11 +24,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from canvas_ray.logs import get_logger
 from canvas_ray.train.config import FinetuneConfig
 from canvas_ray.train.lora import WEIGHTS_NAME, add_lora, load_base, load_lora_into, save_lora
 from canvas_ray.train.objective import Objective
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 STATE_NAME = "state.json"
 
 

@@ -17,20 +17,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from canvas_ray.schema import SCORE_COLUMNS, TIMING_COLUMNS
 from canvas_ray.stages.base import ERROR, OK, REJECTED, REVIEW
 
-SCORE_COLUMNS = ("quality_score", "clip_score", "seam_energy", "color_harmony", "exposure")
 LOWER_IS_BETTER = frozenset({"seam_energy", "expansion_ratio"})
-STAGE_COLUMNS = (
-    "fetch_s",
-    "decode_s",
-    "segment_s",
-    "caption_s",
-    "inpaint_s",
-    "composite_s",
-    "quality_s",
-    "write_s",
-)
+STAGE_COLUMNS = TIMING_COLUMNS
 GENERATED = (OK, REJECTED)  # rows whose expansion and attempts describe a generated image
 _NUMBER_RE = re.compile(r"\d+(?:\.\d+)?")
 

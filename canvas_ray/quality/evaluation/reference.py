@@ -4,7 +4,6 @@ space of a transformers vision model (loaded through :mod:`canvas_ray.models.loa
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -14,10 +13,11 @@ import numpy as np
 import pyarrow as pa
 
 from canvas_ray.io.outputs import join_uri
+from canvas_ray.logs import get_logger
 from canvas_ray.quality.evaluation.metrics import ReferenceMetrics, manifest_rows
 from canvas_ray.stages.base import OK, describe
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
