@@ -14,7 +14,7 @@ from PIL import Image
 
 from canvas_ray.io.catalog import read_catalog
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "examples" / "catalog"
 
 

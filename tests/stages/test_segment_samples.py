@@ -16,7 +16,7 @@ from canvas_ray.io.images import decode_image
 from canvas_ray.pipeline import LocalPipeline, items_batch
 from canvas_ray.stages.segment import Segment
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "examples" / "catalog"
 # The pipeline tests here run weight-free; the IS-Net segmenter is tested in test_segment_isnet.py.
 LOCAL = REPO / "configs" / "weightfree.yaml"

@@ -27,7 +27,7 @@ from canvas_ray.train.trainer import train_in_process
 # tiny models on a shared 2-core runner: one intra-op thread (see tests/conftest.py)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def example(seed: int) -> dict[str, Any]:

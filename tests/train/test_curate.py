@@ -160,7 +160,7 @@ def test_curate_sample_catalog(tmp_path: Path) -> None:
     from canvas_ray.train.curate import CurateOptions, curate
 
     report = curate(
-        str(Path(__file__).resolve().parents[1] / "examples" / "catalog" / "catalog.csv"), tmp_path
+        str(Path(__file__).resolve().parents[2] / "examples" / "catalog" / "catalog.csv"), tmp_path
     )
     assert report["counts"]["rows"] == 12
     assert report["counts"]["selected"] >= 1

@@ -13,7 +13,7 @@ from canvas_ray.backdrops import render_backdrop
 from canvas_ray.config import DEFAULT_STYLES_FILE, ConfigError, load_config
 from canvas_ray.styles import MAX_STYLE_TEXT, Backdrop, StyleBook, build_prompt, hex_to_rgb, style_key
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LOCAL = REPO / "configs" / "local.yaml"
 KINDS = ("solid", "gradient", "sweep")
 

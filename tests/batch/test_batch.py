@@ -180,8 +180,8 @@ def test_bad_inputs_become_error_rows(ray_local, tmp_path):
 def test_resume_skips_finished_items_and_writes_no_duplicates(ray_local, tmp_path):
     config = _config(**{"output.aspect_ratios": ["1:1"], "styles.default": ["studio white", "halloween"]})
     catalog = str(SAMPLE_CATALOG / "catalog.jsonl")
-    first = run_generate(GenerateRequest(config, catalog, str(tmp_path), limit=6, progress=False))
-    assert first["items_processed"] == 6 and first["ok"] + first["review"] == first["outputs_expected"]
+    first = run_generate(GenerateRequest(config, catalog, str(tmp_path), limit=4, progress=False))
+    assert first["items_processed"] == 4 and first["ok"] + first["review"] == first["outputs_expected"]
     before = {r["output_id"]: r for r in _manifest(tmp_path)}
 
     # forget two items (as if the job died before writing them) and tear a manifest part
@@ -190,19 +190,19 @@ def test_resume_skips_finished_items_and_writes_no_duplicates(ray_local, tmp_pat
     keep = [
         i
         for i, item in enumerate(table.column("item_id").to_pylist())
-        if item not in ("sku-0002", "sku-0005")
+        if item not in ("sku-0002", "sku-0003")
     ]
     pq.write_table(table.take(keep), manifest_path)
     parts = tmp_path / "manifest" / "_staging" / "crashed-run"
     parts.mkdir(parents=True)
     (parts / "torn.parquet").write_bytes(b"PAR1 torn write")
 
-    second = run_generate(GenerateRequest(config, catalog, str(tmp_path), limit=8, progress=False))
-    assert second["items_skipped_done"] == 4  # finished items are not recomputed
+    second = run_generate(GenerateRequest(config, catalog, str(tmp_path), limit=6, progress=False))
+    assert second["items_skipped_done"] == 2  # finished items are not recomputed
     assert second["items_processed"] == 4  # the two forgotten + two new ones
-    table8 = read_catalog(catalog, limit=8).table
-    expected = expected_outputs(table8, config, StyleBook.from_config(config))
-    redone = ("sku-0002", "sku-0005", "sku-0007", "sku-0008")
+    table6 = read_catalog(catalog, limit=6).table
+    expected = expected_outputs(table6, config, StyleBook.from_config(config))
+    redone = ("sku-0002", "sku-0003", "sku-0005", "sku-0006")
     assert second["outputs_this_run"] == sum(len(expected[item]) for item in redone)
     after = _manifest(tmp_path)
     ids = [r["output_id"] for r in after]
@@ -214,9 +214,9 @@ def test_resume_skips_finished_items_and_writes_no_duplicates(ray_local, tmp_pat
     assert not (tmp_path / "manifest" / "_staging").exists()
 
     third = run_generate(
-        GenerateRequest(config, catalog, str(tmp_path), limit=8, overwrite=True, progress=False)
+        GenerateRequest(config, catalog, str(tmp_path), limit=6, overwrite=True, progress=False)
     )
-    assert third["items_skipped_done"] == 0 and third["items_processed"] == 8
+    assert third["items_skipped_done"] == 0 and third["items_processed"] == 6
     assert len(_manifest(tmp_path)) == len(ids)
 
 

@@ -25,8 +25,8 @@ import pytest
 from canvas_ray.config import REPO_ROOT, load_config
 from canvas_ray.testing import product_png
 from serve.jobs import SIGNATURE_HEADER, verify_signature
-from tests.test_cluster import _free_port, _stop_head, _wait_http
-from tests.test_serve_page import CHROMEDRIVER, CHROMIUM, browser  # noqa: F401 - the browser fixture
+from tests.jobs.test_cluster import _free_port, _stop_head, _wait_http
+from tests.serve.test_serve_page import CHROMEDRIVER, CHROMIUM, browser  # noqa: F401 - the browser fixture
 
 SAMPLE = REPO_ROOT / "examples" / "catalog"
 KEY, OTHER_KEY = "jobs-key-1", "jobs-key-2"
