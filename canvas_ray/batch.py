@@ -52,6 +52,7 @@ from canvas_ray.io.images import encode_image, resize
 from canvas_ray.io.manifest import DONE_STATUSES, Manifest, part_name, summarise
 from canvas_ray.io.outputs import OutputLayout, WriteOutputs, join_uri, write_bytes
 from canvas_ray.logs import get_logger
+from canvas_ray.progress import ProgressFile, ProgressLine
 from canvas_ray.spec import PIPELINE, StageSpec, make_stage, stage_resources, step
 from canvas_ray.stages.base import Batch, StageContext, ensure_status, run_in_chunks
 from canvas_ray.stages.composite import Composite
@@ -60,7 +61,6 @@ from canvas_ray.stages.prompt import DONE_SEPARATOR, Prompt
 from canvas_ray.styles import StyleBook
 
 log = get_logger(__name__)
-PROGRESS_EVERY_S = 10.0  # the compact progress line when stderr is not a terminal
 
 
 @dataclass
@@ -475,7 +475,7 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
     status_file.write("running", processed, force=True)
     if todo_items:
         check_resources(config)
-        progress = _Progress(remaining, request.progress, terminal)
+        progress = ProgressLine(remaining, request.progress, terminal)
         for batch in build_plan(todo, run).iter_batches(batch_size=None, batch_format="pyarrow"):
             for entry in pc.value_counts(batch.column("status")).to_pylist():
                 key = entry["values"] if entry["values"] in processed else "error"
@@ -517,79 +517,6 @@ def _remove_outputs(root: str, options: dict[str, Any]) -> None:
         target = f"{path.rstrip('/')}/{sub}"
         if fs.exists(target):
             fs.rm(target, recursive=True)
-
-
-class ProgressFile:
-    """``OUTPUT/progress.json``, rewritten at most every few seconds while a run goes: what an HTTP client
-    (the jobs API) or a dashboard polls. ``state`` is ``running`` or ``finished``."""
-
-    EVERY_S = 5.0
-
-    def __init__(self, root: str, options: dict[str, Any], run_id: str, total: int):
-        self.uri = join_uri(root, "progress.json")
-        self.options, self.run_id, self.total = options, run_id, total
-        self.started, self.last = time.time(), 0.0
-
-    def write(self, state: str, counts: dict[str, int], force: bool = False) -> None:
-        now = time.time()
-        if not force and now - self.last < self.EVERY_S:
-            return
-        self.last = now
-        done = sum(counts.values())
-        rate = done / max(now - self.started, 1e-9)
-        record = {
-            "run_id": self.run_id,
-            "state": state,
-            "outputs_total": self.total,
-            "outputs_done": done,
-            **counts,
-            "outputs_per_second": round(rate, 3),
-            "eta_s": round((self.total - done) / rate, 1) if rate > 0 and state == "running" else None,
-            "updated_at": now,
-        }
-        try:
-            write_bytes(self.uri, json.dumps(record).encode(), self.options)
-        except OSError as error:  # progress is advisory: never fail the job over it
-            log.warning("could not write %s: %s", self.uri, error)
-
-
-class _Progress:
-    """A tqdm bar in a terminal; otherwise one compact log line every ``PROGRESS_EVERY_S`` seconds."""
-
-    def __init__(self, total: int, enabled: bool, terminal: bool):
-        self.total, self.enabled, self.started, self.last = total, enabled, time.time(), 0.0
-        self.bar = None
-        self.printed: dict[str, int] = {}
-        if enabled and terminal:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc="outputs", unit="img", file=sys.stderr, dynamic_ncols=True)
-
-    def update(self, counts: dict[str, int]) -> None:
-        done = sum(counts.values())
-        if self.bar is not None:
-            self.bar.update(done - self.bar.n)
-            self.bar.set_postfix(counts, refresh=False)
-        elif self.enabled and time.time() - self.last >= PROGRESS_EVERY_S:
-            self.last = time.time()
-            self.printed = dict(counts)
-            print(self.line(counts), file=sys.stderr, flush=True)
-
-    def line(self, counts: dict[str, int]) -> str:
-        done = sum(counts.values())
-        elapsed = max(time.time() - self.started, 1e-9)
-        rate = done / elapsed
-        eta = (self.total - done) / rate if rate > 0 else float("nan")
-        share = done / self.total if self.total else 1.0
-        parts = " ".join(f"{k} {v}" for k, v in counts.items())
-        eta_text = f"{eta / 60:.1f} min" if eta == eta else "?"
-        return f"outputs {done}/{self.total} ({share:.1%})  {parts}  {rate:.1f}/s  eta {eta_text}"
-
-    def close(self, counts: dict[str, int]) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        elif self.enabled and counts != self.printed:
-            print(self.line(counts), file=sys.stderr, flush=True)
 
 
 def _summary(

@@ -22,7 +22,6 @@ is kept as ``OUTPUT/webhook.json`` and shown by ``GET /v1/jobs/{id}``.
 # No `from __future__ import annotations`: FastAPI must resolve the route signatures.
 import asyncio
 import hashlib
-import hmac
 import json
 import os
 import re
@@ -31,7 +30,6 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin, urlsplit
 
 import fsspec
 import yaml
@@ -46,6 +44,7 @@ from canvas_ray.profiles import valid_profile_name
 from serve.auth import uri_allowed
 from serve.errors import ApiError
 from serve.parsing import BodyReader, validate_model
+from serve.webhooks import deliver_webhook, host_allowed
 
 log = get_logger("canvas_ray.serve.jobs")
 router = APIRouter()
@@ -54,8 +53,6 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 ACTIVE = ("PENDING", "RUNNING")
 JOB_ID_RE = re.compile(r"^cr-[0-9a-f]{20}$")
 OUTPUT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-MAX_REDIRECTS = 3
-SIGNATURE_HEADER = "X-Canvas-Ray-Signature"
 MAX_JOB_BODY = 64 * 1024  # a job request is a few fields
 # Files of a job's output that GET /v1/jobs/{id}/files/... may return (the review pages and what they show).
 SERVABLE = re.compile(r"^(index\.html|summary\.json|progress\.json|(review|images|thumbs)/[A-Za-z0-9._/-]+)$")
@@ -81,90 +78,6 @@ class JobError(ApiError):
 
 def owner_of(api_key: str | None) -> str:
     return hashlib.sha256((api_key or "").encode()).hexdigest()[:24] if api_key else "anonymous"
-
-
-def sign(secret: str, body: bytes, timestamp: int) -> str:
-    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={digest}"
-
-
-def verify_signature(secret: str, body: bytes, header: str) -> bool:
-    """What a receiver does: recompute the HMAC over ``t.body`` and compare in constant time."""
-    parts = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
-    if "t" not in parts or "v1" not in parts or not parts["t"].isdigit():
-        return False
-    return hmac.compare_digest(sign(secret, body, int(parts["t"])), header)
-
-
-def host_allowed(url: str, hosts: list[str]) -> bool:
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return False
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
-        return False
-    return parts.hostname.lower() in hosts
-
-
-async def deliver_webhook(
-    url: str,
-    payload: dict[str, Any],
-    secret: str,
-    hosts: list[str],
-    *,
-    timeout_s: float = 10.0,
-    attempts: int = 4,
-    backoff_s: float = 1.0,
-    deadline_s: float = 120.0,
-) -> dict[str, Any]:
-    """POST ``payload`` signed; follow redirects only onto allowed hosts; retry 5xx/network errors."""
-    import httpx
-
-    body = json.dumps(payload, sort_keys=True).encode()
-    record: dict[str, Any] = {"url": url, "delivered": False, "attempts": 0, "error": None, "status": None}
-
-    async def attempt_all() -> None:
-        delay = backoff_s
-        async with httpx.AsyncClient(follow_redirects=False, timeout=timeout_s, trust_env=False) as client:
-            for attempt in range(attempts):
-                record["attempts"] = attempt + 1
-                target = url
-                try:
-                    for _ in range(MAX_REDIRECTS + 1):
-                        if not host_allowed(target, hosts):
-                            record["error"] = f"refused: {urlsplit(target).hostname!r} is not an allowed host"
-                            return  # never retried: the receiver asked for somewhere we will not go
-                        headers = {
-                            "Content-Type": "application/json",
-                            SIGNATURE_HEADER: sign(secret, body, int(time.time())),
-                            "User-Agent": "canvas-ray-webhook/1",
-                        }
-                        response = await client.post(target, content=body, headers=headers)
-                        if response.is_redirect and "location" in response.headers:
-                            target = urljoin(target, response.headers["location"])
-                            continue
-                        break
-                    else:
-                        record["error"] = "too many redirects"
-                        return
-                    record["status"] = response.status_code
-                    if 200 <= response.status_code < 300:
-                        record["delivered"], record["error"] = True, None
-                        return
-                    record["error"] = f"HTTP {response.status_code}"
-                    if response.status_code < 500 and response.status_code != 429:
-                        return  # the receiver refused this body: retrying would not help
-                except httpx.HTTPError as error:
-                    record["error"] = f"{type(error).__name__}: {error}"[:300]
-                if attempt + 1 < attempts:
-                    await asyncio.sleep(delay)
-                    delay *= 2
-
-    try:
-        await asyncio.wait_for(attempt_all(), timeout=deadline_s)
-    except TimeoutError:
-        record["error"] = f"deadline of {deadline_s:g} s passed"
-    return record
 
 
 class JobService:

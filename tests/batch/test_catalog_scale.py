@@ -12,9 +12,10 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from canvas_ray.batch import GenerateRequest, _Progress, run_generate
+from canvas_ray.batch import GenerateRequest, run_generate
 from canvas_ray.config import load_config
 from canvas_ray.io.manifest import Manifest, buckets_for, read_manifest
+from canvas_ray.progress import ProgressLine
 from tests.conftest import REPO, SAMPLE_CATALOG
 
 WEIGHTFREE = REPO / "configs" / "weightfree.yaml"
@@ -111,7 +112,7 @@ def test_resume_keeps_review_rows_and_a_changed_segmenter_redoes_them(ray_local,
 
 
 def test_progress_is_one_compact_line_without_a_terminal(capsys):
-    progress = _Progress(total=200, enabled=True, terminal=False)
+    progress = ProgressLine(total=200, enabled=True, terminal=False)
     progress.update({"ok": 10, "review": 0, "rejected": 0, "error": 0})
     progress.update({"ok": 20, "review": 0, "rejected": 0, "error": 0})  # within the interval: silent
     progress.close({"ok": 150, "review": 10, "rejected": 0, "error": 40})

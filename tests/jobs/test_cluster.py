@@ -81,15 +81,14 @@ def test_catalog_and_outputs_on_s3(s3_server, ray_local):
         REPO / "configs" / "weightfree.yaml",
         {"output.aspect_ratios": ["1:1"], "styles.default": ["beach summer"]},
     )
-    summary = run_generate(
-        GenerateRequest(
-            config,
-            "s3://catalogs/spring/catalog.jsonl",
-            "s3://results/run1",
-            storage_options=options,
-            progress=False,
-        )
+    request = GenerateRequest(
+        config,
+        "s3://catalogs/spring/catalog.jsonl",
+        "s3://results/run1",
+        storage_options=options,
+        progress=False,
     )
+    summary = run_generate(request)
     assert summary["ok"] + summary["review"] == summary["outputs_expected"] == 4 and summary["errors"] == 0
     manifest = read_manifest("s3://results/run1", options).to_pylist()
     assert len(manifest) == 4
@@ -100,15 +99,7 @@ def test_catalog_and_outputs_on_s3(s3_server, ray_local):
     assert fs.exists("results/run1/index.html") and fs.glob("results/run1/manifest/bucket=*/*.parquet")
     assert not fs.exists("results/run1/manifest/_staging")
     # resume on S3: nothing left to do
-    again = run_generate(
-        GenerateRequest(
-            config,
-            "s3://catalogs/spring/catalog.jsonl",
-            "s3://results/run1",
-            storage_options=options,
-            progress=False,
-        )
-    )
+    again = run_generate(request)
     assert again["items_skipped_done"] == 4 and again["items_processed"] == 0
 
 
@@ -126,32 +117,25 @@ def ray_head(tmp_path_factory):
     env = dict(os.environ, RAY_DEDUP_LOGS="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     # the job's `python` is whatever the head node's PATH finds: make it this environment's, as on a cluster
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    start = [
-        sys.executable,
-        "-m",
-        "ray.scripts.scripts",
-        "start",
-        "--head",
-        "--node-ip-address=127.0.0.1",
-        f"--port={port}",
-        "--num-cpus=2",
-        "--include-dashboard=true",
-        "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dashboard}",
-        f"--temp-dir={temp}",
-        "--disable-usage-stats",
-        "--block",
-    ]
-    # `--block` keeps the head in the foreground: this fixture owns the process group it starts and stops
-    # only that (never `ray stop`, which would kill every Ray process on the machine).
-    head = subprocess.Popen(
-        start, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+    head = start_head(temp, port, dashboard, env, num_cpus=2)
     try:
         _wait_http(f"http://127.0.0.1:{dashboard}/api/version", timeout=120)
         yield f"http://127.0.0.1:{dashboard}", env
     finally:
         _stop_head(head, str(temp))
+
+
+def start_head(temp: Path, port: int, dashboard: int, env: dict[str, str], num_cpus: int) -> subprocess.Popen:
+    """``ray start --head --block`` on 127.0.0.1 with the job server, in its own process group: the test
+    owns that group and stops only it (:func:`_stop_head`; never `ray stop`, which would kill every Ray
+    process on the machine)."""
+    command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--node-ip-address=127.0.0.1"]
+    command += [f"--port={port}", f"--num-cpus={num_cpus}", "--include-dashboard=true"]
+    command += ["--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={temp}"]
+    command += ["--disable-usage-stats", "--block"]
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
 
 
 def _stop_head(head: subprocess.Popen, temp: str) -> None:

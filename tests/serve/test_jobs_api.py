@@ -5,12 +5,10 @@ headless chromium (screenshot: test-artifacts/serve-jobs-tab.png)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -24,8 +22,8 @@ import pytest
 
 from canvas_ray.config import REPO_ROOT, load_config
 from canvas_ray.testing import product_png
-from serve.jobs import SIGNATURE_HEADER, verify_signature
-from tests.jobs.test_cluster import _free_port, _stop_head, _wait_http
+from serve.webhooks import SIGNATURE_HEADER, verify_signature
+from tests.jobs.test_cluster import _free_port, _stop_head, _wait_http, start_head
 from tests.serve.test_serve_page import CHROMEDRIVER, CHROMIUM, browser  # noqa: F401 - the browser fixture
 
 SAMPLE = REPO_ROOT / "examples" / "catalog"
@@ -82,28 +80,7 @@ def stack(tmp_path_factory):
     # under test has its own keys
     env = dict(os.environ, RAY_DEDUP_LOGS="0", CANVAS_RAY_WEBHOOK_SECRET=SECRET)
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    head = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ray.scripts.scripts",
-            "start",
-            "--head",
-            "--node-ip-address=127.0.0.1",
-            f"--port={port}",
-            "--num-cpus=4",
-            "--include-dashboard=true",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dashboard}",
-            f"--temp-dir={temp}",
-            "--disable-usage-stats",
-            "--block",
-        ],  # fmt: skip
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group: stopped by _stop_head, never `ray stop`
-    )
+    head = start_head(temp, port, dashboard, env, num_cpus=4)  # stopped by _stop_head, never `ray stop`
     allowed = tmp_path_factory.mktemp("allowed-catalogs")
     outside = tmp_path_factory.mktemp("other-catalogs")
     jobs_root = tmp_path_factory.mktemp("job-outputs")
@@ -151,14 +128,7 @@ def stack(tmp_path_factory):
         if ray.is_initialized():
             serve.shutdown()
             ray.shutdown()
-        with contextlib.suppress(ProcessLookupError):  # `ray start --block` can take 30 s on SIGTERM
-            os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(head.pid, signal.SIGKILL)
-        _stop_head(head, str(temp))  # and anything left using its temp dir
+        _stop_head(head, str(temp))  # its process group, and anything left using its temp dir
 
 
 def wait_for(client: httpx.Client, job_id: str, states: tuple[str, ...], timeout: float = 240) -> dict:
