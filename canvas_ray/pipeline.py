@@ -15,7 +15,7 @@ import numpy as np
 from canvas_ray.config import CanvasConfig
 from canvas_ray.schema import QUALITY_COLUMNS, TIMING_COLUMNS
 from canvas_ray.spec import in_process_stages, make_stage, model_stages
-from canvas_ray.stages.base import Batch, StageContext, object_column, run_in_chunks
+from canvas_ray.stages.base import Batch, StageContext, rows_batch, run_in_chunks
 from canvas_ray.styles import StyleBook
 
 
@@ -39,15 +39,9 @@ class GeneratedImage:
     quality: dict[str, float | None]
 
 
-
-
 def items_batch(items: list[dict[str, Any]]) -> Batch:
-    """Catalog-like rows (dicts) → a batch; ``image_bytes`` stays an object column."""
-    batch: Batch = {}
-    for key in dict.fromkeys(k for item in items for k in item):  # every key, in first-seen order
-        values = [item.get(key) for item in items]
-        batch[key] = object_column(values) if key == "image_bytes" else np.asarray(values, dtype=object)
-    return batch
+    """Catalog-like rows (dicts) → a batch; the uploaded bytes stay one object per row."""
+    return rows_batch(items, arrays=("image_bytes", "style_image_bytes"))
 
 
 class LocalPipeline:

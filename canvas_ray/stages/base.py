@@ -9,7 +9,7 @@ on ``ok`` rows only and passes the others through untouched, so no row is ever d
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
@@ -84,6 +84,32 @@ def object_column(values: Sequence[Any]) -> np.ndarray:
     for i, value in enumerate(values):
         column[i] = value
     return column
+
+
+def rows_batch(
+    rows: Sequence[dict[str, Any]],
+    *,
+    arrays: Collection[str] = (),
+    ints: Collection[str] = (),
+    floats_by_value: bool = False,
+) -> Batch:
+    """Rows (dicts) → a batch, every key in first-seen order (``None`` where a row lacks it): ``arrays``
+    become object columns of one element per row (images, bytes), ``ints`` int64, floats float64 when
+    ``floats_by_value`` and the first value is one; the rest object columns of plain Python values."""
+    out: Batch = {}
+    for key in dict.fromkeys(k for row in rows for k in row):
+        values = [row.get(key) for row in rows]
+        if key in arrays:
+            out[key] = object_column(values)
+        elif key in ints:
+            out[key] = np.asarray(values, dtype=np.int64)
+        elif floats_by_value and isinstance(values[0], float | np.floating):
+            out[key] = np.asarray(values, dtype=np.float64)
+        else:
+            out[key] = np.asarray(
+                [v.item() if isinstance(v, np.generic) else v for v in values], dtype=object
+            )
+    return out
 
 
 def num_rows(batch: Batch) -> int:

@@ -32,7 +32,7 @@ from canvas_ray.stages.base import (
     StageContext,
     describe,
     ensure_status,
-    object_column,
+    rows_batch,
 )
 from canvas_ray.styles import build_prompt
 
@@ -207,7 +207,12 @@ class Prompt:
                         target = (aspect, profile)
                         self._fill(row, batch, index, item_id, requested, target, variant, long_side)
                         rows.append(row)
-        return _columns(rows)
+        return rows_batch(
+            rows,
+            arrays=("canvas", "canvas_mask", "style_image"),
+            ints=("variant", "seed", "image_quality"),
+            floats_by_value=True,
+        )
 
     def _fill(
         self,
@@ -277,25 +282,6 @@ class Prompt:
         row["background_rule"] = profile.background
         row["image_format"], row["image_quality"] = profile.format, profile.quality
         return profile
-
-
-def _columns(rows: list[dict[str, Any]]) -> Batch:
-    if not rows:
-        return {}
-    out: Batch = {}
-    for key in rows[0]:
-        values = [row[key] for row in rows]
-        if key in ("canvas", "canvas_mask", "style_image"):
-            out[key] = object_column(values)
-        elif key in ("variant", "seed", "image_quality"):
-            out[key] = np.asarray(values, dtype=np.int64)
-        elif isinstance(values[0], float | np.floating):
-            out[key] = np.asarray(values, dtype=np.float64)
-        else:
-            out[key] = np.asarray(
-                [v if not isinstance(v, np.generic) else v.item() for v in values], dtype=object
-            )
-    return out
 
 
 def placement_of(row_placement: str) -> dict[str, Any]:
