@@ -127,8 +127,7 @@ def ray_head(tmp_path_factory):
 
 def start_head(temp: Path, port: int, dashboard: int, env: dict[str, str], num_cpus: int) -> subprocess.Popen:
     """``ray start --head --block`` on 127.0.0.1 with the job server, in its own process group: the test
-    owns that group and stops only it (:func:`_stop_head`; never `ray stop`, which would kill every Ray
-    process on the machine)."""
+    owns that group and stops only it (:func:`_stop_head`), never every Ray process on the machine."""
     command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--node-ip-address=127.0.0.1"]
     command += [f"--port={port}", f"--num-cpus={num_cpus}", "--include-dashboard=true"]
     command += ["--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={temp}"]

@@ -80,7 +80,7 @@ def stack(tmp_path_factory):
     # under test has its own keys
     env = dict(os.environ, RAY_DEDUP_LOGS="0", CANVAS_RAY_WEBHOOK_SECRET=SECRET)
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    head = start_head(temp, port, dashboard, env, num_cpus=4)  # stopped by _stop_head, never `ray stop`
+    head = start_head(temp, port, dashboard, env, num_cpus=4)  # stopped by _stop_head: its process group
     allowed = tmp_path_factory.mktemp("allowed-catalogs")
     outside = tmp_path_factory.mktemp("other-catalogs")
     jobs_root = tmp_path_factory.mktemp("job-outputs")
