@@ -211,6 +211,11 @@ class ExpansionConfig(_Strict):
     on_fail: Literal["reject", "keep_best"] = Field(
         "reject", description="after max_attempts: a `rejected` row, or the least-expanded candidate"
     )
+    applies_to: Literal["generative", "always"] = Field(
+        "generative",
+        description="generative: only for generators that paint the product region (diffusion); a "
+        "procedural studio backdrop cannot grow the product. always: every generator",
+    )
     segment: SegmentConfig | None = Field(
         None, description="segmenter for the generated image; None = the segment stage's (alpha → backdrop)"
     )

@@ -5,11 +5,20 @@ shadow that reads as product). Following the metric of Yahoo's CVPRW 2024 paper,
 re-segmented and ``E = area(m_out ∪ m_in) − area(m_in)``; the guard compares ``E / area(m_in)`` with a
 threshold. ``tolerance_px`` forgives the few pixels of edge jitter any segmenter has: pixels of ``m_out``
 within that (Euclidean) distance of ``m_in`` do not count.
+
+Holes and gaps are not growth. A segmenter may fill a ring's hole, a pair of glasses' lenses or the gap
+under a handle whatever the background; counting those pixels rejected right products (a ring at mask IoU
+0.99 "grew by 136%"). So the meter also segments a *control*: the known product (``m_in``) on a plain fill
+of the generated background's own colour. What the segmenter calls product there, outside ``m_in``, is its
+reading of this product, not something the generator drew, and is subtracted:
+``E = area(m_out − m_in − m_control)``. :class:`Expansion` keeps the grown pixels' bounding box so a
+rejected output can say where the product grew.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -18,18 +27,44 @@ from PIL import Image
 from canvas_ray.compose import HARD
 from canvas_ray.config import CanvasConfig, SegmentConfig
 
+if TYPE_CHECKING:
+    from canvas_ray.stages.segment import Segmenter
+
+
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (x1, y1 exclusive)
+
 
 @dataclass(frozen=True)
 class Expansion:
-    """``pixels`` = E, ``ratio`` = E / area(m_in) (both at the measured scale)."""
+    """``pixels`` = E, ``ratio`` = E / area(m_in) (both at the measured scale); ``box``: where the grown
+    pixels lie, in the pixels of the image given to the meter (None when nothing grew)."""
 
     pixels: int
     ratio: float
     product_pixels: int
+    box: Box | None = None
+
+    def where(self) -> str:
+        """The grown region in words, for a rejection message."""
+        if self.box is None:
+            return "nothing grew"
+        x0, y0, x1, y1 = self.box
+        return f"{self.ratio:.0%} of its area, in the box x {x0}-{x1}, y {y0}-{y1} of the canvas"
 
 
-def measure_expansion(product_in: np.ndarray, product_out: np.ndarray, tolerance_px: int = 0) -> Expansion:
-    """E and E / area(in) for boolean masks of the same shape (``m_in`` = the product given to the model)."""
+def measure_expansion(
+    product_in: np.ndarray,
+    product_out: np.ndarray,
+    tolerance_px: int = 0,
+    control: np.ndarray | None = None,
+) -> Expansion:
+    """E and E / area(in) for boolean masks of the same shape (``m_in`` = the product given to the model).
+
+    Args:
+        control (np.ndarray | None, default None): the segmenter's mask of the known product alone (on a
+            plain fill); pixels it calls product are the segmenter's reading of the product (holes, gaps),
+            not growth.
+    """
     if product_in.shape != product_out.shape:
         raise ValueError(f"mask shapes differ: {product_in.shape} vs {product_out.shape}")
     inside = product_in.astype(bool)
@@ -37,11 +72,32 @@ def measure_expansion(product_in: np.ndarray, product_out: np.ndarray, tolerance
     if area == 0:
         raise ValueError("the input product mask is empty")
     grown = product_out.astype(bool) & ~inside
+    if control is not None:
+        if control.shape != inside.shape:
+            raise ValueError(f"control mask shape {control.shape} differs from {inside.shape}")
+        grown &= ~control.astype(bool)
     if tolerance_px > 0:
         distance = cv2.distanceTransform((~inside).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
         grown &= distance > tolerance_px
     pixels = int(grown.sum())
-    return Expansion(pixels, pixels / area, area)
+    return Expansion(pixels, pixels / area, area, grown_box(grown))
+
+
+def grown_box(grown: np.ndarray) -> Box | None:
+    ys, xs = np.nonzero(grown)
+    if ys.size == 0:
+        return None
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def control_image(generated: np.ndarray, product: np.ndarray, canvas: np.ndarray) -> np.ndarray:
+    """The known product (``canvas`` through the boolean mask ``product``) on a plain fill: the median colour
+    of the generated image outside the product."""
+    outside = generated[..., :3][~product]
+    fill = np.median(outside, axis=0) if outside.size else np.full(3, 255.0)
+    plain = np.empty_like(canvas[..., :3])
+    plain[:] = np.round(fill).astype(canvas.dtype)
+    return np.where(product[..., None], canvas[..., :3], plain)
 
 
 def guard_segment_spec(config: CanvasConfig) -> SegmentConfig:
@@ -53,15 +109,23 @@ def guard_segment_spec(config: CanvasConfig) -> SegmentConfig:
 
 
 class ExpansionMeter:
-    """Re-segments generated images (downscaled to ``max_side``) and measures expansion against m_in."""
+    """Re-segments generated images (downscaled to ``max_side``) and measures expansion against m_in, less
+    what the segmenter reads into the known product alone (the control). The segmenter is built on first
+    use, so a pipeline whose generator cannot grow the product never loads it."""
 
     def __init__(self, config: CanvasConfig):
-        from canvas_ray.stages.segment import build_segmenter
-
         self.spec = config.quality.expansion
         self.segment_spec = guard_segment_spec(config)
-        self.segmenter = build_segmenter(self.segment_spec)
+        self._segmenter: Segmenter | None = None
         self.max_side = self.spec.resolution
+
+    @property
+    def segmenter(self) -> Segmenter:
+        if self._segmenter is None:
+            from canvas_ray.stages.segment import build_segmenter
+
+            self._segmenter = build_segmenter(self.segment_spec)
+        return self._segmenter
 
     def _small(self, image: np.ndarray, canvas_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
         """The image and m_in at most ``max_side`` long, and the tolerance in pixels at that scale."""
@@ -75,11 +139,38 @@ class ExpansionMeter:
         mask = np.asarray(Image.fromarray(canvas_mask).resize(size, Image.Resampling.BILINEAR)) >= HARD
         return small, mask, max(1 if tolerance else 0, round(tolerance * scale))
 
-    def measure(self, generated: list[np.ndarray], canvas_masks: list[np.ndarray]) -> list[Expansion]:
+    def measure(
+        self,
+        generated: list[np.ndarray],
+        canvas_masks: list[np.ndarray],
+        canvases: list[np.ndarray] | None = None,
+    ) -> list[Expansion]:
+        """Expansion per generated image; with ``canvases`` (the product images given to the generator)
+        each is measured against its control. Boxes come back in canvas pixels."""
         small = [self._small(image, mask) for image, mask in zip(generated, canvas_masks, strict=True)]
-        outs = self.segmenter.product_masks([image for image, _, _ in small])
+        images = [image for image, _, _ in small]
+        controls: list[np.ndarray | None] = [None] * len(small)
+        if canvases is not None:
+            plain = [
+                control_image(image, inside, self._small(canvas, mask)[0])
+                for (image, inside, _), canvas, mask in zip(small, canvases, canvas_masks, strict=True)
+            ]
+            images += plain
+        outs = self.segmenter.product_masks(images)
         threshold = self.segment_spec.threshold
-        return [
-            measure_expansion(inside, np.nan_to_num(soft) >= threshold, tolerance)
-            for (_, inside, tolerance), soft in zip(small, outs, strict=True)
-        ]
+        if canvases is not None:
+            controls = [np.nan_to_num(soft) >= threshold for soft in outs[len(small) :]]
+        results = []
+        for (image, inside, tolerance), soft, control, mask in zip(
+            small, outs[: len(small)], controls, canvas_masks, strict=True
+        ):
+            found = measure_expansion(inside, np.nan_to_num(soft) >= threshold, tolerance, control)
+            results.append(_in_canvas_pixels(found, image.shape[1] / mask.shape[1]))
+        return results
+
+
+def _in_canvas_pixels(expansion: Expansion, scale: float) -> Expansion:
+    if expansion.box is None or scale >= 1.0:
+        return expansion
+    x0, y0, x1, y1 = (round(v / scale) for v in expansion.box)
+    return replace(expansion, box=(x0, y0, x1, y1))

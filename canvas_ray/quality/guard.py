@@ -7,6 +7,10 @@ none is within it, it tries again with new seeds and a kept region grown by ``re
 attempt, up to ``max_attempts``; then it keeps the least-expanded candidate or marks the row ``rejected``
 (``quality.expansion.on_fail``). This runs inside the Inpaint stage; evaluating a finished run is
 :mod:`canvas_ray.quality.evaluate`'s job.
+
+Expansion is measured only where the generator can grow the product: backends that paint the product region
+(``paints_product``, diffusion inpainting). A weight-free studio backdrop never draws near the product (the
+product is pasted over it), so there it is skipped unless ``quality.expansion.applies_to: always``.
 """
 
 from __future__ import annotations
@@ -112,14 +116,15 @@ class CandidateGuard:
         start = time.perf_counter()
         masks = [row["canvas_mask"] for row in rows]
         expansions: list[Expansion | None] = [None] * len(rows)
-        if self.meter is not None:
+        if self.measures(inpainter):
+            assert self.meter is not None
             generated = backgrounds
             if not inpainter.paints_product:
                 generated = [
                     np.where((mask >= HARD)[..., None], row["canvas"], background)
                     for row, mask, background in zip(rows, masks, backgrounds, strict=True)
                 ]
-            expansions = list(self.meter.measure(generated, masks))
+            expansions = list(self.meter.measure(generated, masks, [row["canvas"] for row in rows]))
         composites = [
             self.preview.render(row["canvas"], row["canvas_mask"], background, str(row["style"]))
             for row, background in zip(rows, backgrounds, strict=True)
@@ -139,12 +144,19 @@ class CandidateGuard:
         self._quality_s += time.perf_counter() - start
         return [candidates[i * k : (i + 1) * k] for i in range(len(selected))]
 
+    def measures(self, inpainter: Inpainter) -> bool:
+        """Whether expansion is measured for this generator (see the module docstring)."""
+        if self.meter is None:
+            return False
+        return bool(inpainter.paints_product) or self.quality.expansion.applies_to == "always"
+
     def __call__(self, inpainter: Inpainter, batch: Batch, indices: list[int]) -> Batch:
         """Choose a background for each row in ``indices`` (``ok`` rows); record every row's figures."""
         n = len(batch["status"])
         guard = self.quality.expansion
-        threshold = guard.threshold if guard.enabled else float("inf")
-        max_attempts = guard.max_attempts if guard.enabled else 1
+        active = self.measures(inpainter)
+        threshold = guard.threshold if active else float("inf")
+        max_attempts = guard.max_attempts if active else 1
         history: dict[int, list[Candidate]] = defaultdict(list)
         chosen: dict[int, Candidate] = {}
         start, self._quality_s = time.perf_counter(), 0.0
@@ -170,7 +182,7 @@ class CandidateGuard:
                 batch,
                 index,
                 "quality",
-                f"the product grew by {least.expansion_ratio:.0%} of its area in the best of "
+                f"the product grew by {_where(least)} in the best of "
                 f"{len(history[index])} candidates over {attempt} attempts (limit {threshold:.0%}); "
                 "raise quality.expansion.threshold or max_attempts, or set on_fail: keep_best",
             )
@@ -222,3 +234,9 @@ class CandidateGuard:
         quality_s[indices] = self._quality_s * share
         batch["inpaint_s"] = inpaint_s
         batch["quality_s"] = quality_s
+
+
+def _where(candidate: Candidate) -> str:
+    if candidate.expansion is None:
+        return f"{candidate.expansion_ratio:.0%} of its area"
+    return candidate.expansion.where()

@@ -64,9 +64,9 @@ def test_sample_catalog_end_to_end(ray_local, tmp_path):
     _check_outputs(tmp_path, rows)
     assert summary["ok"] + summary["review"] == len(wanted) and summary["errors"] == 0
     assert summary["review"] == len(review) and summary["product_preserved"] == summary["ok"]
-    # every output carries its expansion and score figures
+    # every output carries its score figures; expansion is not measured on studio backdrops (cannot grow)
     for row in rows:
-        assert row["expansion_ratio"] is not None and row["expansion_ratio"] <= 0.15
+        assert row["expansion_ratio"] is None
         assert 0 < row["quality_score"] <= 1 and row["attempts"] == 1 and row["candidates"] == 1
         assert row["seam_energy"] is not None and row["clip_score"] is None
     # the catalog's own style column wins over the config's defaults

@@ -49,6 +49,25 @@ def test_expansion_is_area_of_union_minus_input():
         measure_expansion(inside, np.zeros((8, 8), bool))
 
 
+def ring(size: int, centre: int, outer: int, inner: int) -> np.ndarray:
+    y, x = np.mgrid[0:size, 0:size]
+    r2 = (y - centre) ** 2 + (x - centre) ** 2
+    return (r2 <= outer**2) & (r2 > inner**2)
+
+
+def test_expansion_does_not_count_a_hole_the_segmenter_reads_into_the_product():
+    band = ring(64, 32, 20, 12)
+    disc = ring(64, 32, 20, -1)  # a segmenter that fills the ring's hole
+    assert measure_expansion(band, disc).ratio > 0.3  # the old reading: the hole "grew"
+    calm = measure_expansion(band, disc, control=disc)  # the same segmenter on the product alone
+    assert calm.pixels == 0 and calm.box is None
+    # growth beyond what the control explains still counts, and says where it is
+    grown = measure_expansion(band, disc | square(64, 52, 60, 28, 36), control=disc)
+    assert grown.pixels == 64 - int((disc & square(64, 52, 60, 28, 36)).sum())
+    assert grown.box is not None and grown.box[1] >= 52 and grown.box[3] == 60
+    assert "x 28-36" in grown.where()
+
+
 # ---- the guard --------------------------------------------------------------------------------------
 
 
@@ -153,12 +172,43 @@ def test_guard_disabled_measures_nothing_and_never_retries():
     assert np.isnan(out["expansion_ratio"][0]) and out["expansion_px"][0] == -1
 
 
-def test_studio_backend_outputs_carry_expansion_and_scores():
+def test_studio_backend_skips_the_guard_unless_asked():
     stage = Inpaint(load_config(None))
     out = stage(product_batch(2))
-    assert list(out["status"]) == ["ok", "ok"]
-    assert np.all(out["expansion_ratio"] <= 0.05)  # a rendered backdrop cannot grow the product
+    assert list(out["status"]) == ["ok", "ok"] and list(out["attempts"]) == [1, 1]
+    assert np.all(np.isnan(out["expansion_ratio"]))  # a rendered backdrop cannot grow the product
+    assert stage.guard.meter is not None and stage.guard.meter._segmenter is None  # never loaded
     assert np.all(out["quality_score"] > 0)
+    stage = Inpaint(load_config(None, {"quality.expansion.applies_to": "always"}))
+    out = stage(product_batch(2))
+    assert list(out["status"]) == ["ok", "ok"] and np.all(out["expansion_ratio"] <= 0.05)
+
+
+def ring_batch() -> dict[str, np.ndarray]:
+    batch = product_batch(1)
+    canvas = np.full((96, 96, 3), BACKDROP, np.uint8)
+    band = np.pad(ring(64, 32, 26, 15), 16)
+    canvas[band] = PRODUCT
+    batch["canvas"] = object_column([canvas])
+    batch["canvas_mask"] = object_column([band.astype(np.uint8) * 255])
+    return batch
+
+
+def test_guard_keeps_a_ring_whose_hole_the_guard_segmenter_fills():
+    """A generator that paints the product but leaves it as it was: the weight-free guard segmenter fills
+    the ring's hole (it fills enclosed holes), which used to read as 60% growth and reject a right product."""
+    stage = guarded_stage(grow_calls=0, **{"expansion.segment": {"backend": "backdrop"}})
+    out = stage(ring_batch())
+    assert list(out["status"]) == ["ok"], out["error"][0]
+    assert out["attempts"][0] == 1 and out["expansion_ratio"][0] <= 0.05
+
+
+def test_a_rejection_says_which_pixels_grew():
+    stage = guarded_stage(grow_calls=99)
+    out = stage(product_batch(1))
+    assert out["status"][0] == "rejected"
+    # the planted growth: 15 rows under the product (y 50-65), across its width (x 33-63)
+    assert "in the box x 33-63, y 52-65 of the canvas" in out["error"][0], out["error"][0]
 
 
 # ---- scoring ----------------------------------------------------------------------------------------
