@@ -32,13 +32,70 @@ class _Strict(BaseModel):
 
 
 class Resources(_Strict):
-    """Ray resources of one stage: an actor pool for model stages, tasks for cheap ones."""
+    """Ray resources of one stage: an actor pool for model stages, tasks for cheap ones.
 
-    num_gpus: float = Field(0.0, ge=0)
+    ``concurrency`` sizes an actor pool: a fixed size (``4``), a range (``"1..8"`` or ``[1, 8]``) that
+    Ray Data autoscales within, or ``"auto"`` / ``"1..auto"``: up to every actor the cluster's free
+    GPUs (CPUs for CPU pools) can hold once the other pools have their minimum
+    (:func:`canvas_ray.cluster.size_pools`). A range is stored as ``concurrency`` (the minimum) and
+    ``max_concurrency`` (an int or ``"auto"``).
+    """
+
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor; fractions share a GPU (0.5: two actors)")
     num_cpus: float = Field(1.0, gt=0)
-    concurrency: int = Field(1, ge=1, description="actors in the pool (model stages) or max parallel tasks")
-    max_concurrency: int | None = Field(None, ge=1, description="autoscale the actor pool up to this size")
-    batch_size: int = Field(4, ge=1)
+    concurrency: int = Field(1, ge=1, description="actors in the pool (its minimum) or max parallel tasks")
+    max_concurrency: int | Literal["auto"] | None = Field(
+        None, description="autoscale the actor pool up to this size ('auto': what the cluster can hold)"
+    )
+    batch_size: int = Field(4, ge=1, description="rows per model call (and per map_batches call)")
+    memory_mb: int | None = Field(
+        None, ge=1, description="memory each actor or task declares to Ray's scheduler (None: the step's default)"
+    )
+    custom: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources per actor, e.g. {inpaint_node: 1} to pin a pool"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _range(cls, data: Any) -> Any:
+        """``concurrency: "2..8"`` / ``[2, 8]`` / ``"auto"`` / ``"1..auto"`` → minimum and maximum."""
+        if not isinstance(data, dict) or "concurrency" not in data:
+            return data
+        value = data["concurrency"]
+        low: Any
+        high: Any
+        if isinstance(value, list | tuple):
+            if len(value) != 2:
+                raise ValueError(f"concurrency as a list is [min, max], got {value!r}")
+            low, high = value
+        elif isinstance(value, str):
+            text = value.strip().lower()
+            if text == "auto":
+                low, high = 1, "auto"
+            elif re.fullmatch(r"\d+\s*\.\.\s*(\d+|auto)", text):
+                low, high = (part.strip() for part in text.split(".."))
+            else:
+                raise ValueError(f"concurrency must be N, 'MIN..MAX', 'MIN..auto' or 'auto', got {value!r}")
+        else:
+            return data
+        data = dict(data)
+        data["concurrency"] = int(low)
+        data["max_concurrency"] = high if high == "auto" else int(high)
+        return data
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Resources:
+        if isinstance(self.max_concurrency, int) and self.max_concurrency < self.concurrency:
+            raise ValueError(
+                f"max_concurrency {self.max_concurrency} is below concurrency {self.concurrency}"
+            )
+        return self
+
+    @property
+    def autoscales(self) -> bool:
+        return self.max_concurrency == "auto" or (
+            isinstance(self.max_concurrency, int) and self.max_concurrency > self.concurrency
+        )
 
 
 class ModelStage(_Strict):
@@ -320,11 +377,40 @@ class StylesConfig(_Strict):
     )
 
 
+class ProvenanceConfig(_Strict):
+    """How generated images say so (canvas_ray.provenance): IPTC XMP always, plus a signed C2PA manifest."""
+
+    c2pa: Literal["sign", "unsigned"] = Field(
+        "sign",
+        description="sign: a C2PA manifest signed with key/cert (no key: outputs are error rows); unsigned: "
+        "an explicit opt-out, XMP only, recorded in every manifest row",
+    )
+    cert: str | None = Field(None, description="PEM certificate chain file (leaf first); or cert_env")
+    key: str | None = Field(None, description="PEM private key file of the leaf certificate; or key_env")
+    cert_env: str = Field("CANVAS_RAY_C2PA_CERT", description="environment variable: chain file or PEM")
+    key_env: str = Field("CANVAS_RAY_C2PA_KEY", description="environment variable: key file or PEM")
+    alg: Literal["es256", "es384", "es512", "ps256", "ps384", "ps512", "ed25519"] = "es256"
+    timestamp_url: str | None = Field(None, description="RFC 3161 time-stamp authority (None: none)")
+
+
 class LimitsConfig(_Strict):
     max_image_bytes: int = Field(40 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(40_000_000, ge=64 * 64)
     min_side: int = Field(16, ge=1)
     fetch_timeout_s: float = Field(60.0, gt=0)
+    fetch_retries: int = Field(2, ge=0, le=10, description="http(s) images: retries on 5xx/429/timeouts")
+    fetch_per_host: int = Field(4, ge=1, le=256, description="http(s) images: downloads at once per host")
+    allowed_read_prefixes: list[str] | None = Field(
+        None,
+        description="image and style-image URIs of catalog rows must lie under one of these (checked "
+        "after normalisation and, for local paths, symlink resolution); a refused row is an error row. "
+        "None: read whatever the catalog names (the CLI); jobs submitted over HTTP always get a list",
+    )
+
+    @field_validator("allowed_read_prefixes")
+    @classmethod
+    def _read_prefixes(cls, values: list[str] | None) -> list[str] | None:
+        return None if values is None else _checked_prefixes(values)
 
 
 class RayConfig(_Strict):
@@ -342,6 +428,11 @@ class JobsConfig(_Strict):
     allowed_catalog_prefixes: list[str] = Field(
         default_factory=list, description="catalog URIs must start with one of these (none: every job is 403)"
     )
+    allowed_row_prefixes: list[str] | None = Field(
+        None,
+        description="image and style-image URIs of a job's catalog rows must lie under one of these "
+        "(None: the allowed catalog prefixes); a row outside is an error row",
+    )
     output_root: str | None = Field(
         None, description="jobs write under this root (None: serve.output_root/jobs; neither: jobs disabled)"
     )
@@ -356,8 +447,27 @@ class JobsConfig(_Strict):
     max_concurrent_per_key: int = Field(2, ge=1, le=1000, description="running jobs per API key")
     max_variants: int = Field(4, ge=1, le=64)
     max_styles: int = Field(8, ge=1, le=64)
-    webhook_allowed_hosts: list[str] = Field(
-        default_factory=list, description="webhook URLs (and every redirect) must be on these hosts"
+    max_aspects: int = Field(8, ge=1, le=64, description="distinct aspect ratios per job")
+    max_profiles: int = Field(8, ge=1, le=64, description="distinct output profiles per job")
+    max_outputs: int = Field(
+        100_000,
+        ge=1,
+        description="outputs per item × catalog rows (after `limit`) a job may ask for; more is a 400",
+    )
+    claim_grace_s: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="a job slot claimed for a submission the job server never saw is free after this",
+    )
+    owner_secret_env: str = Field(
+        "CANVAS_RAY_OWNER_SECRET",
+        description="environment variable with the key of the owner tag (HMAC of the API key); unset: a "
+        "random key kept in OUTPUT_ROOT/.owner-secret, shared by every replica",
+    )
+    webhook_allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="webhook URLs (and every redirect) must have one of these origins, scheme://host:port",
     )
     webhook_secret_env: str = Field(
         "CANVAS_RAY_WEBHOOK_SECRET", description="environment variable holding the HMAC-SHA256 shared secret"
@@ -367,22 +477,54 @@ class JobsConfig(_Strict):
     webhook_backoff_s: float = Field(1.0, ge=0, le=60, description="first retry delay, doubled each time")
     webhook_deadline_s: float = Field(120.0, gt=0, le=3600, description="all attempts together")
     poll_s: float = Field(2.0, gt=0, le=60, description="how often a job's state is checked for its webhook")
+    retry_after_s: float = Field(
+        10.0, gt=0, le=3600, description="Retry-After of the 503 sent when the job server refuses"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "webhook_allowed_hosts" in data:
+            raise ValueError(
+                "webhook_allowed_hosts was replaced by webhook_allowed_origins: full origins such as "
+                "'https://hooks.example.com:443' (a host alone let webhooks reach any of its ports)"
+            )
+        return data
 
     @field_validator("allowed_catalog_prefixes")
     @classmethod
     def _prefixes(cls, values: list[str]) -> list[str]:
-        for value in values:
-            if not value or ".." in value.split("/") or not (value.endswith("/") or "://" in value):
-                raise ValueError(f"catalog prefix {value!r} must be a folder ending in '/' (no '..')")
-        return values
+        return _checked_prefixes(values)
 
-    @field_validator("webhook_allowed_hosts")
+    @field_validator("allowed_row_prefixes")
     @classmethod
-    def _hosts(cls, values: list[str]) -> list[str]:
+    def _row_prefixes(cls, values: list[str] | None) -> list[str] | None:
+        return None if values is None else _checked_prefixes(values)
+
+    @field_validator("webhook_allowed_origins")
+    @classmethod
+    def _origins(cls, values: list[str]) -> list[str]:
+        from canvas_ray.io.uris import origin_of
+
+        origins = []
         for value in values:
-            if not re.fullmatch(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\]", value):
-                raise ValueError(f"webhook host {value!r} must be a bare host name or IP (no scheme or port)")
-        return [v.lower() for v in values]
+            origin = origin_of(value)
+            if origin is None or value.rstrip("/").lower() != origin:
+                raise ValueError(
+                    f"webhook origin {value!r} must be scheme://host:port, e.g. 'https://hooks.example.com:443'"
+                )
+            origins.append(origin)
+        return origins
+
+
+def _checked_prefixes(values: list[str]) -> list[str]:
+    from canvas_ray.io.uris import prefix_problem
+
+    for value in values:
+        problem = prefix_problem(value)
+        if problem:
+            raise ValueError(problem)
+    return values
 
 
 class ServeConfig(_Strict):
@@ -433,6 +575,7 @@ class CanvasConfig(_Strict):
     ray: RayConfig = Field(default_factory=RayConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
+    provenance: ProvenanceConfig = Field(default_factory=ProvenanceConfig)
     source: str | None = Field(None, exclude=True, description="file this config was read from")
 
     @model_validator(mode="after")
@@ -449,7 +592,7 @@ class CanvasConfig(_Strict):
 
     def fingerprint(self) -> str:
         """Hash of everything that changes pixels (not resources, not serving), plus the style presets."""
-        payload = self.model_dump(mode="json", exclude={"ray", "serve", "limits", "source"})
+        payload = self.model_dump(mode="json", exclude={"ray", "serve", "limits", "source", "provenance"})
         for stage in ("segment", "caption", "inpaint"):
             payload[stage].pop("resources", None)
             payload[stage].pop("device", None)

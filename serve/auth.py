@@ -6,9 +6,9 @@ from __future__ import annotations
 import hmac
 import os
 from collections.abc import Mapping
-from urllib.parse import unquote, urlsplit
 
 from canvas_ray.config import CanvasConfig
+from canvas_ray.io.uris import uri_allowed as _uri_allowed
 from serve.errors import ApiError
 
 
@@ -37,10 +37,6 @@ def authorize(headers: Mapping[str, str], api_keys: list[str]) -> str | None:
 
 
 def uri_allowed(uri: str, prefixes: list[str]) -> bool:
-    """``uri`` starts with an allowed prefix and cannot climb out of it (no ``..``, no odd characters)."""
-    if any(ch.isspace() or ord(ch) < 32 or ch == "\\" for ch in uri):
-        return False
-    path = unquote(unquote(urlsplit(uri).path if "://" in uri else uri))
-    if ".." in path.split("/"):
-        return False
-    return any(prefix and uri.startswith(prefix) for prefix in prefixes)
+    """``uri`` starts with an allowed prefix and cannot climb out of it (no ``..``, no odd characters, no
+    symlink out of a local prefix): :func:`canvas_ray.io.uris.uri_allowed`."""
+    return _uri_allowed(uri, prefixes)

@@ -115,26 +115,28 @@ class BodyReader:
     def __init__(self, limits: ServeConfig):
         self.limits = limits
 
-    def too_large(self, field: str | None = None) -> ApiError:
-        what = f"{field}: the file" if field else "the upload"
-        return ApiError(
-            413, "too_large", f"{what} is larger than the limit of {self.limits.max_upload_bytes} bytes"
-        )
+    def too_large(self, field: str | None = None, limit: int | None = None) -> ApiError:
+        """413 naming the limit that applies: ``limit`` when given (a body with its own cap, such as a job
+        request), else the upload limit."""
+        what = f"{field}: the file" if field else ("the body" if limit else "the upload")
+        cap = limit or self.limits.max_upload_bytes
+        return ApiError(413, "too_large", f"{what} is larger than the limit of {cap} bytes")
 
-    async def read(self, request: Request, cap: int) -> bytes:
+    async def read(self, request: Request, cap: int, limit: int | None = None) -> bytes:
+        """The body, at most ``cap`` bytes; the 413 names ``limit`` (default: the upload limit)."""
         length = request.headers.get("content-length")
         if length is not None:
             if not length.isdigit():
                 raise ApiError(400, "bad_request", "Content-Length is not a number")
             if int(length) > cap:  # refused from the header, before reading a byte
                 await self.drain(request, int(length))
-                raise self.too_large()
+                raise self.too_large(limit=limit)
         chunks, total = [], 0
         async for chunk in request.stream():
             total += len(chunk)
             if total > cap:  # a streamed body is refused once it passes the limit
                 await self.drain(request, None)
-                raise self.too_large()
+                raise self.too_large(limit=limit)
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -149,7 +151,7 @@ class BodyReader:
 
     async def read_json(self, request: Request, cap: int) -> dict[str, Any]:
         """A bounded body parsed as one JSON object (UTF-8 only, bounded depth, no duplicate keys)."""
-        return parse_json_object(await self.read(request, cap), self.limits.max_json_depth)
+        return parse_json_object(await self.read(request, cap, limit=cap), self.limits.max_json_depth)
 
 
 class RequestReader:

@@ -1,13 +1,16 @@
 """Fetch and Decode: image bytes from any fsspec URI, then a validated RGB(A) array.
 
 Both are cheap stages (Ray tasks in the batch plan). A missing file, a refused URI, or bytes that are
-not a usable image become error rows with the reason; nothing raises out of a batch. The optional
-reference image of a row (``style_image_uri`` → ``style_image``) goes the same way, under the same limits;
-its errors read ``style image: ...``.
+not a usable image become error rows with the reason; nothing raises out of a batch. With
+``limits.allowed_read_prefixes`` set (every job submitted over HTTP), a URI outside those prefixes, after
+normalisation and symlink resolution (:mod:`canvas_ray.io.uris`), is refused before anything is read.
+The optional reference image of a row (``style_image_uri`` → ``style_image``) goes the same way, under
+the same limits; its errors read ``style image: ...``.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from typing import Any
 
@@ -16,7 +19,9 @@ import numpy as np
 from PIL import Image
 
 from canvas_ray.config import CanvasConfig, LimitsConfig
+from canvas_ray.io.http import fetch_url, is_http
 from canvas_ray.io.images import decode_image
+from canvas_ray.io.uris import UriRefusedError, resolve_allowed
 from canvas_ray.stages.base import (
     OK,
     PLACEHOLDER_IMAGE,
@@ -33,6 +38,8 @@ from canvas_ray.stages.base import (
 
 def read_bytes(uri: str, limits: LimitsConfig, storage_options: dict | None = None) -> bytes:
     """Read at most ``limits.max_image_bytes`` (+1, to detect oversize) from ``uri``."""
+    if is_http(uri):  # feed image links: timeouts, retries, per-host bound (canvas_ray.io.http)
+        return fetch_url(uri, limits)
     with fsspec.open(uri, "rb", **(storage_options or {})) as handle:
         size = getattr(handle, "size", None)
         if size is not None and size > limits.max_image_bytes:
@@ -46,6 +53,10 @@ def read_bytes(uri: str, limits: LimitsConfig, storage_options: dict | None = No
 STYLE_IMAGE_SIDE = 512
 STYLE_CACHE_ENTRIES = 32
 STYLE_CACHE_BYTES = 64 * 2**20
+
+
+def _sha256(data: Any) -> str:
+    return "" if _empty(data) else hashlib.sha256(data).hexdigest()
 
 
 def _blank(value: Any) -> bool:
@@ -85,12 +96,23 @@ class Fetch:
 
     def __init__(self, config: CanvasConfig, context: StageContext | None = None):
         self.limits = config.limits
+        self.allowed = config.limits.allowed_read_prefixes
         self.storage_options = context.storage_options if context else {}
         self._style_cache: OrderedDict[str, bytes] = OrderedDict()
         self._style_cache_bytes = 0
         self.style_reads = 0  # style images read from storage (cache misses)
 
+    def _readable(self, uri: str) -> str:
+        """The URI to read (symlinks resolved when an allowlist applies); UriRefusedError when refused."""
+        if self.allowed is None:
+            return uri
+        resolved = resolve_allowed(uri, self.allowed)
+        if resolved is None:
+            raise UriRefusedError(f"refused: {uri[:300]} is not under an allowed prefix")
+        return resolved
+
     def _style_bytes(self, uri: str) -> bytes:
+        uri = self._readable(uri)
         cached = self._style_cache.get(uri)
         if cached is not None:
             self._style_cache.move_to_end(uri)
@@ -114,6 +136,8 @@ class Fetch:
             uri = str(batch["style_image_uri"][index]).strip()
             try:
                 data[index] = self._style_bytes(uri)
+            except UriRefusedError as error:
+                set_error(batch, index, "fetch", f"style image: {error}")
             except FileNotFoundError:
                 set_error(batch, index, "fetch", f"style image: file not found: {uri}")
             except Exception as error:  # noqa: BLE001 - becomes an error row
@@ -141,7 +165,9 @@ class Fetch:
                     set_error(batch, index, "fetch", "image_uri is empty")
                     continue
                 try:
-                    data[index] = read_bytes(str(uri), self.limits, self.storage_options)
+                    data[index] = read_bytes(self._readable(str(uri)), self.limits, self.storage_options)
+                except UriRefusedError as error:
+                    set_error(batch, index, "fetch", str(error))
                 except FileNotFoundError:
                     set_error(batch, index, "fetch", f"file not found: {uri}")
                 except Exception as error:  # noqa: BLE001 - becomes an error row
@@ -158,7 +184,14 @@ class Decode:
     reference); drops the bytes. The ``style_image`` column is always added."""
 
     requires: tuple[str, ...] = ("image_bytes",)
-    produces: tuple[str, ...] = ("image", "style_image", "source_width", "source_height", "decode_s")
+    produces: tuple[str, ...] = (
+        "image",
+        "style_image",
+        "source_width",
+        "source_height",
+        "source_sha256",
+        "decode_s",
+    )
 
     def __init__(self, config: CanvasConfig, context: StageContext | None = None):
         self.limits = config.limits
@@ -185,7 +218,8 @@ class Decode:
                 images[index] = image
                 heights[index], widths[index] = image.shape[:2]
             styles = self._decode_styles(batch, batch.pop("style_image_bytes", None))
-        batch.pop("image_bytes", None)
+        raw = batch.pop("image_bytes", None)  # the source photo's hash: its C2PA ingredient (provenance)
+        batch["source_sha256"] = object_column([_sha256(raw[i]) if raw is not None else "" for i in range(n)])
         batch["image"] = object_column(images)
         batch["style_image"] = object_column(styles)
         batch["source_width"] = widths

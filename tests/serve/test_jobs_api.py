@@ -99,7 +99,7 @@ def stack(tmp_path_factory):
             "serve.jobs.allowed_catalog_prefixes": [str(allowed) + "/"],
             "serve.jobs.output_root": str(jobs_root),
             "serve.jobs.dashboard_address": f"http://127.0.0.1:{dashboard}",
-            "serve.jobs.webhook_allowed_hosts": ["127.0.0.1"],
+            "serve.jobs.webhook_allowed_origins": [f"http://127.0.0.1:{receiver.port}"],
             "serve.jobs.max_concurrent_per_key": 1,
             "serve.jobs.poll_s": 0.5,
             "serve.jobs.webhook_backoff_s": 0.2,
@@ -226,8 +226,11 @@ def test_cancel_mid_run_limit_per_key_and_redirect_refused(stack):
     while body.get("webhook") is None and time.time() < deadline:
         time.sleep(0.5)
         body = client.get(f"/v1/jobs/{job_id}").json()
-    assert body["webhook"]["delivered"] is False
-    assert "'localhost' is not an allowed host" in body["webhook"]["error"]
+    # the caller learns only the outcome; the reason stays in the operator's record
+    assert body["webhook"] == {"delivered": False, "attempts": 1, "event": "job.stopped"}
+    record = json.loads((Path(stopped["output"]) / "webhook.json").read_text())
+    assert "localhost" in record["error"] and "not on an allowed origin" in record["error"]
+    assert body["message"] == "the job was stopped"
     assert [r["path"] for r in receiver.received].count("/redirect") == 1
     assert not any(r["path"] == "/stolen" for r in receiver.received)
     assert client.delete(f"/v1/jobs/{job_id}").status_code == 409
