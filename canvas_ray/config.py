@@ -32,70 +32,13 @@ class _Strict(BaseModel):
 
 
 class Resources(_Strict):
-    """Ray resources of one stage: an actor pool for model stages, tasks for cheap ones.
+    """Ray resources of one stage: an actor pool for model stages, tasks for cheap ones."""
 
-    ``concurrency`` sizes an actor pool: a fixed size (``4``), a range (``"1..8"`` or ``[1, 8]``) that
-    Ray Data autoscales within, or ``"auto"`` / ``"1..auto"``: up to every actor the cluster's free
-    GPUs (CPUs for CPU pools) can hold once the other pools have their minimum
-    (:func:`canvas_ray.cluster.size_pools`). A range is stored as ``concurrency`` (the minimum) and
-    ``max_concurrency`` (an int or ``"auto"``).
-    """
-
-    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor; fractions share a GPU (0.5: two actors)")
+    num_gpus: float = Field(0.0, ge=0)
     num_cpus: float = Field(1.0, gt=0)
-    concurrency: int = Field(1, ge=1, description="actors in the pool (its minimum) or max parallel tasks")
-    max_concurrency: int | Literal["auto"] | None = Field(
-        None, description="autoscale the actor pool up to this size ('auto': what the cluster can hold)"
-    )
-    batch_size: int = Field(4, ge=1, description="rows per model call (and per map_batches call)")
-    memory_mb: int | None = Field(
-        None, ge=1, description="memory each actor or task declares to Ray's scheduler (None: the step's default)"
-    )
-    custom: dict[str, float] = Field(
-        default_factory=dict, description="custom Ray resources per actor, e.g. {inpaint_node: 1} to pin a pool"
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _range(cls, data: Any) -> Any:
-        """``concurrency: "2..8"`` / ``[2, 8]`` / ``"auto"`` / ``"1..auto"`` → minimum and maximum."""
-        if not isinstance(data, dict) or "concurrency" not in data:
-            return data
-        value = data["concurrency"]
-        low: Any
-        high: Any
-        if isinstance(value, list | tuple):
-            if len(value) != 2:
-                raise ValueError(f"concurrency as a list is [min, max], got {value!r}")
-            low, high = value
-        elif isinstance(value, str):
-            text = value.strip().lower()
-            if text == "auto":
-                low, high = 1, "auto"
-            elif re.fullmatch(r"\d+\s*\.\.\s*(\d+|auto)", text):
-                low, high = (part.strip() for part in text.split(".."))
-            else:
-                raise ValueError(f"concurrency must be N, 'MIN..MAX', 'MIN..auto' or 'auto', got {value!r}")
-        else:
-            return data
-        data = dict(data)
-        data["concurrency"] = int(low)
-        data["max_concurrency"] = high if high == "auto" else int(high)
-        return data
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Resources:
-        if isinstance(self.max_concurrency, int) and self.max_concurrency < self.concurrency:
-            raise ValueError(
-                f"max_concurrency {self.max_concurrency} is below concurrency {self.concurrency}"
-            )
-        return self
-
-    @property
-    def autoscales(self) -> bool:
-        return self.max_concurrency == "auto" or (
-            isinstance(self.max_concurrency, int) and self.max_concurrency > self.concurrency
-        )
+    concurrency: int = Field(1, ge=1, description="actors in the pool (model stages) or max parallel tasks")
+    max_concurrency: int | None = Field(None, ge=1, description="autoscale the actor pool up to this size")
+    batch_size: int = Field(4, ge=1)
 
 
 class ModelStage(_Strict):
@@ -377,29 +320,11 @@ class StylesConfig(_Strict):
     )
 
 
-class ProvenanceConfig(_Strict):
-    """How generated images say so (canvas_ray.provenance): IPTC XMP always, plus a signed C2PA manifest."""
-
-    c2pa: Literal["sign", "unsigned"] = Field(
-        "sign",
-        description="sign: a C2PA manifest signed with key/cert (no key: outputs are error rows); unsigned: "
-        "an explicit opt-out, XMP only, recorded in every manifest row",
-    )
-    cert: str | None = Field(None, description="PEM certificate chain file (leaf first); or cert_env")
-    key: str | None = Field(None, description="PEM private key file of the leaf certificate; or key_env")
-    cert_env: str = Field("CANVAS_RAY_C2PA_CERT", description="environment variable: chain file or PEM")
-    key_env: str = Field("CANVAS_RAY_C2PA_KEY", description="environment variable: key file or PEM")
-    alg: Literal["es256", "es384", "es512", "ps256", "ps384", "ps512", "ed25519"] = "es256"
-    timestamp_url: str | None = Field(None, description="RFC 3161 time-stamp authority (None: none)")
-
-
 class LimitsConfig(_Strict):
     max_image_bytes: int = Field(40 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(40_000_000, ge=64 * 64)
     min_side: int = Field(16, ge=1)
     fetch_timeout_s: float = Field(60.0, gt=0)
-    fetch_retries: int = Field(2, ge=0, le=10, description="http(s) images: retries on 5xx/429/timeouts")
-    fetch_per_host: int = Field(4, ge=1, le=256, description="http(s) images: downloads at once per host")
     allowed_read_prefixes: list[str] | None = Field(
         None,
         description="image and style-image URIs of catalog rows must lie under one of these (checked "
@@ -575,7 +500,6 @@ class CanvasConfig(_Strict):
     ray: RayConfig = Field(default_factory=RayConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
-    provenance: ProvenanceConfig = Field(default_factory=ProvenanceConfig)
     source: str | None = Field(None, exclude=True, description="file this config was read from")
 
     @model_validator(mode="after")
@@ -592,7 +516,7 @@ class CanvasConfig(_Strict):
 
     def fingerprint(self) -> str:
         """Hash of everything that changes pixels (not resources, not serving), plus the style presets."""
-        payload = self.model_dump(mode="json", exclude={"ray", "serve", "limits", "source", "provenance"})
+        payload = self.model_dump(mode="json", exclude={"ray", "serve", "limits", "source"})
         for stage in ("segment", "caption", "inpaint"):
             payload[stage].pop("resources", None)
             payload[stage].pop("device", None)
