@@ -53,6 +53,7 @@ from canvas_ray.io.manifest import DONE_STATUSES, Manifest, part_name, summarise
 from canvas_ray.io.outputs import OutputLayout, WriteOutputs, join_uri, write_bytes
 from canvas_ray.logs import get_logger
 from canvas_ray.progress import ProgressFile, ProgressLine
+from canvas_ray.provenance import ProvenanceContext
 from canvas_ray.spec import PIPELINE, StageSpec, make_stage, stage_resources, step
 from canvas_ray.stages.base import Batch, StageContext, ensure_status, run_in_chunks
 from canvas_ray.stages.composite import Composite
@@ -151,6 +152,7 @@ def composite_and_write(batch: Batch, run: RunContext) -> pa.Table:
         config.output.shard_width,
         run.storage_options,
         write_part=False,
+        provenance=ProvenanceContext.from_config(config),
     )
     return writer.rows(Composite(config, run.stage_context())(batch))
 

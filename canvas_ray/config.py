@@ -320,11 +320,29 @@ class StylesConfig(_Strict):
     )
 
 
+class ProvenanceConfig(_Strict):
+    """How generated images say so (canvas_ray.provenance): IPTC XMP always, plus a signed C2PA manifest."""
+
+    c2pa: Literal["sign", "unsigned"] = Field(
+        "sign",
+        description="sign: a C2PA manifest signed with key/cert (no key: outputs are error rows); unsigned: "
+        "an explicit opt-out, XMP only, recorded in every manifest row",
+    )
+    cert: str | None = Field(None, description="PEM certificate chain file (leaf first); or cert_env")
+    key: str | None = Field(None, description="PEM private key file of the leaf certificate; or key_env")
+    cert_env: str = Field("CANVAS_RAY_C2PA_CERT", description="environment variable: chain file or PEM")
+    key_env: str = Field("CANVAS_RAY_C2PA_KEY", description="environment variable: key file or PEM")
+    alg: Literal["es256", "es384", "es512", "ps256", "ps384", "ps512", "ed25519"] = "es256"
+    timestamp_url: str | None = Field(None, description="RFC 3161 time-stamp authority (None: none)")
+
+
 class LimitsConfig(_Strict):
     max_image_bytes: int = Field(40 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(40_000_000, ge=64 * 64)
     min_side: int = Field(16, ge=1)
     fetch_timeout_s: float = Field(60.0, gt=0)
+    fetch_retries: int = Field(2, ge=0, le=10, description="http(s) images: retries on 5xx/429/timeouts")
+    fetch_per_host: int = Field(4, ge=1, le=256, description="http(s) images: downloads at once per host")
     allowed_read_prefixes: list[str] | None = Field(
         None,
         description="image and style-image URIs of catalog rows must lie under one of these (checked "
@@ -500,6 +518,7 @@ class CanvasConfig(_Strict):
     ray: RayConfig = Field(default_factory=RayConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
+    provenance: ProvenanceConfig = Field(default_factory=ProvenanceConfig)
     source: str | None = Field(None, exclude=True, description="file this config was read from")
 
     @model_validator(mode="after")
@@ -516,7 +535,7 @@ class CanvasConfig(_Strict):
 
     def fingerprint(self) -> str:
         """Hash of everything that changes pixels (not resources, not serving), plus the style presets."""
-        payload = self.model_dump(mode="json", exclude={"ray", "serve", "limits", "source"})
+        payload = self.model_dump(mode="json", exclude={"ray", "serve", "limits", "source", "provenance"})
         for stage in ("segment", "caption", "inpaint"):
             payload[stage].pop("resources", None)
             payload[stage].pop("device", None)

@@ -33,6 +33,22 @@ class ProfileError(ValueError):
     """A profile that does not exist or cannot be used; the message says what to fix."""
 
 
+class ProvenanceRule(BaseModel):
+    """What a channel asks of a generated image's embedded provenance; checked on the written file.
+
+    Args:
+        iptc: the XMP must carry the IPTC ``DigitalSourceType`` (default True).
+        c2pa: ``none`` (not required), ``present`` or ``signed`` (a C2PA manifest that validates).
+        policy: the channel policy the rule comes from (shown in reasons and docs).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    iptc: bool = True
+    c2pa: Literal["none", "present", "signed"] = "none"
+    policy: str = ""
+
+
 class OutputProfile(BaseModel):
     """One channel's rules for a delivered image.
 
@@ -50,6 +66,7 @@ class OutputProfile(BaseModel):
         styles: the style names this profile accepts (None: any).
         allow_upscale: the product may be enlarged to reach ``min_size`` (recorded as ``upscaled``).
         min_source_side: a source photo whose longer side is below this is too small, always.
+        provenance: the channel's provenance rule (:class:`ProvenanceRule`), checked on the written file.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -70,6 +87,7 @@ class OutputProfile(BaseModel):
     styles: list[str] | None = None
     allow_upscale: bool = False
     min_source_side: int = Field(1, ge=1, le=10_000)
+    provenance: ProvenanceRule = Field(default_factory=ProvenanceRule)
 
     @field_validator("size", "min_size")
     @classmethod

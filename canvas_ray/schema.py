@@ -102,6 +102,7 @@ MANIFEST_SCHEMA = pa.schema(
         *QUALITY_TYPES.items(),
         *((name, pa.float64()) for name in TIMING_COLUMNS),
         ("config_fingerprint", pa.string()),
+        ("provenance", pa.string()),  # JSON: what says the image is generated (canvas_ray.provenance)
         ("run_id", pa.string()),
         ("finished_at", pa.float64()),
     ]

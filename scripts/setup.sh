@@ -13,6 +13,14 @@ if ! command -v chromedriver >/dev/null 2>&1; then
     echo "note: install chromium and chromium-driver (apt) to run the web-page test" >&2
   fi
 fi
+# exiftool (Debian libimage-exiftool-perl): the independent reader of the images' XMP provenance in the tests.
+if ! command -v exiftool >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libimage-exiftool-perl >/dev/null
+  else
+    echo "note: install libimage-exiftool-perl (apt) to run the provenance tests" >&2
+  fi
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi

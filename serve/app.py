@@ -31,9 +31,9 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 
 from canvas_ray.config import REPO_ROOT, CanvasConfig, load_config
-from canvas_ray.io.images import encode_image
 from canvas_ray.io.outputs import join_uri, safe_name, write_bytes
 from canvas_ray.pipeline import items_batch
+from canvas_ray.provenance import ProvenanceContext, check_provenance, encode_with_provenance, read_provenance
 from canvas_ray.schema import TIMING_COLUMNS, Status, split_error
 from canvas_ray.spec import StageName, in_process_stages, make_stage, model_stages, timing_columns
 from canvas_ray.stages.base import Batch, StageContext, num_rows
@@ -126,6 +126,7 @@ class Ingress(JobRoutes):
         api_keys: list[str] | None = None,
     ):
         self.config = serve_limits_config(config)
+        self._provenance: tuple[ProvenanceContext, str] | None = None  # built on first use
         self.limits = self.config.serve
         self.styles = StyleBook.from_config(self.config)
         # the stage order comes from the one pipeline spec: model stages are deployments (handles), the
@@ -220,8 +221,19 @@ class Ingress(JobRoutes):
         write_bytes(uri, data, {})
         return uri
 
-    def _encode(self, image: np.ndarray, fmt: str) -> bytes:
-        return encode_image(image, fmt, quality=100 if fmt == "webp" else self.config.output.quality)
+    def _encode(self, batch: Batch, index: int, fmt: str) -> bytes:
+        """The output encoded with its provenance (IPTC XMP + signed C2PA, as the batch job writes it),
+        read back before it is sent: an image without readable provenance is never delivered."""
+        if self._provenance is None:
+            self._provenance = (ProvenanceContext.from_config(self.config), self.config.fingerprint())
+        context, fingerprint = self._provenance
+        record = context.record(batch, index, fingerprint)
+        quality = 100 if fmt == "webp" else self.config.output.quality
+        data = encode_with_provenance(batch["result"][index], fmt, quality, record, context.settings)
+        problems = check_provenance(read_provenance(data), record)
+        if problems:
+            raise RuntimeError("provenance: read back: " + "; ".join(problems))
+        return data
 
     # -- routes -------------------------------------------------------------------------------------
 
@@ -329,7 +341,7 @@ class Ingress(JobRoutes):
             return await self._image_response(batch, delivered[0], wanted, rid, spent, started)
         fmt = parsed.fields.format
         begun = time.perf_counter()
-        encoded = await asyncio.to_thread(lambda: [self._encode(batch["result"][i], fmt) for i in delivered])
+        encoded = await asyncio.to_thread(lambda: [self._encode(batch, i, fmt) for i in delivered])
         spent["encode"] = time.perf_counter() - begun
         images = []
         for i, data in zip(delivered, encoded, strict=True):
@@ -391,7 +403,7 @@ class Ingress(JobRoutes):
     ) -> Response:
         """The one delivered image itself (``Accept: image/...``), its figures in headers."""
         begun = time.perf_counter()
-        data = await asyncio.to_thread(self._encode, batch["result"][index], fmt)
+        data = await asyncio.to_thread(self._encode, batch, index, fmt)
         spent["encode"] = time.perf_counter() - begun
         self._save(rid, str(batch["output_id"][index]) + "." + fmt, data)
         headers = {

@@ -16,6 +16,21 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # that wants a token-auth cluster starts that head as a subprocess with its own environment.
 os.environ["RAY_AUTH_MODE"] = "disabled"
 
+# Every delivered image carries a signed C2PA manifest (canvas_ray.provenance): the session signs with a
+# throw-away key and CA unless the environment names real ones. Set before any Ray worker starts, so the
+# workers inherit it.
+if not os.environ.get("CANVAS_RAY_C2PA_KEY"):
+    import atexit
+    import shutil
+    import tempfile
+
+    from canvas_ray.testing import signing_certificate
+
+    _SIGNING_DIR = tempfile.mkdtemp(prefix="canvas-ray-c2pa-")
+    atexit.register(shutil.rmtree, _SIGNING_DIR, True)
+    _key, _chain = signing_certificate(_SIGNING_DIR)
+    os.environ["CANVAS_RAY_C2PA_KEY"], os.environ["CANVAS_RAY_C2PA_CERT"] = str(_key), str(_chain)
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_CATALOG = REPO / "examples" / "catalog"
 ARTIFACTS = REPO / "test-artifacts"

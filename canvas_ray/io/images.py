@@ -10,7 +10,7 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 # We enforce our own pixel limit before decoding; PIL's bomb check would raise a less useful error.
 Image.MAX_IMAGE_PIXELS = None
@@ -80,17 +80,26 @@ def _to_uint8_array(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def encode_image(array: np.ndarray, fmt: str = "png", quality: int = 95) -> bytes:
-    """Encode ``HxWx3`` / ``HxWx4`` uint8 as png, jpeg or webp (lossless webp keeps product pixels exact)."""
+def encode_image(array: np.ndarray, fmt: str = "png", quality: int = 95, xmp: str | None = None) -> bytes:
+    """Encode ``HxWx3`` / ``HxWx4`` uint8 as png, jpeg or webp (lossless webp keeps product pixels exact).
+
+    ``xmp``: an XMP packet to embed (PNG iTXt ``XML:com.adobe.xmp``, JPEG APP1, WebP ``XMP`` chunk).
+    """
     image = Image.fromarray(np.ascontiguousarray(array))
     buffer = io.BytesIO()
     fmt = fmt.lower()
     if fmt == "png":
-        image.save(buffer, format="PNG", compress_level=4)
+        info = None
+        if xmp:
+            info = PngImagePlugin.PngInfo()
+            info.add_itxt("XML:com.adobe.xmp", xmp)
+        image.save(buffer, format="PNG", compress_level=4, pnginfo=info)
     elif fmt in ("jpeg", "jpg"):
-        image.convert("RGB").save(buffer, format="JPEG", quality=quality, subsampling=0)
+        extra = {"xmp": xmp.encode()} if xmp else {}
+        image.convert("RGB").save(buffer, format="JPEG", quality=quality, subsampling=0, **extra)
     elif fmt == "webp":
-        image.save(buffer, format="WEBP", lossless=quality >= 100, quality=quality)
+        extra = {"xmp": xmp.encode()} if xmp else {}
+        image.save(buffer, format="WEBP", lossless=quality >= 100, quality=quality, **extra)
     else:
         raise ValueError(f"unknown image format {fmt!r}: use png, jpeg or webp")
     return buffer.getvalue()

@@ -25,6 +25,13 @@ import pyarrow.parquet as pq
 
 from canvas_ray.io.images import encode_image
 from canvas_ray.logs import get_logger
+from canvas_ray.provenance import (
+    Provenance,
+    ProvenanceContext,
+    check_provenance,
+    encode_with_provenance,
+    read_provenance,
+)
 from canvas_ray.schema import MANIFEST_SCHEMA, split_error
 from canvas_ray.stages.base import Batch, describe, ensure_status
 
@@ -124,12 +131,14 @@ class WriteOutputs:
         shard_width: int = 2,
         storage_options: dict[str, Any] | None = None,
         write_part: bool = True,
+        provenance: ProvenanceContext | None = None,
     ):
         self.layout = OutputLayout(root, image_format, shard_width)
         self.format, self.quality = image_format, quality
         self.run_id, self.fingerprint = run_id, fingerprint
         self.storage_options = storage_options or {}
         self.write_part = write_part
+        self.provenance = provenance
 
     def rows(self, batch: Batch) -> pa.Table:
         """Store each ``ok``/``review`` result; one manifest row per output (errors included)."""
@@ -139,6 +148,7 @@ class WriteOutputs:
         error = [str(e or "") for e in batch["error"]]
         item_ids = [str(i) for i in batch["item_id"]]
         output_uri = [""] * n
+        provenance: list[str | None] = [None] * n
         width = _column(batch, "width", pa.int64(), n).to_pylist()
         height = _column(batch, "height", pa.int64(), n).to_pylist()
         write_s = np.zeros(n)
@@ -159,9 +169,21 @@ class WriteOutputs:
             )
             try:
                 result = batch["result"][index]
-                write_bytes(self.layout.uri(rel), encode_image(result, fmt, quality), self.storage_options)
+                if self.provenance is None:
+                    data = encode_image(result, fmt, quality)
+                else:
+                    record = self.provenance.record(batch, index, self.fingerprint)
+                    try:
+                        data = encode_with_provenance(result, fmt, quality, record, self.provenance.settings)
+                    except Exception as failure:  # noqa: BLE001 - never deliver an unmarked image
+                        status[index], error[index] = "error", f"provenance: {describe(failure)}"
+                        continue
+                    provenance[index] = record.to_json()
+                write_bytes(self.layout.uri(rel), data, self.storage_options)
                 output_uri[index] = rel
                 height[index], width[index] = int(result.shape[0]), int(result.shape[1])
+                if self.provenance is not None:
+                    self._read_back(batch, index, rel, record, status, error)
             except Exception as failure:  # noqa: BLE001 - becomes an error row
                 status[index], error[index] = "error", f"write: {describe(failure)}"
             write_s[index] = time.perf_counter() - start
@@ -179,6 +201,7 @@ class WriteOutputs:
             "run_id": pa.array([self.run_id] * n, pa.string()),
             "config_fingerprint": pa.array([self.fingerprint] * n, pa.string()),
             "output_uri": pa.array(output_uri, pa.string()),
+            "provenance": pa.array(provenance, pa.string()),
             "width": pa.array(width, pa.int64()),
             "height": pa.array(height, pa.int64()),
             "product_preserved": pa.array(preserved & delivered),
@@ -189,6 +212,34 @@ class WriteOutputs:
             given[f.name] if f.name in given else _column(batch, f.name, f.type, n) for f in MANIFEST_SCHEMA
         ]
         return pa.Table.from_arrays(arrays, schema=MANIFEST_SCHEMA)
+
+    def _read_back(
+        self, batch: Batch, index: int, rel: str, expected: Provenance, status: list[str], error: list[str]
+    ) -> None:
+        """Read the written file back and check its provenance: against its manifest record always, and
+        against its profile's channel rules (``provenance`` of the profile) when it has one. A missing or
+        stripped tag makes the output an error (no profile) or non-compliant and ``rejected``."""
+        assert self.provenance is not None
+        fs, path = fsspec.core.url_to_fs(self.layout.uri(rel), **self.storage_options)
+        with fs.open(path, "rb") as handle:
+            found = read_provenance(handle.read())
+        profile = str(batch["profile"][index] or "") if "profile" in batch else ""
+        rule = self.provenance.rules.get(profile) if profile else None
+        problems = check_provenance(
+            found, expected, rule.c2pa if rule else "none", rule.iptc if rule else True
+        )
+        if not problems:
+            return
+        if rule is None:
+            status[index], error[index] = "error", "provenance: read back: " + "; ".join(problems)
+            return
+        policy = rule.policy.split(";")[0] or "channel rule"
+        reason = f"compliance: {profile}: provenance ({policy}): " + "; ".join(problems)
+        status[index], error[index] = "rejected", reason
+        if "compliant" in batch:
+            batch["compliant"][index] = False
+            issues = str(batch["compliance_issues"][index] or "")
+            batch["compliance_issues"][index] = "; ".join(x for x in (issues, *problems) if x)
 
     def __call__(self, batch: Batch) -> Batch:
         """:meth:`rows`, plus a staging part of the manifest when ``write_part``; small columns out."""

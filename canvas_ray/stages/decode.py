@@ -10,6 +10,7 @@ the same limits; its errors read ``style image: ...``.
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from canvas_ray.config import CanvasConfig, LimitsConfig
+from canvas_ray.io.http import fetch_url, is_http
 from canvas_ray.io.images import decode_image
 from canvas_ray.io.uris import UriRefusedError, resolve_allowed
 from canvas_ray.stages.base import (
@@ -36,6 +38,8 @@ from canvas_ray.stages.base import (
 
 def read_bytes(uri: str, limits: LimitsConfig, storage_options: dict | None = None) -> bytes:
     """Read at most ``limits.max_image_bytes`` (+1, to detect oversize) from ``uri``."""
+    if is_http(uri):  # feed image links: timeouts, retries, per-host bound (canvas_ray.io.http)
+        return fetch_url(uri, limits)
     with fsspec.open(uri, "rb", **(storage_options or {})) as handle:
         size = getattr(handle, "size", None)
         if size is not None and size > limits.max_image_bytes:
@@ -49,6 +53,10 @@ def read_bytes(uri: str, limits: LimitsConfig, storage_options: dict | None = No
 STYLE_IMAGE_SIDE = 512
 STYLE_CACHE_ENTRIES = 32
 STYLE_CACHE_BYTES = 64 * 2**20
+
+
+def _sha256(data: Any) -> str:
+    return "" if _empty(data) else hashlib.sha256(data).hexdigest()
 
 
 def _blank(value: Any) -> bool:
@@ -176,7 +184,14 @@ class Decode:
     reference); drops the bytes. The ``style_image`` column is always added."""
 
     requires: tuple[str, ...] = ("image_bytes",)
-    produces: tuple[str, ...] = ("image", "style_image", "source_width", "source_height", "decode_s")
+    produces: tuple[str, ...] = (
+        "image",
+        "style_image",
+        "source_width",
+        "source_height",
+        "source_sha256",
+        "decode_s",
+    )
 
     def __init__(self, config: CanvasConfig, context: StageContext | None = None):
         self.limits = config.limits
@@ -203,7 +218,8 @@ class Decode:
                 images[index] = image
                 heights[index], widths[index] = image.shape[:2]
             styles = self._decode_styles(batch, batch.pop("style_image_bytes", None))
-        batch.pop("image_bytes", None)
+        raw = batch.pop("image_bytes", None)  # the source photo's hash: its C2PA ingredient (provenance)
+        batch["source_sha256"] = object_column([_sha256(raw[i]) if raw is not None else "" for i in range(n)])
         batch["image"] = object_column(images)
         batch["style_image"] = object_column(styles)
         batch["source_width"] = widths

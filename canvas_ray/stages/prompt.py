@@ -54,6 +54,7 @@ CARRIED = (
     *ITEM_TIMING_COLUMNS,
     "source_width",
     "source_height",
+    "source_sha256",  # the source photo's hash (its C2PA ingredient)
     "style_image_uri",
     "style_image",  # the reference image: every output of an item is steered by it
 )
