@@ -131,7 +131,9 @@ def start_head(temp: Path, port: int, dashboard: int, env: dict[str, str], num_c
     command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--node-ip-address=127.0.0.1"]
     command += [f"--port={port}", f"--num-cpus={num_cpus}", "--include-dashboard=true"]
     command += ["--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={temp}"]
-    command += ["--disable-usage-stats", "--block"]
+    # the job agent's default port (52365) may be held by another Ray on the machine: then every submission
+    # fails with "No available agent to submit job"
+    command += [f"--dashboard-agent-listen-port={_free_port()}", "--disable-usage-stats", "--block"]
     return subprocess.Popen(
         command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
