@@ -90,7 +90,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         overrides["styles.default"] = args.style
     if args.profile:
         overrides["output.profiles"] = list(dict.fromkeys(args.profile))
+    if args.c2pa_key or args.c2pa_cert:
+        overrides.update(
+            {"provenance.c2pa": "sign", "provenance.key": args.c2pa_key, "provenance.cert": args.c2pa_cert}
+        )
     config = _config(args.config, overrides)
+    _check_publishable(config, args.catalog, args.catalog_format)
     summary = run_generate(
         GenerateRequest(
             config=config,
@@ -102,6 +107,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
         )
     )
     return 0 if summary.get("errors", 0) == 0 or not args.strict else 2
+
+
+def _check_publishable(config: Any, catalog: str, catalog_format: str | None) -> None:
+    """Fail before any work: outputs that could not be signed, a feed that cannot be read."""
+    import fsspec
+
+    from canvas_ray.io.feeds import FeedError, check_file
+    from canvas_ray.provenance import ProvenanceError, check_signing
+
+    try:
+        signer = check_signing(config.provenance)
+        if catalog_format:
+            fs, path = fsspec.core.url_to_fs(catalog)
+            check_file(fs, path, catalog, catalog_format)
+    except (ProvenanceError, FeedError) as error:
+        raise ConfigError(str(error)) from None
+    c2pa = "signed by " + signer if signer != "unsigned" else "unsigned (opt-out)"
+    log.info("provenance: IPTC XMP + C2PA %s", c2pa)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -401,6 +424,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--overwrite", action="store_true", help="discard earlier results under --output")
     gen.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")
     gen.add_argument("--strict", action="store_true", help="exit 2 if any output is an error row")
+    gen.add_argument(
+        "--catalog-format",
+        choices=["merchant-tsv", "merchant-xml", "shopify-csv"],
+        help="the catalog is this merchant feed (recognised from the file otherwise; a mismatch is an error)",
+    )
+    gen.add_argument("--c2pa-key", help="PEM private key signing C2PA manifests (sets provenance.c2pa: sign)")
+    gen.add_argument("--c2pa-cert", help="PEM certificate chain of that key, leaf first")
     gen.set_defaults(func=cmd_generate)
 
     ev = sub.add_parser("evaluate", help="metrics, plots and an HTML report of a finished run")
@@ -502,6 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
     from canvas_ray.models.fetch import add_models_parser  # `models fetch|list` (segmentation models)
 
     add_models_parser(sub)
+    from canvas_ray.publish import add_publish_parsers  # `verify` and `feed`
+
+    add_publish_parsers(sub)
     return parser
 
 

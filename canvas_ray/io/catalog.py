@@ -33,11 +33,13 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from canvas_ray.io import feeds
 from canvas_ray.logs import get_logger
 
 log = get_logger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
-TABLE_SUFFIXES = (".parquet", ".pq", ".jsonl", ".ndjson", ".json", ".csv")
+TABLE_SUFFIXES = (".parquet", ".pq", ".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".xml")
+FEED_SUFFIXES = (".tsv", ".xml", ".txt")  # merchant feeds (canvas_ray.io.feeds); .csv may be Shopify
 TEXT_COLUMNS = (
     "item_id",
     "image_uri",
@@ -101,6 +103,8 @@ def _format(path: str) -> str:
         return "json"
     if lower.endswith(".csv"):
         return "csv"
+    if lower.endswith(FEED_SUFFIXES):
+        return "feed"
     raise ValueError(f"catalog {path}: unknown format; use .parquet, .jsonl, .csv or a folder of images")
 
 
@@ -130,6 +134,7 @@ def list_catalog(uri: str, storage_options: dict[str, Any] | None = None) -> Cat
     _format(path)
     if not fs.exists(path):
         raise FileNotFoundError(f"catalog not found: {uri}")
+    feeds.check_file(fs, path, uri)  # a merchant feed's columns / XML are checked before any work starts
     return CatalogFiles(uri, (prefix + path,))
 
 
@@ -140,6 +145,12 @@ def iter_file_chunks(
     fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
     kind = _format(path)
     with fs.open(path, "rb") as handle:
+        feed = feeds.sniff(path, handle) if kind in ("csv", "feed") else None
+        if feed is not None:
+            yield from feeds.iter_feed_chunks(feed, handle, chunk_rows)
+            return
+        if kind == "feed":
+            raise ValueError(f"catalog {uri}: not a Merchant Center TSV/XML feed")
         if kind == "parquet":
             for batch in pq.ParquetFile(handle).iter_batches(batch_size=chunk_rows):
                 yield pa.Table.from_batches([batch])

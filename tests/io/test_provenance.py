@@ -79,7 +79,9 @@ def test_stripped_tag_is_reported(signing, tmp_path: Path) -> None:
     rec = record(SYNTHETIC)
     path = tmp_path / "out.jpg"
     path.write_bytes(encode_with_provenance(product_image(), "jpeg", 90, rec, signing))
-    subprocess.run(["exiftool", "-q", "-overwrite_original", "-XMP-iptcExt:DigitalSourceType=", str(path)], check=True)
+    subprocess.run(
+        ["exiftool", "-q", "-overwrite_original", "-XMP-iptcExt:DigitalSourceType=", str(path)], check=True
+    )
     assert "XMP-iptcExt:DigitalSourceType" not in exiftool(path)
     problems = check_provenance(read_provenance(path.read_bytes()), rec)
     assert "XMP has no IPTC DigitalSourceType" in problems
@@ -119,7 +121,10 @@ def test_writer_records_provenance_and_missing_key_is_an_error_row(signing, tmp_
     env = {k: os.environ.pop(k) for k in ("CANVAS_RAY_C2PA_KEY", "CANVAS_RAY_C2PA_CERT") if k in os.environ}
     try:
         keyless = WriteOutputs(
-            str(tmp_path / "keyless"), "run", "fp", provenance=ProvenanceContext.from_config(config_from_dict({}))
+            str(tmp_path / "keyless"),
+            "run",
+            "fp",
+            provenance=ProvenanceContext.from_config(config_from_dict({})),
         )
         rows = keyless.rows(_batch(1))
     finally:
@@ -129,16 +134,16 @@ def test_writer_records_provenance_and_missing_key_is_an_error_row(signing, tmp_
     assert not (tmp_path / "keyless" / "images").exists()  # nothing unmarked was delivered
 
     unsigned = config_from_dict({"provenance": {"c2pa": "unsigned"}})
-    rows = WriteOutputs(str(tmp_path / "u"), "run", "fp", provenance=ProvenanceContext.from_config(unsigned)).rows(
-        _batch(1)
-    )
+    rows = WriteOutputs(
+        str(tmp_path / "u"), "run", "fp", provenance=ProvenanceContext.from_config(unsigned)
+    ).rows(_batch(1))
     assert rows.column("status").to_pylist() == ["ok"]
     assert json.loads(rows.column("provenance")[0].as_py())["c2pa"] == "unsigned"  # the opt-out, recorded
     pq.write_table(rows, tmp_path / "rows.parquet")  # the column is plain manifest data
 
 
 def test_profile_rule_reads_the_written_file(signing, tmp_path: Path, monkeypatch) -> None:
-    """A writer whose file loses its tag (simulated: the encoder drops XMP) is non-compliant, with the reason."""
+    """A file that loses its tag (simulated: the encoder drops XMP) is non-compliant, with the reason."""
     import canvas_ray.provenance as provenance
 
     config = config_from_dict({"provenance": {"c2pa": "unsigned"}})
