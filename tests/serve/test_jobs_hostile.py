@@ -547,3 +547,43 @@ def test_failure_reason_is_short():
         "the job could not run; the operator has its log"
     )
     assert failure_reason("SUCCEEDED", "anything") == ""
+
+
+def test_example_receiver_verifies_and_refuses_replays():
+    """examples/webhook_receiver.py, run as a user would: a real delivery is accepted once; the same
+    request again is not acted on; a year-old signature and a wrong one are 401."""
+    import asyncio
+    import subprocess
+
+    port = _free_port()
+    env = dict(os.environ, CANVAS_RAY_WEBHOOK_SECRET=SECRET)
+    receiver = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "examples" / "webhook_receiver.py"), "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert receiver.stdout is not None and "listening" in receiver.stdout.readline()
+        origin = f"http://127.0.0.1:{port}"
+        payload = {"event": "job.succeeded", "job_id": "cr-0123456789abcdef0123"}
+        record = asyncio.run(deliver_webhook(origin + "/hook", payload, SECRET, [origin]))
+        assert record["delivered"] is True and record["status"] == 204
+        assert json.loads(receiver.stdout.readline()) == {
+            "event": "job.succeeded",
+            "job_id": payload["job_id"],
+        }
+        body = json.dumps(payload, sort_keys=True).encode()
+        headers = {
+            SIGNATURE_HEADER: sign(SECRET, body, int(time.time())),
+            DELIVERY_HEADER: record["delivery"],
+        }
+        replay = httpx.post(origin + "/hook", content=body, headers=headers, trust_env=False)
+        assert replay.status_code == 200 and replay.text == "already received"
+        old = {**headers, SIGNATURE_HEADER: sign(SECRET, body, int(time.time()) - 365 * 86400)}
+        assert httpx.post(origin + "/hook", content=body, headers=old, trust_env=False).status_code == 401
+        wrong = {**headers, SIGNATURE_HEADER: sign("not-the-secret", body, int(time.time()))}
+        assert httpx.post(origin + "/hook", content=body, headers=wrong, trust_env=False).status_code == 401
+    finally:
+        receiver.terminate()
+        receiver.wait(timeout=10)
