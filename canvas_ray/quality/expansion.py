@@ -11,7 +11,10 @@ under a handle whatever the background; counting those pixels rejected right pro
 0.99 "grew by 136%"). So the meter also segments a *control*: the known product (``m_in``) on a plain fill
 of the generated background's own colour. What the segmenter calls product there, outside ``m_in``, is its
 reading of this product, not something the generator drew, and is subtracted:
-``E = area(m_out − m_in − m_control)``. :class:`Expansion` keeps the grown pixels' bounding box so a
+``E = area(m_out − m_in − m_control)``. Growth is also counted only outside the product's convex hull:
+inside it (holes, the gap between two earrings, the arch of headphones) segmenters disagree with each other
+far more than generators grow products, and the weight-free segmenter fills such regions on busy
+backgrounds whatever was drawn there. :class:`Expansion` keeps the grown pixels' bounding box so a
 rejected output can say where the product grew.
 """
 
@@ -57,6 +60,7 @@ def measure_expansion(
     product_out: np.ndarray,
     tolerance_px: int = 0,
     control: np.ndarray | None = None,
+    hull: bool = False,
 ) -> Expansion:
     """E and E / area(in) for boolean masks of the same shape (``m_in`` = the product given to the model).
 
@@ -64,6 +68,10 @@ def measure_expansion(
         control (np.ndarray | None, default None): the segmenter's mask of the known product alone (on a
             plain fill); pixels it calls product are the segmenter's reading of the product (holes, gaps),
             not growth.
+        hull (bool, default False): only count pixels outside the product's convex hull, in regions at
+            least 3 px thick: holes, the gaps between a product's parts and its concavities are where
+            segmenters disagree most (and thin traced lines are segmenter artefacts), while a generator
+            grows a product outward.
     """
     if product_in.shape != product_out.shape:
         raise ValueError(f"mask shapes differ: {product_in.shape} vs {product_out.shape}")
@@ -72,6 +80,8 @@ def measure_expansion(
     if area == 0:
         raise ValueError("the input product mask is empty")
     grown = product_out.astype(bool) & ~inside
+    if hull:
+        grown &= ~convex_hull(inside)
     if control is not None:
         if control.shape != inside.shape:
             raise ValueError(f"control mask shape {control.shape} differs from {inside.shape}")
@@ -79,8 +89,19 @@ def measure_expansion(
     if tolerance_px > 0:
         distance = cv2.distanceTransform((~inside).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
         grown &= distance > tolerance_px
+    if hull:  # and lines 1-2 px thin (a horizon, a seam the segmenter traced): no product grows that way
+        grown = cv2.morphologyEx(grown.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
     pixels = int(grown.sum())
     return Expansion(pixels, pixels / area, area, grown_box(grown))
+
+
+def convex_hull(mask: np.ndarray) -> np.ndarray:
+    """The convex hull of a boolean mask's pixels (filled), as a boolean mask."""
+    points = cv2.findNonZero(mask.astype(np.uint8))
+    out = np.zeros(mask.shape, np.uint8)
+    if points is not None:
+        cv2.fillConvexPoly(out, cv2.convexHull(points), 1)
+    return out.astype(bool) | mask
 
 
 def grown_box(grown: np.ndarray) -> Box | None:
@@ -92,7 +113,8 @@ def grown_box(grown: np.ndarray) -> Box | None:
 
 def control_image(generated: np.ndarray, product: np.ndarray, canvas: np.ndarray) -> np.ndarray:
     """The known product (``canvas`` through the boolean mask ``product``) on a plain fill: the median colour
-    of the generated image outside the product."""
+    of the generated image outside the product. (A blurred copy of the generated background would keep the
+    wall/floor layout, but it also keeps a large grown part, and the control would then excuse it.)"""
     outside = generated[..., :3][~product]
     fill = np.median(outside, axis=0) if outside.size else np.full(3, 255.0)
     plain = np.empty_like(canvas[..., :3])
@@ -164,7 +186,9 @@ class ExpansionMeter:
         for (image, inside, tolerance), soft, control, mask in zip(
             small, outs[: len(small)], controls, canvas_masks, strict=True
         ):
-            found = measure_expansion(inside, np.nan_to_num(soft) >= threshold, tolerance, control)
+            found = measure_expansion(
+                inside, np.nan_to_num(soft) >= threshold, tolerance, control, hull=control is not None
+            )
             results.append(_in_canvas_pixels(found, image.shape[1] / mask.shape[1]))
         return results
 

@@ -66,6 +66,11 @@ def test_expansion_does_not_count_a_hole_the_segmenter_reads_into_the_product():
     assert grown.pixels == 64 - int((disc & square(64, 52, 60, 28, 36)).sum())
     assert grown.box is not None and grown.box[1] >= 52 and grown.box[3] == 60
     assert "x 28-36" in grown.where()
+    # hull mode: a traced 1 px line (a horizon) is no growth, a solid part outside the hull is
+    line = np.zeros((64, 64), bool)
+    line[58, :] = True
+    assert measure_expansion(band, disc | line, control=disc, hull=True).pixels == 0
+    assert measure_expansion(band, disc | square(64, 52, 60, 28, 36), control=disc, hull=True).pixels > 40
 
 
 # ---- the guard --------------------------------------------------------------------------------------
