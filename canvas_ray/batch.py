@@ -37,7 +37,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from canvas_ray.config import CanvasConfig, ConfigError
+from canvas_ray.cluster import Sizing, attach, plan_pools, quiet_ray_data
+from canvas_ray.config import CanvasConfig
 from canvas_ray.io.catalog import (
     CATALOG_SCHEMA,
     TEXT_COLUMNS,
@@ -219,56 +220,76 @@ POOLS: dict[str, type[PoolStage]] = {cls.stage_name: cls for cls in (SegmentPool
 # ---- the plan ----
 
 
-def _map_args(spec: StageSpec, config: CanvasConfig) -> dict[str, Any]:
+# Memory each task of a cheap step declares to Ray's scheduler (MB), unless its resources name one: a
+# cluster schedules by declared memory, so a step that holds a batch of decoded images must say so.
+TASK_MEMORY_MB = {
+    "fetch_decode": 768,
+    "thumbnails_and_prompt": 768,
+    "composite_and_write": 1024,
+    "write_manifest_part": 256,
+}
+
+
+def _rows_per_call(spec: StageSpec, config: CanvasConfig) -> int:
+    """Rows handed to one call of a step: a model step's batch; a cheap step, the batch of the model step
+    it feeds (so a task never holds many blocks' worth of images, and its output streams out in blocks
+    the next pool can start on); the manifest step, a part's rows."""
+    if spec.kind == "pool" or spec.name == "composite_and_write":
+        return stage_resources(spec, config).batch_size
+    if spec.name == "write_manifest_part":
+        return config.output.manifest_part_rows
+    following = PIPELINE[PIPELINE.index(spec) + 1 :]
+    feeds = next((s for s in following if s.kind == "pool"), None)
+    return stage_resources(feeds, config).batch_size if feeds else stage_resources(spec, config).batch_size
+
+
+def _map_args(spec: StageSpec, config: CanvasConfig, sizing: Sizing | None = None) -> dict[str, Any]:
     import ray.data
 
     resources = stage_resources(spec, config)
-    # pools and composite take whole blocks (see PoolStage); I/O and manifest steps take row counts
-    batch_size = None if spec.kind == "pool" or spec.name == "composite_and_write" else resources.batch_size
-    args: dict[str, Any] = {"num_cpus": resources.num_cpus, "batch_format": spec.batch_format}
+    args: dict[str, Any] = {
+        "num_cpus": resources.num_cpus,
+        "batch_format": spec.batch_format,
+        # Ray Data needs a batch size for GPU pools; every step gets its own (see _rows_per_call)
+        "batch_size": _rows_per_call(spec, config),
+    }
+    memory_mb = resources.memory_mb or (TASK_MEMORY_MB.get(spec.name) if spec.kind == "task" else None)
+    if memory_mb:
+        args["memory"] = memory_mb * 2**20
+    if resources.custom:
+        args["resources"] = dict(resources.custom)
     if spec.kind == "pool":
-        max_size = max(resources.concurrency, resources.max_concurrency or resources.concurrency)
-        args["compute"] = ray.data.ActorPoolStrategy(
-            min_size=resources.concurrency, max_size=max_size, initial_size=max_size
-        )
-        args["num_gpus"] = resources.num_gpus or None
+        size = sizing.pools[spec.name] if sizing and spec.name in sizing.pools else None
+        low = size.min if size else resources.concurrency
+        high = size.max if size else max(low, resources.max_concurrency if isinstance(
+            resources.max_concurrency, int) else low)
+        start = size.initial if size else high
+        args["compute"] = ray.data.ActorPoolStrategy(min_size=low, max_size=high, initial_size=start)
+        if resources.num_gpus:
+            args["num_gpus"] = resources.num_gpus
     elif resources.concurrency > 1:
         args["compute"] = ray.data.TaskPoolStrategy(size=resources.concurrency)
-    args["batch_size"] = batch_size
     return args
 
 
-def check_resources(config: CanvasConfig) -> None:
-    """Actor pools hold their resources for the whole job; refuse plans that leave tasks no CPU to run on."""
-    import ray
-
-    available = ray.cluster_resources()
-    cpus, gpus = float(available.get("CPU", 0)), float(available.get("GPU", 0))
-    pools = {s.name: stage_resources(s, config) for s in PIPELINE if s.kind == "pool"}
-    held_cpu = sum(r.num_cpus * r.concurrency for r in pools.values())
-    held_gpu = sum(r.num_gpus * r.concurrency for r in pools.values())
-    if held_cpu > cpus - 0.25:
-        detail = ", ".join(f"{n} {r.num_cpus}x{r.concurrency}" for n, r in pools.items())
-        raise ConfigError(
-            f"actor pools reserve {held_cpu:g} CPUs ({detail}) but the cluster has {cpus:g}; the "
-            f"task stages need some left: lower resources.num_cpus or concurrency of a model stage"
-        )
-    if held_gpu > gpus:
-        raise ConfigError(
-            f"actor pools reserve {held_gpu:g} GPUs but the cluster has {gpus:g}: lower "
-            f"resources.num_gpus/concurrency, or use a CPU config such as configs/local.yaml"
-        )
+def check_resources(config: CanvasConfig) -> Sizing:
+    """The pools' sizes on the attached cluster; a :class:`ConfigError` saying what to change when their
+    minimums do not fit it (GPUs, CPUs and custom resources, node by node)."""
+    sizing = plan_pools(config)
+    for note in sizing.notes:
+        log.info("pool %s", note)
+    return sizing
 
 
 # Columns the generation plan carries from the catalog (engagement counts are for curation).
 PLAN_COLUMNS = (*TEXT_COLUMNS, "status", "error", "done_outputs")
 
 
-def build_plan(ds: Any, run: RunContext) -> Any:
+def build_plan(ds: Any, run: RunContext, sizing: Sizing | None = None) -> Any:
     """The lazy Ray Dataset from (remaining) catalog rows to the statuses of written manifest parts."""
     config = run.config
     for spec in PIPELINE:
-        args = _map_args(spec, config)
+        args = _map_args(spec, config, sizing)
         if spec.kind == "pool":
             ds = ds.map_batches(POOLS[spec.name], fn_constructor_kwargs={"run": run}, **args)
         else:
@@ -417,20 +438,6 @@ def prepare_catalog(
 # ---- the driver ----
 
 
-def _init_ray(address: str | None) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    ray.init(
-        address=address,
-        ignore_reinit_error=True,
-        log_to_driver=True,
-        include_dashboard=False if address is None else None,
-    )
-
-
 def run_generate(request: GenerateRequest) -> dict[str, Any]:
     """Run the job end to end and return the summary (also written to OUTPUT/summary.json)."""
     import ray.data
@@ -443,7 +450,9 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
     options = request.storage_options
     if request.overwrite:
         _remove_outputs(request.output, options)
-    _init_ray(request.address or config.ray.address)
+    attach(request.address, config.ray.address, timeout=config.ray.attach_timeout_s)
+    quiet_ray_data(os.environ.get("CANVAS_RAY_RAY_LOGS", "0") == "1")
+    sizing = check_resources(config)  # before any work: pools that cannot fit fail here, saying why
     # Ray Data's advice that a 1-block input cannot use every task slot is noise on small catalogs
     warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks", category=UserWarning)
     context = ray.data.DataContext.get_current()
@@ -476,9 +485,9 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
     status_file = ProgressFile(request.output, options, run_id, remaining)
     status_file.write("running", processed, force=True)
     if todo_items:
-        check_resources(config)
+        context.target_max_block_size = config.ray.block_mb * 2**20
         progress = ProgressLine(remaining, request.progress, terminal)
-        for batch in build_plan(todo, run).iter_batches(batch_size=None, batch_format="pyarrow"):
+        for batch in build_plan(todo, run, sizing).iter_batches(batch_size=None, batch_format="pyarrow"):
             for entry in pc.value_counts(batch.column("status")).to_pylist():
                 key = entry["values"] if entry["values"] in processed else "error"
                 processed[key] += entry["counts"]

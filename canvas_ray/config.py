@@ -32,13 +32,70 @@ class _Strict(BaseModel):
 
 
 class Resources(_Strict):
-    """Ray resources of one stage: an actor pool for model stages, tasks for cheap ones."""
+    """Ray resources of one stage: an actor pool for model stages, tasks for cheap ones.
 
-    num_gpus: float = Field(0.0, ge=0)
+    ``concurrency`` sizes an actor pool: a fixed size (``4``), a range (``"1..8"`` or ``[1, 8]``) that
+    Ray Data autoscales within, or ``"auto"`` / ``"1..auto"``: up to every actor the cluster's free
+    GPUs (CPUs for CPU pools) can hold once the other pools have their minimum
+    (:func:`canvas_ray.cluster.size_pools`). A range is stored as ``concurrency`` (the minimum) and
+    ``max_concurrency`` (an int or ``"auto"``).
+    """
+
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor; fractions share a GPU (0.5: two actors)")
     num_cpus: float = Field(1.0, gt=0)
-    concurrency: int = Field(1, ge=1, description="actors in the pool (model stages) or max parallel tasks")
-    max_concurrency: int | None = Field(None, ge=1, description="autoscale the actor pool up to this size")
-    batch_size: int = Field(4, ge=1)
+    concurrency: int = Field(1, ge=1, description="actors in the pool (its minimum) or max parallel tasks")
+    max_concurrency: int | Literal["auto"] | None = Field(
+        None, description="autoscale the actor pool up to this size ('auto': what the cluster can hold)"
+    )
+    batch_size: int = Field(4, ge=1, description="rows per model call (and per map_batches call)")
+    memory_mb: int | None = Field(
+        None, ge=1, description="memory per actor or task, declared to Ray's scheduler (None: step default)"
+    )
+    custom: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources per actor, e.g. {inpaint_node: 1}: pin a pool"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _range(cls, data: Any) -> Any:
+        """``concurrency: "2..8"`` / ``[2, 8]`` / ``"auto"`` / ``"1..auto"`` → minimum and maximum."""
+        if not isinstance(data, dict) or "concurrency" not in data:
+            return data
+        value = data["concurrency"]
+        low: Any
+        high: Any
+        if isinstance(value, list | tuple):
+            if len(value) != 2:
+                raise ValueError(f"concurrency as a list is [min, max], got {value!r}")
+            low, high = value
+        elif isinstance(value, str):
+            text = value.strip().lower()
+            if text == "auto":
+                low, high = 1, "auto"
+            elif re.fullmatch(r"\d+\s*\.\.\s*(\d+|auto)", text):
+                low, high = (part.strip() for part in text.split(".."))
+            else:
+                raise ValueError(f"concurrency must be N, 'MIN..MAX', 'MIN..auto' or 'auto', got {value!r}")
+        else:
+            return data
+        data = dict(data)
+        data["concurrency"] = int(low)
+        data["max_concurrency"] = high if high == "auto" else int(high)
+        return data
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Resources:
+        if isinstance(self.max_concurrency, int) and self.max_concurrency < self.concurrency:
+            raise ValueError(
+                f"max_concurrency {self.max_concurrency} is below concurrency {self.concurrency}"
+            )
+        return self
+
+    @property
+    def autoscales(self) -> bool:
+        return self.max_concurrency == "auto" or (
+            isinstance(self.max_concurrency, int) and self.max_concurrency > self.concurrency
+        )
 
 
 class ModelStage(_Strict):
@@ -362,6 +419,16 @@ class RayConfig(_Strict):
     io_concurrency: int = Field(4, ge=1, description="parallel fetch/write tasks")
     block_rows: int = Field(
         256, ge=1, le=100_000, description="rows per batch of the cheap steps (fetch/decode, prompt)"
+    )
+    block_mb: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="target MB per block of the generation plan: small blocks of decoded images, so every"
+        " pool gets work from the first minutes and no task holds a huge block",
+    )
+    attach_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="seconds a cluster address may take to answer before the job fails"
     )
 
 

@@ -113,20 +113,35 @@ DEPLOYMENTS: dict[str, Any] = {  # `@serve.deployment` turns the classes into De
 
 
 def deployment_options(stage: ModelStage, config: CanvasConfig) -> dict[str, Any]:
-    """Replicas, Ray resources and queue bounds of one model deployment, from the stage's config."""
+    """Replicas, Ray resources and queue bounds of one model deployment, from the stage's config.
+
+    A range (``concurrency: "1..8"``) autoscales between its ends; ``auto`` as the maximum is sized from
+    the cluster Serve runs on, node by node (:func:`canvas_ray.cluster.size_pools`), so that no replica
+    waits for a GPU on a node without the CPUs it also needs."""
     res = stage.resources
+    actor: dict[str, Any] = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus}
+    if res.memory_mb:
+        actor["memory"] = res.memory_mb * 2**20
+    if res.custom:
+        actor["resources"] = dict(res.custom)
     options: dict[str, Any] = {
-        "ray_actor_options": {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus},
+        "ray_actor_options": actor,
         # Enough requests in flight per replica for a full batch to form.
         "max_ongoing_requests": max(2 * config.serve.max_batch_size, 8),
         # a bounded queue per model deployment: past it callers get BackPressureError (503), not a wait
         "max_queued_requests": config.serve.model_max_queued,
     }
-    if res.max_concurrency is not None and res.max_concurrency > res.concurrency:
+    high = res.max_concurrency
+    if high == "auto":
+        from canvas_ray.cluster import plan_pools
+
+        name = next(n for n in ("segment", "caption", "inpaint") if getattr(config, n) is stage)
+        high = plan_pools(config).pools[name].max
+    if isinstance(high, int) and high > res.concurrency:
         options["autoscaling_config"] = {
             "min_replicas": res.concurrency,
             "initial_replicas": res.concurrency,
-            "max_replicas": res.max_concurrency,
+            "max_replicas": high,
             "target_ongoing_requests": config.serve.max_batch_size,
         }
     else:

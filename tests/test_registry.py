@@ -16,7 +16,7 @@ from canvas_ray.stages.base import Status
     [
         ("segment", {"alpha", "backdrop", "hf", "onnx"}),
         ("caption", {"hf", "metadata"}),
-        ("inpaint", {"diffusers", "studio"}),
+        ("inpaint", {"diffusers", "studio", "timed"}),
     ],
 )
 def test_config_rejects_unknown_backends_listing_the_registered_ones(kind, names):

@@ -223,9 +223,30 @@ class DiffusersInpainter:
         return [image for image in out if image is not None]
 
 
+class TimedInpainter(StudioInpainter):
+    """For cluster benchmarks and tests only: holds its actor's GPU slot for
+    ``options.seconds_per_image`` per background (a measured or published figure for a real model, e.g.
+    SD-1.5 at 512² or SDXL at 1024²), then renders the studio backdrop so that everything downstream does
+    its real work. With logical GPUs it shows how a real cluster's pools would be fed."""
+
+    def __init__(self, spec: InpaintConfig, styles: StyleBook):
+        super().__init__(spec, styles)
+        seconds = spec.options.get("seconds_per_image")
+        if not isinstance(seconds, int | float) or seconds < 0:
+            raise ValueError("inpaint.backend timed needs options.seconds_per_image (a number >= 0)")
+        self.seconds = float(seconds)
+
+    def backgrounds(self, rows: list[dict[str, Any]]) -> list[np.ndarray]:
+        import time
+
+        time.sleep(self.seconds * len(rows))
+        return super().backgrounds(rows)
+
+
 BACKENDS: Registry[Any] = Registry("inpaint")
 BACKENDS.register("studio")(StudioInpainter)
 BACKENDS.register("diffusers")(DiffusersInpainter)
+BACKENDS.register("timed")(TimedInpainter)
 
 
 class Inpaint:

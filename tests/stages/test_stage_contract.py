@@ -37,6 +37,7 @@ CASES = [
     ("prompt", "default"),
     ("inpaint", "studio"),
     ("inpaint", "diffusers"),
+    ("inpaint", "timed"),
     ("composite", "default"),
 ]
 
@@ -77,6 +78,8 @@ def _config(stage: str, backend: str, models: dict[str, Path]):
     elif backend in ("hf", "diffusers"):
         kind = {"segment": "segmenter", "caption": "captioner", "inpaint": "inpainter"}[stage]
         overrides[f"{stage}.model"] = str(models[kind])
+    if backend == "timed":
+        overrides["inpaint.options"] = {"seconds_per_image": 0.01}
     if stage == "caption" and backend == "hf":
         overrides["caption.max_new_tokens"] = 4
     return load_config(WEIGHTFREE, overrides)
