@@ -1,7 +1,7 @@
 """Segmentation quality and mask trust per segmenter config, on sets tuned on and sets never tuned on.
 
-    python -m benchmarks.segmentation                       # every set, configs/local.yaml (onnx+refine)
-    python -m benchmarks.segmentation --sets ho-test sample --limit 24 --configs onnx+refine -v
+    python -m benchmarks.segmentation                       # every set, configs/local.yaml as shipped
+    python -m benchmarks.segmentation --sets ho-test sample --limit 24 --configs onnx+refine local -v
 
 Sets. Tuned on: ``busy`` (48 busy scenes from benchmarks/scenes.py), ``clean`` (its products on plain
 sweeps) and ``ho-tune`` (the tune split of benchmarks/heldout_scenes.py). Never tuned on: ``ho-test`` (the
@@ -9,6 +9,10 @@ held-out generator's test seeds: other products, backgrounds and light), ``ho-cl
 sweeps, test seeds), ``sample`` (examples/catalog, 12 items with masks) and ``photos`` (real photographs that
 installed packages ship: scikit-image's coffee, rocket, motorcycle, astronaut, chelsea; no masks ship with
 them, so only the flag columns are measured there).
+
+Configs: ``backdrop`` (configs/weightfree.yaml), ``onnx`` (IS-Net alone), ``onnx+refine`` (IS-Net + GrabCut
+refinement: configs/local.yaml before issue 20) and ``local`` (configs/local.yaml: IS-Net on the image and its
+mirror, fused, their disagreement scored, GrabCut refinement).
 
 Columns per config and set: mean and min IoU (mask ≥ 128 vs truth); ``flagged`` (``mask_confidence`` <
 ``segment.min_confidence``, or a segment error: the outputs go to review); ``wrong`` (IoU < 0.85);
@@ -41,8 +45,9 @@ WRONG_IOU = 0.85
 RIGHT_IOU = 0.95  # a rejection of a mask at least this good is a false rejection
 CONFIGS = {
     "backdrop": (REPO / "configs" / "weightfree.yaml", {}),
-    "onnx": (REPO / "configs" / "local.yaml", {"segment.refine": "none"}),
-    "onnx+refine": (REPO / "configs" / "local.yaml", {}),
+    "onnx": (REPO / "configs" / "local.yaml", {"segment.refine": "none", "segment.options.tta": "none"}),
+    "onnx+refine": (REPO / "configs" / "local.yaml", {"segment.options.tta": "none"}),  # before issue 20
+    "local": (REPO / "configs" / "local.yaml", {}),  # as shipped: IS-Net, mirrored view (tta), GrabCut
 }
 TUNED = ("busy", "clean", "ho-tune")
 HELD_OUT = ("ho-test", "ho-clean", "sample", "photos")
@@ -226,7 +231,7 @@ def _cell(value: float | None, width: int, percent: bool = True) -> str:
 def main(argv: list[str] | None = None) -> list[Row]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
-    parser.add_argument("--configs", nargs="+", default=["onnx+refine"], choices=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", default=["local"], choices=list(CONFIGS))
     parser.add_argument("--limit", type=int, help="first N images of each set (generated sets: N scenes)")
     parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default ceil(num_cpus))")
     parser.add_argument(

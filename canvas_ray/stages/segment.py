@@ -166,16 +166,13 @@ class Segment:
         flags = np.array([""] * n, dtype=object)
         with timed(batch, "segment_s", indices):
             results = run_rows(
-                batch,
-                indices,
-                STAGE,
-                lambda rows: self.segmenter.product_masks([batch["image"][i] for i in rows]),
+                batch, indices, STAGE, lambda rows: self._masks([batch["image"][i] for i in rows])
             )
             trusted = run_rows(
                 batch,
                 [i for i in indices if i in results],
                 STAGE,
-                lambda rows: [self._trust(batch["image"][i], results[i]) for i in rows],
+                lambda rows: [self._trust(batch["image"][i], *results[i]) for i in rows],
             )
         for index, (soft, confidence, why) in trusted.items():
             confidences[index], flags[index] = confidence, why
@@ -198,7 +195,16 @@ class Segment:
         batch["mask_flags"] = flags
         return batch
 
-    def _trust(self, image: np.ndarray, soft: np.ndarray) -> tuple[np.ndarray, float, str]:
+    def _masks(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+        """(mask, the views it was fused from: test-time augmentation, when the backend does it)."""
+        with_views = getattr(self.segmenter, "masks_and_views", None)
+        if with_views is not None:
+            return list(with_views(images))
+        return [(mask, []) for mask in self.segmenter.product_masks(images)]
+
+    def _trust(
+        self, image: np.ndarray, soft: np.ndarray, views: list[np.ndarray] | None = None
+    ) -> tuple[np.ndarray, float, str]:
         """(soft mask, possibly refined; mask_confidence; mask_flags)."""
         soft = np.clip(np.nan_to_num(soft), 0.0, 1.0).astype(np.float32)
         if alpha_mask(image) is not None and self.spec.backend in ("alpha", "backdrop", "onnx"):
@@ -209,5 +215,6 @@ class Segment:
             self.spec.threshold,
             refine=self.spec.refine == "grabcut",
             plain_backdrop_model=self.spec.backend in ("backdrop", "alpha"),
+            views=views if views and len(views) > 1 else None,
         )
         return trust.soft, trust.confidence, trust.flags

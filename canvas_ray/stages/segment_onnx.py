@@ -9,6 +9,12 @@ The session is built once per stage instance (one per actor / replica). Its intr
 pool's ``resources.num_cpus`` (rounded up, at least 1) unless ``options.threads`` says otherwise; its
 providers come from ``options.providers`` or the stage's ``device`` (CUDA when onnxruntime-gpu offers it).
 Models exported with a fixed batch of 1 (rembg's, img.ly's) are looped inside the batch.
+
+``options.tta: flip`` runs every image a second time mirrored (test-time augmentation). The mask is the mean
+of the two views and :meth:`OnnxSegmenter.masks_and_views` also returns both views, so that the Segment
+stage can score their disagreement (:func:`canvas_ray.stages.mask_trust.assess_mask`): IS-Net is sometimes
+certain of a mask in one view and of another mask in the mirrored one (a watch strap kept, then dropped).
+It doubles the model's time.
 """
 
 from __future__ import annotations
@@ -71,7 +77,8 @@ PRESETS: dict[str, OnnxPreset] = {
     "birefnet": OnnxPreset(1024, 1.0 / 255.0, IMAGENET_MEAN, IMAGENET_STD, "sigmoid", 0),
 }
 PRESET_FIELDS = {f.name for f in fields(OnnxPreset)}
-SESSION_OPTIONS = {"preset", "threads", "providers"}
+SESSION_OPTIONS = {"preset", "threads", "providers", "tta"}
+TTA = ("none", "flip")
 
 
 def preset_from_options(options: dict[str, Any], model: str | None = None) -> OnnxPreset:
@@ -156,6 +163,9 @@ class OnnxSegmenter:
                 f"segment.options.output {output!r} is not an output of {self.path.name}: {names}"
             )
         self.runs = 0  # forward calls, for tests of the fixed-batch loop
+        self.tta = str(spec.options.get("tta", "none"))
+        if self.tta not in TTA:
+            raise ValueError(f"segment.options.tta {self.tta!r} unknown; choose one of {list(TTA)}")
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
         self.runs += 1
@@ -178,13 +188,28 @@ class OnnxSegmenter:
 
     def product_masks(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Cut-outs keep their own alpha channel (exact); the other images go through the model."""
+        return [mask for mask, _ in self.masks_and_views(images)]
+
+    def masks_and_views(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+        """(mask, the views it was fused from) per image; a single view, or none for alpha cut-outs."""
         alphas = [alpha_mask(image) for image in images]
         todo = [image for image, alpha in zip(images, alphas, strict=True) if alpha is None]
         probs = iter(self.raw_outputs(todo) if todo else [])
-        return [
-            alpha if alpha is not None else _at_size(image, next(probs))
-            for image, alpha in zip(images, alphas, strict=True)
-        ]
+        mirrored = iter(
+            self.raw_outputs([np.ascontiguousarray(image[:, ::-1]) for image in todo])
+            if todo and self.tta == "flip"
+            else []
+        )
+        out: list[tuple[np.ndarray, list[np.ndarray]]] = []
+        for image, alpha in zip(images, alphas, strict=True):
+            if alpha is not None:
+                out.append((alpha, []))
+                continue
+            views = [_at_size(image, next(probs))]
+            if self.tta == "flip":
+                views.append(np.ascontiguousarray(_at_size(image, next(mirrored)[:, ::-1])))
+            out.append((views[0] if len(views) == 1 else np.mean(views, axis=0).astype(np.float32), views))
+        return out
 
 
 def _at_size(image: np.ndarray, prob: np.ndarray) -> np.ndarray:

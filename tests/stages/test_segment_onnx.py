@@ -172,3 +172,33 @@ def test_segment_stage_with_the_onnx_backend(models):
     for index in (0, 2):
         assert 0.0 <= batch["mask_confidence"][index] <= 1.0 and isinstance(batch["mask_flags"][index], str)
     assert batch["mask_confidence"][1] == 0.0
+
+
+def test_flip_tta_fuses_two_views_and_scores_their_disagreement(models):
+    """options.tta: flip runs the model on the image and its mirror; the mask is their mean, both views are
+    returned, and a mask one view keeps and the other drops is not trusted."""
+    from canvas_ray.stages.mask_trust import assess_mask
+
+    plain = build_segmenter(_config(models["fixed"], preset="isnet-imgly").segment)
+    tta = build_segmenter(_config(models["fixed"], preset="isnet-imgly", tta="flip").segment)
+    image = np.zeros((48, 40, 3), np.uint8)
+    image[:, :12, 0] = 250
+    ((mask, views),) = tta.masks_and_views([image])
+    assert tta.runs == 2 and len(views) == 2
+    np.testing.assert_allclose(views[1], views[0], atol=1e-6)  # this model commutes with the mirror
+    np.testing.assert_allclose(mask, plain.product_masks([image])[0], atol=1e-6)
+    with pytest.raises(ValueError, match="tta"):
+        build_segmenter(_config(models["fixed"], tta="rotate").segment)
+
+    scene = np.full((96, 64, 3), 40, np.uint8)
+    scene[8:88, 24:40] = (150, 90, 40)  # a strap above and below a dial
+    scene[32:64, 16:48] = (200, 200, 210)
+    both = np.zeros((96, 64), np.float32)
+    both[8:88, 24:40] = 1.0
+    both[32:64, 16:48] = 1.0
+    upper_only = both.copy()
+    upper_only[64:88] = 0.0
+    agreed = assess_mask(scene, both, views=[both, both])
+    torn = assess_mask(scene, both, views=[both, upper_only])
+    assert agreed.figures["views"] == 1.0 and "mirrored" not in agreed.flags
+    assert torn.figures["views"] < 0.8 and torn.confidence < 0.6 and "mirrored view disagrees" in torn.flags
