@@ -95,8 +95,8 @@ class Layer:
     def paint(self, coverage: np.ndarray, colour, opacity: float = 1.0) -> None:
         a = np.clip(coverage * opacity, 0, 1)
         col = np.broadcast_to(np.asarray(colour, np.float32), self.rgb.shape)
-        self.rgb = self.rgb * (1 - a[..., None]) + col * a[..., None]
-        self.alpha = self.alpha * (1 - a) + a
+        self.rgb = (self.rgb * (1 - a[..., None]) + col * a[..., None]).astype(np.float32)
+        self.alpha = (self.alpha * (1 - a) + a).astype(np.float32)
 
     def cut(self, coverage: np.ndarray) -> None:
         """Remove product where ``coverage`` (a real hole)."""

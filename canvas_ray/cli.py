@@ -281,7 +281,6 @@ def cmd_curate(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    import ray
 
     from canvas_ray.train.config import load_finetune_config
     from canvas_ray.train.trainer import finetune
@@ -292,7 +291,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if args.workers:
         overrides["scaling.num_workers"] = args.workers
     config = load_finetune_config(args.config, overrides)
-    ray.init(address=args.address, ignore_reinit_error=True)
+    from canvas_ray.cluster import attach
+
+    attach(args.address, None)
     summary = finetune(config, args.catalog, args.output)
     print(json.dumps({k: v for k, v in summary.items() if k != "metrics"}, default=str))
     return 0
@@ -307,7 +308,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _config(args.config)
     host = args.host or config.serve.host
     port = args.port or config.serve.port
-    ray.init(address=args.address or config.ray.address, ignore_reinit_error=True)
+    from canvas_ray.cluster import attach
+
+    attach(args.address, config.ray.address, timeout=config.ray.attach_timeout_s)
     serve.start(http_options={"host": host, "port": port})
     log.info("canvas-ray serving on http://%s:%d/ (API docs at /docs)", host, port)
     try:
@@ -397,6 +400,34 @@ def cmd_config(args: argparse.Namespace) -> int:
     config = _config(args.config)
     print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     print(f"# fingerprint: {config.fingerprint()}")
+    return 0
+
+
+def cmd_cluster_plan(args: argparse.Namespace) -> int:
+    """Pool sizes of a config on the cluster (attached as `generate` would), or why they do not fit."""
+    import ray
+
+    from canvas_ray.cluster import attach, describe, live_nodes, plan_pools, pool_resources
+
+    config = _config(args.config)
+    attach(args.address, config.ray.address, timeout=config.ray.attach_timeout_s)
+    try:
+        nodes = live_nodes()
+        gpus = sum(n.resources.get("GPU", 0.0) for n in nodes)
+        cpus = sum(n.resources.get("CPU", 0.0) for n in nodes)
+        print(f"cluster: {len(nodes)} node(s), {cpus:g} CPUs, {gpus:g} GPUs")
+        try:
+            sizing = plan_pools(config)
+        except ConfigError as error:
+            print(f"does not fit: {error}")
+            return 2
+        print(describe(sizing, pool_resources(config)))
+        held = sum(
+            size.max * pool_resources(config)[name].num_gpus for name, size in sizing.pools.items()
+        )
+        print(f"GPUs held at the pools' maximum: {held:g} of {gpus:g}")
+    finally:
+        ray.shutdown()
     return 0
 
 
@@ -524,6 +555,12 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--webhook", help="URL POSTed (signed) when the job ends")
     jobs.add_argument("--wait", action="store_true", help="status: poll until the job has ended")
     jobs.set_defaults(func=cmd_jobs)
+
+    clu = sub.add_parser("cluster", help="pool sizes of a config on a Ray cluster: `cluster plan`")
+    clu.add_argument("action", choices=["plan"])
+    clu.add_argument("--config")
+    clu.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, a live local one, or new)")
+    clu.set_defaults(func=cmd_cluster_plan)
 
     show = sub.add_parser("config", help="print the effective config and its fingerprint")
     show.add_argument("--config")

@@ -337,7 +337,10 @@ def _does_not_fit(
         if n != name
     )
     hint = (
-        "no single node has that much: lower this pool's num_cpus/num_gpus per actor"
+        "the cluster has no GPUs: attach to a GPU cluster (--address / RAY_ADDRESS) or use a CPU config "
+        "such as configs/local.yaml"
+        if need.get("GPU") and not total.get("GPU")
+        else "no single node has that much: lower this pool's num_cpus/num_gpus per actor"
         if best == 0
         else f"lower {name}.resources.concurrency to {max(1, placed)} (or use a range like '1..auto'), "
         "or lower the other pools' minimums"

@@ -45,7 +45,11 @@ def test_gpu_yaml_fills_8_or_64_gpus(nodes: int, gpus: int) -> None:
 def test_auto_counts_cpus_node_by_node() -> None:
     """A GPU on a node without the 2 CPUs an inpaint actor also needs is not counted."""
     pools = {"inpaint": Resources(num_gpus=1, num_cpus=2, concurrency=1, max_concurrency="auto")}
-    nodes = [Node("head", {"CPU": 8.0}), Node("a", {"CPU": 4.0, "GPU": 4.0}), Node("b", {"CPU": 8.0, "GPU": 2.0})]
+    nodes = [
+        Node("head", {"CPU": 8.0}),
+        Node("a", {"CPU": 4.0, "GPU": 4.0}),
+        Node("b", {"CPU": 8.0, "GPU": 2.0}),
+    ]
     assert size_pools(pools, nodes).pools["inpaint"].max == 2 + 2
 
 
