@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         for _ in range(args.nodes):
             cluster.add_node(
-                num_cpus=2 * args.gpus + 2,
+                num_cpus=args.cpus_per_gpu * args.gpus + 4,
                 num_gpus=args.gpus,
                 resources={"gpu_node": args.gpus},
                 memory=args.gpus * 20 * GB,
@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=8)
     parser.add_argument("--gpus", type=int, default=8, help="logical GPUs per worker node")
     parser.add_argument("--head-cpus", type=int, default=8)
+    parser.add_argument("--cpus-per-gpu", type=int, default=3, help="logical CPUs per GPU on worker nodes")
     parser.add_argument(
         "--seconds-per-image", default="sd15-512", help=f"a number or a preset: {', '.join(PRESETS)}"
     )

@@ -285,15 +285,32 @@ def check_resources(config: CanvasConfig) -> Sizing:
 PLAN_COLUMNS = (*TEXT_COLUMNS, "status", "error", "done_outputs")
 
 
-def build_plan(ds: Any, run: RunContext, sizing: Sizing | None = None) -> Any:
-    """The lazy Ray Dataset from (remaining) catalog rows to the statuses of written manifest parts."""
+def manifest_part_rows(config: CanvasConfig, outputs: int) -> int:
+    """Rows per manifest part: ``output.manifest_part_rows`` for big jobs, fewer for small ones so that
+    progress (counted from written parts) moves and a crash redoes little (at least a composite batch)."""
+    composite = config.composite.resources.batch_size
+    return max(1, min(config.output.manifest_part_rows, max(composite, -(-outputs // 32))))
+
+
+def build_plan(ds: Any, run: RunContext, sizing: Sizing | None = None, outputs: int | None = None) -> Any:
+    """The lazy Ray Dataset from (remaining) catalog rows to the statuses of written manifest parts.
+
+    A task step that feeds a pool cuts its output into blocks of that pool's batch (a streaming
+    repartition Ray Data fuses into the task): Ray Data bundles small blocks up to a batch but never splits
+    a big one, so without it Prompt's expansion (one item → styles × aspects × variants outputs) would hand
+    one inpaint actor a whole block while the others wait."""
     config = run.config
-    for spec in PIPELINE:
+    for index, spec in enumerate(PIPELINE):
         args = _map_args(spec, config, sizing)
+        if spec.name == "write_manifest_part" and outputs is not None:
+            args["batch_size"] = manifest_part_rows(config, outputs)
         if spec.kind == "pool":
             ds = ds.map_batches(POOLS[spec.name], fn_constructor_kwargs={"run": run}, **args)
-        else:
-            ds = ds.map_batches(CHEAP_STAGES[spec.name], fn_kwargs={"run": run}, **args)
+            continue
+        ds = ds.map_batches(CHEAP_STAGES[spec.name], fn_kwargs={"run": run}, **args)
+        following = PIPELINE[index + 1] if index + 1 < len(PIPELINE) else None
+        if following is not None and following.kind == "pool":
+            ds = ds.repartition(target_num_rows_per_block=stage_resources(following, config).batch_size)
     return ds
 
 
@@ -487,7 +504,8 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
     if todo_items:
         context.target_max_block_size = config.ray.block_mb * 2**20
         progress = ProgressLine(remaining, request.progress, terminal)
-        for batch in build_plan(todo, run, sizing).iter_batches(batch_size=None, batch_format="pyarrow"):
+        plan = build_plan(todo, run, sizing, remaining)
+        for batch in plan.iter_batches(batch_size=None, batch_format="pyarrow"):
             for entry in pc.value_counts(batch.column("status")).to_pylist():
                 key = entry["values"] if entry["values"] in processed else "error"
                 processed[key] += entry["counts"]

@@ -314,8 +314,13 @@ def size_pools(pools: dict[str, Resources], nodes: list[Node], task_cpus: float 
 
 
 def _hold_cpu_reserve(free: list[Node], reserve: float) -> None:
-    """Take the task steps' CPUs from the nodes with the most CPUs left per GPU (CPU nodes first)."""
-    for node in sorted(free, key=lambda n: (n.resources.get("GPU", 0.0), -n.resources.get("CPU", 0.0))):
+    """Take the task steps' CPUs from the nodes with the most CPUs left per free GPU (CPU nodes first)."""
+
+    def spare(node: Node) -> float:
+        gpus = node.resources.get("GPU", 0.0)
+        return node.resources.get("CPU", 0.0) / gpus if gpus > 1e-9 else float("inf")
+
+    for node in sorted(free, key=spare, reverse=True):
         if reserve <= 0:
             return
         take = min(reserve, node.resources.get("CPU", 0.0))
