@@ -99,3 +99,18 @@ def test_memory_quarter_peaks() -> None:
     series = [[0.0, 1.0], [1.0, 5.0], [2.0, 3.0], [3.0, 4.0], [4.0, 2.0]]
     assert quarter_peaks(series) == [1.0, 5.0, 3.0, 4.0]
     assert quarter_peaks([]) == []
+
+
+def test_heldout_scenes_are_deterministic_and_split_by_seed() -> None:
+    """The second scene generator: same seed, same pixels and truth; tune and test seeds differ; the truth is
+    the drawn coverage (the watch's strap above and below its dial is product)."""
+    from benchmarks.heldout_scenes import PRODUCTS, heldout_scenes, render
+
+    first, again = render(0, "brick", "blinds", 80000), render(0, "brick", "blinds", 80000)
+    assert first.kind == "parts-both-sides" and first.mask.shape == first.image.shape[:2]
+    assert (first.image == again.image).all() and (first.mask == again.mask).all()
+    rows = first.mask.any(axis=1).nonzero()[0]
+    assert rows.min() < 0.1 * first.mask.shape[0] and rows.max() > 0.9 * first.mask.shape[0]
+    tune = next(heldout_scenes(1, "tune"))
+    test = next(heldout_scenes(1, "test"))
+    assert tune.name != test.name and len(PRODUCTS) >= 10
