@@ -3,7 +3,9 @@
 Adds ``product_mask`` (HxW uint8, 255 = product, soft edge), ``mask_area`` (share of pixels that are
 product), ``mask_confidence`` (float in [0, 1]) and ``mask_flags`` (why it is low, '' when fine; see
 :mod:`canvas_ray.stages.mask_trust`). With ``segment.refine: grabcut`` the mask is refined first. Masks
-taken from an image's own alpha channel are exact: confidence 1. Backends, chosen by ``segment.backend``:
+taken from an image's own alpha channel are exact: confidence 1. A row with a ``product_box`` column
+("x0,y0,x1,y1" in source pixels) is segmented inside that box plus an 8% margin, whatever the backend, and is
+background outside it (a photo with a passer-by names its product). Backends, chosen by ``segment.backend``:
 
 - ``hf``: a transformers segmentation model (semantic segmentation with a background label, or a
   one-channel matting model such as BiRefNet with ``trust_remote_code``);
@@ -141,6 +143,50 @@ class HFSegmenter:
 register("onnx")(OnnxSegmenter)
 
 
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in source pixels (x1, y1 exclusive)
+BOX_MARGIN = 0.08  # share of the box's size added on each side before segmenting
+
+
+def parse_box(value: object) -> Box | None:
+    """A ``product_box`` cell: "x0,y0,x1,y1" or four numbers; None, "" or NaN mean no box."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        parts: list = value.replace(";", ",").split(",")
+    else:
+        parts = list(np.asarray(value, dtype=object).ravel())
+    try:
+        x0, y0, x1, y1 = (int(round(float(p))) for p in parts)
+    except (TypeError, ValueError):
+        raise ValueError(f"product_box must be x0,y0,x1,y1 in source pixels, got {value!r}") from None
+    if x1 <= x0 or y1 <= y0 or min(x0, y0) < 0:
+        raise ValueError(f"product_box {value!r} is empty or negative: need 0 <= x0 < x1 and 0 <= y0 < y1")
+    return x0, y0, x1, y1
+
+
+def box_with_margin(box: Box, shape: tuple[int, ...]) -> Box:
+    """The box grown by ``BOX_MARGIN`` on each side, clipped to the image; a box outside it is an error."""
+    height, width = shape[:2]
+    x0, y0, x1, y1 = box
+    if x0 >= width or y0 >= height:
+        raise ValueError(f"product_box {box} lies outside the {width}x{height} image")
+    dx, dy = round((x1 - x0) * BOX_MARGIN), round((y1 - y0) * BOX_MARGIN)
+    return max(0, x0 - dx), max(0, y0 - dy), min(width, x1 + dx), min(height, y1 + dy)
+
+
+def _paste(mask: np.ndarray, place: Box, shape: tuple[int, ...]) -> np.ndarray:
+    full = np.zeros(shape[:2], np.float32)
+    x0, y0, x1, y1 = place
+    full[y0:y1, x0:x1] = mask[..., 0] if mask.ndim == 3 else mask
+    return full
+
+
+def _row_box(batch: Batch, index: int) -> Box | None:
+    return parse_box(batch["product_box"][index]) if "product_box" in batch else None
+
+
 def build_segmenter(spec: SegmentConfig) -> Segmenter:
     return BACKENDS.build(spec.backend, spec)
 
@@ -166,7 +212,12 @@ class Segment:
         flags = np.array([""] * n, dtype=object)
         with timed(batch, "segment_s", indices):
             results = run_rows(
-                batch, indices, STAGE, lambda rows: self._masks([batch["image"][i] for i in rows])
+                batch,
+                indices,
+                STAGE,
+                lambda rows: self._masks(
+                    [batch["image"][i] for i in rows], [_row_box(batch, i) for i in rows]
+                ),
             )
             trusted = run_rows(
                 batch,
@@ -195,12 +246,34 @@ class Segment:
         batch["mask_flags"] = flags
         return batch
 
-    def _masks(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, list[np.ndarray]]]:
-        """(mask, the views it was fused from: test-time augmentation, when the backend does it)."""
+    def _masks(
+        self, images: list[np.ndarray], boxes: list[Box | None] | None = None
+    ) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+        """(mask, the views it was fused from: test-time augmentation, when the backend does it). A row
+        with a ``product_box`` is segmented inside its box (plus a margin) and is background outside it."""
+        boxes = boxes or [None] * len(images)
+        places = [
+            None if box is None else box_with_margin(box, image.shape[:2])
+            for image, box in zip(images, boxes, strict=True)
+        ]
+        crops = [
+            image if place is None else np.ascontiguousarray(image[place[1] : place[3], place[0] : place[2]])
+            for image, place in zip(images, places, strict=True)
+        ]
         with_views = getattr(self.segmenter, "masks_and_views", None)
+        found: list[tuple[np.ndarray, list[np.ndarray]]]
         if with_views is not None:
-            return list(with_views(images))
-        return [(mask, []) for mask in self.segmenter.product_masks(images)]
+            found = list(with_views(crops))
+        else:
+            found = [(soft, []) for soft in self.segmenter.product_masks(crops)]
+        out: list[tuple[np.ndarray, list[np.ndarray]]] = []
+        for index, (mask, views) in enumerate(found):
+            place = places[index]
+            if place is not None:
+                shape = images[index].shape[:2]
+                mask, views = _paste(mask, place, shape), [_paste(v, place, shape) for v in views]
+            out.append((mask, views))
+        return out
 
     def _trust(
         self, image: np.ndarray, soft: np.ndarray, views: list[np.ndarray] | None = None
