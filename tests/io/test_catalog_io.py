@@ -157,10 +157,15 @@ def test_missing_image_uri_column(tmp_path):
 
 
 def test_unknown_extension(tmp_path):
-    path = tmp_path / "catalog.txt"
+    path = tmp_path / "catalog.dat"
     path.write_text("item_id,image_uri\na,a.png\n")
     with pytest.raises(ValueError, match="unknown format"):
         read_catalog(str(path))
+    # .txt is a Merchant Center feed's extension (tab-separated): a comma file there says what it lacks
+    text = tmp_path / "catalog.txt"
+    text.write_text("item_id,image_uri\na,a.png\n")
+    with pytest.raises(ValueError, match=r"catalog\.txt: merchant-tsv feed has no id, image_link column"):
+        read_catalog(str(text))
 
 
 def test_bad_json_line(tmp_path):
