@@ -167,6 +167,7 @@ class Ingress(JobRoutes):
             "profile": "|".join(parsed.profiles) or None,
             "seed": fields.seed,
             "title": fields.title or "",
+            "product_box": fields.product_box or "",
             REQUEST_COLUMN: rid,
         }
         if image is not None:

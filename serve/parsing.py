@@ -49,6 +49,9 @@ class GenerateFields(BaseModel):
     )
     format: Literal["png", "jpeg", "webp"] = "png"
     title: str | None = Field(None, description="product title, helps the caption")
+    product_box: str | None = Field(
+        None, description="which object is the product: 'x0,y0,x1,y1' in the photo's pixels (optional)"
+    )
     image_uri: str | None = Field(None, description="fetch the image from here (only allowed prefixes)")
 
 
@@ -280,6 +283,13 @@ class RequestReader:
                 raise ApiError(400, "bad_request", f"{name} contains control characters: send plain text")
         if "|" in fields.style:
             raise ApiError(400, "bad_style", "style must be one style ('|' is not allowed)")
+        if fields.product_box:
+            from canvas_ray.stages.segment import parse_box
+
+            try:
+                parse_box(fields.product_box[:200])
+            except ValueError as error:
+                raise ApiError(400, "bad_product_box", str(error)) from None
         try:
             self.styles.resolve(fields.style)
         except ValueError as error:

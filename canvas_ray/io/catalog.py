@@ -50,6 +50,7 @@ TEXT_COLUMNS = (
     "style",
     "style_image_uri",
     "profile",  # output profiles for this item, "a|b" (canvas_ray.profiles); empty: the config's
+    "product_box",  # optional "x0,y0,x1,y1" in source pixels: which object is the product (Segment)
 )
 COUNT_COLUMNS = ("impressions", "saves", "clicks")
 ROW_BITS = 40  # _pos = file_index << ROW_BITS | row: a trillion rows per file, a million files

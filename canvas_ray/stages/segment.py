@@ -154,7 +154,7 @@ def parse_box(value: object) -> Box | None:
     if isinstance(value, str):
         if not value.strip():
             return None
-        parts: list = value.replace(";", ",").split(",")
+        parts: list = value.strip().strip("[]()").replace(";", ",").split(",")
     else:
         parts = list(np.asarray(value, dtype=object).ravel())
     try:

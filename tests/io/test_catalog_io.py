@@ -196,3 +196,20 @@ def test_renamed_duplicate_never_takes_a_real_id(tmp_path, real_first):
     assert by_uri["c.png"]["item_id"] == "a#dup1" and by_uri["c.png"]["status"] == "ok"
     assert by_uri["a.png"]["status"] == "ok"
     assert by_uri["b.png"]["status"] == "error" and "duplicate" in by_uri["b.png"]["error"]
+
+
+def test_product_box_column_is_carried(tmp_path):
+    """`product_box` reaches the rows as text Segment parses (a list in JSON, a string in CSV)."""
+    from canvas_ray.stages.segment import parse_box
+
+    path = tmp_path / "c.jsonl"
+    path.write_text(
+        '{"item_id": "a", "image_uri": "a.png", "product_box": [1, 2, 30, 40]}\n'
+        '{"item_id": "c", "image_uri": "c.png"}\n'
+    )
+    boxes = read_catalog(str(path)).table.column("product_box").to_pylist()
+    assert [parse_box(b) for b in boxes] == [(1, 2, 30, 40), None]
+    path = tmp_path / "c.csv"
+    path.write_text('item_id,image_uri,product_box\nb,b.png,"5,6,7,8"\nd,d.png,\n')
+    boxes = read_catalog(str(path)).table.column("product_box").to_pylist()
+    assert [parse_box(b) for b in boxes] == [(5, 6, 7, 8), None]

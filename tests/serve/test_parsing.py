@@ -111,6 +111,8 @@ def test_profiles_are_checked(reader):
         ({"style": "studio white", "image_uri": "file:///etc/passwd"}, "url_fetch_disabled"),
         ({"style": "studio white", "n": "two"}, "validation_error"),
         ({"style": "studio white", "colour": "red"}, "validation_error"),
+        ({"style": "studio white", "product_box": "10,10,5,20"}, "bad_product_box"),
+        ({"style": "studio white", "product_box": "a,b,c,d"}, "bad_product_box"),
     ],
 )
 def test_bad_fields_are_4xx_with_a_reason(reader, fields, code):
