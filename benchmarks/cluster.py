@@ -143,8 +143,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     first_output = samples[0][0] - started if samples else None
     start, end, done = steady_window(samples, total)
     rate = done / (end - start) if end > start else float("nan")
+    # seconds each stage spent per output: item-level stages (segment, caption) once per item
+    item_rows = list({r["item_id"]: r for r in rows}.values())
     per_output = {
-        stage: sum(float(r.get(f"{stage}_s") or 0.0) for r in rows) / max(1, total)
+        stage: sum(float(r.get(f"{stage}_s") or 0.0) for r in (rows if stage == "inpaint" else item_rows))
+        / max(1, total)
         for stage in ("segment", "caption", "inpaint")
     }
     inpaint_gpus = sizing.pools["inpaint"].max * config.inpaint.resources.num_gpus

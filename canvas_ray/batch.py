@@ -230,17 +230,15 @@ TASK_MEMORY_MB = {
 }
 
 
-def _rows_per_call(spec: StageSpec, config: CanvasConfig) -> int:
-    """Rows handed to one call of a step: a model step's batch; a cheap step, the batch of the model step
-    it feeds (so a task never holds many blocks' worth of images, and its output streams out in blocks
-    the next pool can start on); the manifest step, a part's rows."""
-    if spec.kind == "pool" or spec.name == "composite_and_write":
+def _rows_per_call(spec: StageSpec, config: CanvasConfig) -> int | None:
+    """Rows handed to one call of a step: a model step's batch (Ray Data requires one for GPU pools); a
+    cheap step, one whole block (``None``: no merging of planned blocks, and no per-call set-up repeated
+    over small slices); the manifest step, a part's rows."""
+    if spec.kind == "pool":
         return stage_resources(spec, config).batch_size
     if spec.name == "write_manifest_part":
         return config.output.manifest_part_rows
-    following = PIPELINE[PIPELINE.index(spec) + 1 :]
-    feeds = next((s for s in following if s.kind == "pool"), None)
-    return stage_resources(feeds, config).batch_size if feeds else stage_resources(spec, config).batch_size
+    return None
 
 
 def _map_args(spec: StageSpec, config: CanvasConfig, sizing: Sizing | None = None) -> dict[str, Any]:
@@ -292,26 +290,49 @@ def manifest_part_rows(config: CanvasConfig, outputs: int) -> int:
     return max(1, min(config.output.manifest_part_rows, max(composite, -(-outputs // 32))))
 
 
-def build_plan(ds: Any, run: RunContext, sizing: Sizing | None = None, outputs: int | None = None) -> Any:
+def build_plan(
+    ds: Any,
+    run: RunContext,
+    sizing: Sizing | None = None,
+    outputs: int | None = None,
+    item_rows: int | None = None,
+) -> Any:
     """The lazy Ray Dataset from (remaining) catalog rows to the statuses of written manifest parts.
 
-    A task step that feeds a pool cuts its output into blocks of that pool's batch (a streaming
-    repartition Ray Data fuses into the task): Ray Data bundles small blocks up to a batch but never splits
-    a big one, so without it Prompt's expansion (one item → styles × aspects × variants outputs) would hand
-    one inpaint actor a whole block while the others wait."""
+    Blocks: catalog rows come in blocks of ``item_rows`` (:func:`plan_block_rows`); Prompt's output is cut
+    into blocks of :func:`expanded_block_rows` (a streaming repartition Ray Data fuses into the task): Ray
+    Data bundles small blocks up to a batch but never splits a big one, so without it Prompt's expansion
+    (one item → styles × aspects × variants outputs) would hand one inpaint actor a whole block while the
+    others wait. Each pool takes the blocks that reach it whole (its ``map_batches`` batch is that block
+    size) and runs its model on the ``ok`` rows ``resources.batch_size`` at a time (:class:`PoolStage`):
+    cheap error rows cost no per-batch call, and no pool waits for more rows than one block."""
     config = run.config
-    for index, spec in enumerate(PIPELINE):
+    expanded = expanded_block_rows(config, outputs, sizing.pools["inpaint"].max if sizing else 1)
+    for spec in PIPELINE:
         args = _map_args(spec, config, sizing)
         if spec.name == "write_manifest_part" and outputs is not None:
             args["batch_size"] = manifest_part_rows(config, outputs)
         if spec.kind == "pool":
+            arriving = expanded if spec.name == "inpaint" else item_rows
+            if arriving:
+                args["batch_size"] = max(args["batch_size"], arriving)
             ds = ds.map_batches(POOLS[spec.name], fn_constructor_kwargs={"run": run}, **args)
             continue
         ds = ds.map_batches(CHEAP_STAGES[spec.name], fn_kwargs={"run": run}, **args)
-        following = PIPELINE[index + 1] if index + 1 < len(PIPELINE) else None
-        if following is not None and following.kind == "pool":
-            ds = ds.repartition(target_num_rows_per_block=stage_resources(following, config).batch_size)
+        if spec.name == "thumbnails_and_prompt":
+            ds = ds.repartition(target_num_rows_per_block=expanded)
     return ds
+
+
+def expanded_block_rows(config: CanvasConfig, outputs: int | None, inpaint_actors: int) -> int:
+    """Rows per block after Prompt's expansion: enough blocks that every inpaint actor gets work (two
+    per actor over the job), never below the inpaint batch, never above ``ray.block_rows`` (cheap error
+    rows ride in big blocks; image blocks are also capped in bytes by ``ray.block_mb``)."""
+    batch = config.inpaint.resources.batch_size
+    if outputs is None:
+        return max(batch, config.ray.block_rows)
+    wanted = -(-outputs // max(1, 2 * inpaint_actors))
+    return max(batch, min(config.ray.block_rows, wanted))
 
 
 # ---- catalog preparation: duplicates and resume, grouped by id bucket ----
@@ -504,7 +525,7 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
     if todo_items:
         context.target_max_block_size = config.ray.block_mb * 2**20
         progress = ProgressLine(remaining, request.progress, terminal)
-        plan = build_plan(todo, run, sizing, remaining)
+        plan = build_plan(todo, run, sizing, remaining, plan_block_rows(config, todo_items))
         for batch in plan.iter_batches(batch_size=None, batch_format="pyarrow"):
             for entry in pc.value_counts(batch.column("status")).to_pylist():
                 key = entry["values"] if entry["values"] in processed else "error"
