@@ -53,31 +53,18 @@ def _catalog(folder: Path, items: int, size: int) -> Path:
 
 def _config(seconds: float, block_rows: int | None) -> Any:
     from canvas_ray.config import REPO_ROOT, load_config
+    from canvas_ray.testing import gpu_shape_overrides
 
-    overrides: dict[str, Any] = {
-        "segment.backend": "backdrop",
-        "segment.model": None,
-        "segment.options": {},
-        "segment.trust_remote_code": False,
-        "segment.dtype": "float32",
-        "segment.device": "cpu",
-        "caption.backend": "metadata",
-        "caption.model": None,
-        "caption.dtype": "float32",
-        "caption.device": "cpu",
-        "inpaint.backend": "timed",
-        "inpaint.model": None,
-        "inpaint.dtype": "float32",
-        "inpaint.device": "cpu",
-        "inpaint.options": {"seconds_per_image": seconds},
-        "quality.candidates": 1,
-        "quality.scoring.clip_model": None,
-        "provenance.c2pa": "unsigned",
-        "output.aspect_ratios": ["1:1"],
-        "output.variants": 1,
-        "output.manifest_part_rows": 16,
-        "styles.default": ["studio white", "beach summer"],
-    }
+    overrides = gpu_shape_overrides("timed")
+    overrides.update(
+        {
+            "inpaint.options": {"seconds_per_image": seconds},
+            "output.aspect_ratios": ["1:1"],
+            "output.variants": 1,
+            "output.manifest_part_rows": 16,
+            "styles.default": ["studio white", "beach summer"],
+        }
+    )
     if block_rows:
         overrides["ray.block_rows"] = block_rows
     return load_config(REPO_ROOT / "configs" / "gpu.yaml", overrides)

@@ -110,3 +110,15 @@ def signing_certificate(folder: str | Any, name: str = "canvas-ray test signer")
     )
     key_file.chmod(0o600)
     return key_file, chain
+
+
+def gpu_shape_overrides(inpaint_backend: str = "studio") -> dict[str, Any]:
+    """configs/gpu.yaml's resources and pool sizes with weight-free models (no checkpoints): what the
+    multi-node tests and ``benchmarks.cluster`` run. C2PA signing is opted out (no key there)."""
+    overrides: dict[str, Any] = {"provenance.c2pa": "unsigned", "quality.candidates": 1}
+    overrides["quality.scoring.clip_model"] = None
+    for stage, backend in (("segment", "backdrop"), ("caption", "metadata"), ("inpaint", inpaint_backend)):
+        overrides.update({f"{stage}.backend": backend, f"{stage}.model": None})
+        overrides.update({f"{stage}.dtype": "float32", f"{stage}.device": "cpu"})
+    overrides.update({"segment.options": {}, "segment.trust_remote_code": False})
+    return overrides

@@ -426,7 +426,7 @@ class Ingress(JobRoutes):
 def build_app(config: CanvasConfig, api_keys: list[str] | None = None) -> serve.Application:
     """The bound Serve application for ``config`` (``api_keys`` overrides the configured keys)."""
     bound = {  # one deployment per model stage of the pipeline spec
-        name: DEPLOYMENTS[name].options(**deployment_options(getattr(config, name), config)).bind(config)
+        name: DEPLOYMENTS[name].options(**deployment_options(name, config)).bind(config)
         for name in model_stages()
     }
     ingress_resources = config.composite.resources

@@ -112,12 +112,13 @@ DEPLOYMENTS: dict[str, Any] = {  # `@serve.deployment` turns the classes into De
 }
 
 
-def deployment_options(stage: ModelStage, config: CanvasConfig) -> dict[str, Any]:
+def deployment_options(name: str, config: CanvasConfig) -> dict[str, Any]:
     """Replicas, Ray resources and queue bounds of one model deployment, from the stage's config.
 
     A range (``concurrency: "1..8"``) autoscales between its ends; ``auto`` as the maximum is sized from
     the cluster Serve runs on, node by node (:func:`canvas_ray.cluster.size_pools`), so that no replica
     waits for a GPU on a node without the CPUs it also needs."""
+    stage: ModelStage = getattr(config, name)
     res = stage.resources
     actor: dict[str, Any] = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus}
     if res.memory_mb:
@@ -135,7 +136,6 @@ def deployment_options(stage: ModelStage, config: CanvasConfig) -> dict[str, Any
     if high == "auto":
         from canvas_ray.cluster import plan_pools
 
-        name = next(n for n in ("segment", "caption", "inpaint") if getattr(config, n) is stage)
         high = plan_pools(config).pools[name].max
     if isinstance(high, int) and high > res.concurrency:
         options["autoscaling_config"] = {

@@ -17,29 +17,14 @@ from canvas_ray.batch import GenerateRequest, expected_outputs, run_generate
 from canvas_ray.config import load_config
 from canvas_ray.io.catalog import read_catalog
 from canvas_ray.styles import StyleBook
+from canvas_ray.testing import gpu_shape_overrides
 from tests.conftest import REPO, SAMPLE_CATALOG
 
 GB = 2**30
 GPU_NODE = {"num_cpus": 6, "num_gpus": 2, "resources": {"gpu_node": 2}, "memory": 64 * GB}
 # gpu.yaml's resources and pool sizes as they are; only the models change (no weights in CI)
 WEIGHT_FREE = {
-    "segment.backend": "backdrop",
-    "segment.model": None,
-    "segment.options": {},
-    "segment.trust_remote_code": False,
-    "segment.dtype": "float32",
-    "segment.device": "cpu",
-    "caption.backend": "metadata",
-    "caption.model": None,
-    "caption.dtype": "float32",
-    "caption.device": "cpu",
-    "inpaint.backend": "studio",
-    "inpaint.model": None,
-    "inpaint.dtype": "float32",
-    "inpaint.device": "cpu",
-    "quality.candidates": 1,
-    "quality.scoring.clip_model": None,
-    "provenance.c2pa": "unsigned",  # no signing key in CI; gpu.yaml itself signs
+    **gpu_shape_overrides(),
     "output.aspect_ratios": ["1:1"],
     "output.variants": 1,
     "styles.default": ["studio white", "beach summer"],
