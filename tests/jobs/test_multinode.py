@@ -158,6 +158,9 @@ def test_losing_a_gpu_node_mid_job_costs_nothing(gpu_cluster, tmp_path):
             if victims:
                 removed.update(node=victims[-1], written=written)
                 cluster.remove_node(victims[-1])
+                # a replacement joins, as a cluster's autoscaler brings one: with "1..auto" every GPU is
+                # held, so without it the lost actors have nowhere to restart and their tasks wait
+                removed["replacement"] = cluster.add_node(**GPU_NODE)
                 return
 
     watcher = threading.Thread(target=remove_inpaint_node, daemon=True)
@@ -182,9 +185,8 @@ def test_losing_a_gpu_node_mid_job_costs_nothing(gpu_cluster, tmp_path):
     assert len(ids) == len(set(ids)) and sorted(ids) == wanted  # exactly once each
     assert [r for r in rows if r["status"] == "error"] == []  # nothing failed because of the lost node
     assert recovered_in_run, "Ray Data did not recover the lost node's work within the run"
-    # a replacement node for the next tests, as a cluster's autoscaler would bring
     workers.remove(removed["node"])
-    workers.append(cluster.add_node(**GPU_NODE))
+    workers.append(removed["replacement"])
     cluster.wait_for_nodes()
     assert sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU", 0) > 0) == 2
 
