@@ -61,6 +61,7 @@ from canvas_ray.stages.composite import Composite
 from canvas_ray.stages.decode import Decode, Fetch
 from canvas_ray.stages.prompt import DONE_SEPARATOR, Prompt
 from canvas_ray.styles import StyleBook
+from canvas_ray.watch import explain, is_stall, no_progress_timeout
 
 log = get_logger(__name__)
 
@@ -526,14 +527,22 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
         context.target_max_block_size = config.ray.block_mb * 2**20
         progress = ProgressLine(remaining, request.progress, terminal)
         plan = build_plan(todo, run, sizing, remaining, plan_block_rows(config, todo_items))
-        for batch in plan.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for entry in pc.value_counts(batch.column("status")).to_pylist():
-                key = entry["values"] if entry["values"] in processed else "error"
-                processed[key] += entry["counts"]
-            progress.update(processed)
-            status_file.write("running", processed)
-            if request.on_progress is not None:
-                request.on_progress(dict(processed, total=remaining))
+        # Ray Data's no-progress guard ends a run in which no block moves (lost actors, nowhere to restart)
+        plan.context.execution_no_progress_timeout_s = no_progress_timeout(config.ray.stall_timeout_s)
+        try:
+            for batch in plan.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for entry in pc.value_counts(batch.column("status")).to_pylist():
+                    key = entry["values"] if entry["values"] in processed else "error"
+                    processed[key] += entry["counts"]
+                progress.update(processed)
+                status_file.write("running", processed)
+                if request.on_progress is not None:
+                    request.on_progress(dict(processed, total=remaining))
+        except Exception as exc:
+            if not is_stall(exc):
+                raise
+            status_file.write("stalled", processed, force=True)
+            raise explain(config.ray.stall_timeout_s) from exc
         progress.close(processed)
     timings["generate_s"], phase = time.time() - phase, time.time()
     manifest.compact(run_id, review)

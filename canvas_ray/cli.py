@@ -16,6 +16,7 @@ import yaml
 
 from canvas_ray.config import REPO_ROOT, ConfigError, load_config
 from canvas_ray.logs import get_logger
+from canvas_ray.watch import JobStalledError
 
 log = get_logger("canvas_ray")
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "local.yaml"
@@ -586,6 +587,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except JobStalledError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -430,6 +430,13 @@ class RayConfig(_Strict):
     attach_timeout_s: float = Field(
         30.0, gt=0, le=600, description="seconds a cluster address may take to answer before the job fails"
     )
+    stall_timeout_s: float = Field(
+        1800.0,
+        ge=0,
+        description="seconds in which no block moves through the plan (e.g. pool actors lost with their "
+        "node and nowhere to restart) before the job fails with the reason; a re-run resumes. 0: wait for "
+        "ever. Raise it for models whose loading takes longer",
+    )
 
 
 class JobsConfig(_Strict):

@@ -18,7 +18,8 @@ PROGRESS_EVERY_S = 10.0  # the compact progress line when stderr is not a termin
 
 class ProgressFile:
     """``OUTPUT/progress.json``, rewritten at most every few seconds while a run goes: what an HTTP client
-    (the jobs API) or a dashboard polls. ``state`` is ``running`` or ``finished``."""
+    (the jobs API) or a dashboard polls. ``state`` is ``running``, ``finished`` or ``stalled`` (lost pool
+    actors found no place to restart: the job failed, a re-run resumes)."""
 
     EVERY_S = 5.0
 
