@@ -1,13 +1,19 @@
-"""Schema of a fine-tuning config (``configs/finetune.yaml``); unknown keys fail like the main config."""
+"""Schema of a fine-tuning config (``configs/finetune.yaml``); unknown keys fail like the main config.
+
+Derived from the main schema: the same strict base, the same backend registries and device rule for the
+data-prep models (:mod:`canvas_ray.config_stages`), the same resolution rule as ``inpaint.resolution``, and
+the same loading, overrides and relative-path rules (:mod:`canvas_ray.config`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
-from canvas_ray.config import ConfigError, _format_errors, apply_overrides, read_yaml_mapping
+from canvas_ray.config import ConfigError, _format_errors, apply_overrides, read_yaml_mapping, relative_to
+from canvas_ray.config_base import StrictModel, check_device, multiple_of_8
+from canvas_ray.config_stages import registered_backend
 
 LORA_TARGETS: tuple[str, ...] = (
     "to_q",
@@ -27,18 +33,14 @@ LORA_TARGETS: tuple[str, ...] = (
 )
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class LoraSection(_Strict):
+class LoraSection(StrictModel):
     rank: int = Field(8, ge=1, le=512)
     alpha: int = Field(8, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: list(LORA_TARGETS), min_length=1)
 
 
-class DataSection(_Strict):
+class DataSection(StrictModel):
     segment_backend: str = "backdrop"
     segment_model: str | None = None
     caption_backend: str = "metadata"
@@ -48,26 +50,25 @@ class DataSection(_Strict):
     num_gpus: float = Field(0.0, ge=0, description="GPUs per data-prep actor (Ray Data path)")
     actors: int = Field(1, ge=1, description="data-prep actor pool size (Ray Data path)")
     use_ray_data: bool = Field(False, description="prepare examples with Ray Data instead of in-process")
+    limit: int | None = Field(None, ge=1)
 
     @field_validator("segment_backend", "caption_backend")
     @classmethod
     def _registered(cls, value: str, info: Any) -> str:
         """The same backend registries as generation (their error lists the valid names)."""
-        from canvas_ray.registry import registry_for
+        return registered_backend(info.field_name.removesuffix("_backend"), value)
 
-        return registry_for(info.field_name.removesuffix("_backend")).check(value)
-
-    limit: int | None = Field(None, ge=1)
+    _device = field_validator("device")(check_device)
 
 
-class ScalingSection(_Strict):
+class ScalingSection(StrictModel):
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(1.0, ge=0)
 
 
-class FinetuneConfig(_Strict):
+class FinetuneConfig(StrictModel):
     """Everything one LoRA fine-tuning run needs."""
 
     base_model: str = Field(description="diffusers inpainting pipeline: hub id or local folder")
@@ -96,19 +97,7 @@ class FinetuneConfig(_Strict):
     scaling: ScalingSection = Field(default_factory=ScalingSection)
     source: str | None = Field(None, exclude=True)
 
-    @field_validator("resolution")
-    @classmethod
-    def _multiple_of_8(cls, value: int) -> int:
-        if value % 8:
-            raise ValueError(f"resolution must be a multiple of 8, got {value}")
-        return value
-
-
-def _fix(value: Any, base: Path) -> Any:
-    if not isinstance(value, str) or "://" in value or Path(value).is_absolute():
-        return value
-    candidate = (base / value).resolve()
-    return str(candidate) if candidate.exists() or value.startswith(".") else value
+    _resolution = field_validator("resolution")(multiple_of_8)
 
 
 def finetune_config_from_dict(
@@ -116,11 +105,11 @@ def finetune_config_from_dict(
 ) -> FinetuneConfig:
     data = dict(data or {})
     if base is not None:
-        data["base_model"] = _fix(data.get("base_model"), base)
+        data["base_model"] = relative_to(base, data.get("base_model"))
         section = data.get("data")
         if isinstance(section, dict):
             for key in ("segment_model", "caption_model"):
-                section[key] = _fix(section.get(key), base)
+                section[key] = relative_to(base, section.get(key))
     try:
         config = FinetuneConfig.model_validate(data)
     except ValidationError as error:
