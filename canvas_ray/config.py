@@ -87,6 +87,7 @@ __all__ = [
     "parse_aspect",
     "read_yaml_mapping",
     "relative_to",
+    "resolve_relative",
 ]
 
 
@@ -168,7 +169,7 @@ def relative_to(base: Path, value: Any) -> Any:
     return str(candidate) if candidate.exists() or value.startswith(".") else value
 
 
-def _resolve_relative(data: dict[str, Any], base: Path) -> None:
+def resolve_relative(data: dict[str, Any], base: Path) -> None:
     """Make relative file paths in a config file relative to that file, if they exist there."""
 
     fix = partial(relative_to, base)
@@ -199,7 +200,7 @@ def config_from_dict(
 ) -> CanvasConfig:
     data = dict(data or {})
     if base is not None:
-        _resolve_relative(data, base)
+        resolve_relative(data, base)
     try:
         config = CanvasConfig.model_validate(data)
     except ValidationError as error:
