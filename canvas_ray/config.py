@@ -16,10 +16,10 @@ import hashlib
 import json
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from canvas_ray.config_base import (
     DEFAULT_PROFILES_FILE,
@@ -53,7 +53,8 @@ from canvas_ray.config_stages import (
     SegmentConfig,
 )
 
-_Strict = StrictModel  # the name before the sections moved out
+_Strict = StrictModel
+Schema = TypeVar("Schema", bound=BaseModel)  # the name before the sections moved out
 
 __all__ = [
     "DEFAULT_PROFILES_FILE",
@@ -88,6 +89,7 @@ __all__ = [
     "read_yaml_mapping",
     "relative_to",
     "resolve_relative",
+    "validated",
 ]
 
 
@@ -201,12 +203,16 @@ def config_from_dict(
     data = dict(data or {})
     if base is not None:
         resolve_relative(data, base)
+    return validated(CanvasConfig, data, source)
+
+
+def validated(schema: type[Schema], data: dict[str, Any], source: str) -> Schema:
+    """``data`` read from ``source`` as a config ``schema`` (with a ``source`` field, which is set); a
+    :class:`ConfigError` naming every bad key otherwise."""
     try:
-        config = CanvasConfig.model_validate(data)
+        return schema.model_validate({**data, "source": source})
     except ValidationError as error:
         raise ConfigError(_format_errors(error, source)) from None
-    config.source = source
-    return config
 
 
 def read_yaml_mapping(file: Path, missing_hint: str = "") -> dict[str, Any]:

@@ -163,19 +163,19 @@ def iter_file_chunks(
             for batch in reader:
                 yield pa.Table.from_batches([batch])
         else:
-            rows: list[dict[str, Any]] = []
-            for number, line in enumerate(io.TextIOWrapper(handle, encoding="utf-8"), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{uri} line {number} is not JSON: {error}") from None
-                if len(rows) >= chunk_rows:
-                    yield _json_rows(rows)
-                    rows = []
-            if rows:
-                yield _json_rows(rows)
+            yield from feeds.row_tables(_jsonl_rows(handle, uri), chunk_rows, _json_rows)
+
+
+def _jsonl_rows(handle: Any, uri: str) -> Iterator[dict[str, Any]]:
+    """The rows of a JSON Lines file (blank lines skipped); a line that is no JSON is a ValueError."""
+    for number, line in enumerate(io.TextIOWrapper(handle, encoding="utf-8"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{uri} line {number} is not JSON: {error}") from None
+        yield row
 
 
 def _json_rows(rows: list[dict[str, Any]]) -> pa.Table:

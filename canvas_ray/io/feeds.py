@@ -25,7 +25,7 @@ import html
 import io
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -102,14 +102,21 @@ def iter_feed_chunks(kind: str, handle: Any, chunk_rows: int) -> Iterator[pa.Tab
         rows = _shopify_csv(handle)
     else:
         raise FeedError(f"unknown feed format {kind!r}; use {', '.join(FORMATS)}")
-    chunk: list[dict[str, str]] = []
+    yield from row_tables(rows, chunk_rows, _table)
+
+
+def row_tables(
+    rows: Iterable[dict[str, Any]], chunk_rows: int, to_table: Callable[[list[dict[str, Any]]], pa.Table]
+) -> Iterator[pa.Table]:
+    """Rows as tables of ``chunk_rows`` rows each (the last one shorter), made by ``to_table``."""
+    chunk: list[dict[str, Any]] = []
     for row in rows:
         chunk.append(row)
         if len(chunk) >= chunk_rows:
-            yield _table(chunk)
+            yield to_table(chunk)
             chunk = []
     if chunk:
-        yield _table(chunk)
+        yield to_table(chunk)
 
 
 def _table(rows: list[dict[str, str]]) -> pa.Table:

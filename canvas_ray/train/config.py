@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from canvas_ray.config import ConfigError, _format_errors, apply_overrides, read_yaml_mapping, relative_to
+from canvas_ray.config import apply_overrides, read_yaml_mapping, relative_to, validated
 from canvas_ray.config_base import StrictModel, check_device, multiple_of_8
 from canvas_ray.config_stages import registered_backend
 
@@ -110,12 +110,7 @@ def finetune_config_from_dict(
         if isinstance(section, dict):
             for key in ("segment_model", "caption_model"):
                 section[key] = relative_to(base, section.get(key))
-    try:
-        config = FinetuneConfig.model_validate(data)
-    except ValidationError as error:
-        raise ConfigError(_format_errors(error, source)) from None
-    config.source = source
-    return config
+    return validated(FinetuneConfig, data, source)
 
 
 def load_finetune_config(path: str | Path, overrides: dict[str, Any] | None = None) -> FinetuneConfig:
