@@ -146,8 +146,9 @@ class GuardProbe:
 
     def __init__(self, config: CanvasConfig):
         from canvas_ray.quality.expansion import ExpansionMeter
+        from canvas_ray.stages.segment import build_segmenter
 
-        self.meter = ExpansionMeter(config)
+        self.meter = ExpansionMeter(config, build_segmenter)
         self.threshold = config.quality.expansion.threshold
 
     def rejects(self, image: np.ndarray, mask: np.ndarray, seed: int) -> tuple[bool, bool]:

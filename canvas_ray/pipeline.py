@@ -7,36 +7,17 @@ same classes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from canvas_ray.config import CanvasConfig
-from canvas_ray.schema import QUALITY_COLUMNS, TIMING_COLUMNS
+from canvas_ray.rows import Batch, OutputRecord, rows_batch
 from canvas_ray.spec import in_process_stages, make_stage, model_stages
-from canvas_ray.stages.base import Batch, StageContext, rows_batch, run_in_chunks
+from canvas_ray.stages.base import StageContext, run_in_chunks
 from canvas_ray.styles import StyleBook
 
-
-@dataclass
-class GeneratedImage:
-    """One requested output of one product image."""
-
-    output_id: str
-    status: str
-    error: str
-    image: np.ndarray | None
-    style: str
-    aspect: str
-    variant: int
-    seed: int
-    prompt: str
-    caption: str
-    product_preserved: bool
-    max_product_diff: int
-    timings: dict[str, float]
-    quality: dict[str, float | None]
+# One requested output of one product image: the typed record of a finished row, the same one the manifest
+# and the Serve response derive from (``image`` is set for delivered outputs only).
+GeneratedImage = OutputRecord
 
 
 def items_batch(items: list[dict[str, Any]]) -> Batch:
@@ -74,31 +55,4 @@ class LocalPipeline:
         return batch
 
     def generate(self, items: list[dict[str, Any]]) -> list[GeneratedImage]:
-        out = self.run_batch(items_batch(items))
-        results = []
-        for i in range(len(out.get("status", []))):
-            ok = out["status"][i] in ("ok", "review")  # review: generated, kept for a person to check
-            results.append(
-                GeneratedImage(
-                    output_id=str(out["output_id"][i]),
-                    status=str(out["status"][i]),
-                    error=str(out["error"][i]),
-                    image=out["result"][i] if ok else None,
-                    style=str(out["style"][i]),
-                    aspect=str(out["aspect"][i]),
-                    variant=int(out["variant"][i]),
-                    seed=int(out["seed"][i]),
-                    prompt=str(out["prompt"][i]),
-                    caption=str(out["caption"][i]) if "caption" in out else "",
-                    product_preserved=bool(out["product_preserved"][i]),
-                    max_product_diff=int(out["max_product_diff"][i]),
-                    timings={c: float(out[c][i]) for c in TIMING_COLUMNS if c in out},
-                    quality={c: _number(out[c][i]) if c in out else None for c in QUALITY_COLUMNS},
-                )
-            )
-        return results
-
-
-def _number(value: object) -> float | None:
-    number = float(value)  # type: ignore[arg-type]
-    return None if number != number else number
+        return OutputRecord.from_batch(self.run_batch(items_batch(items)))

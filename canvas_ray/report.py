@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from canvas_ray.io.manifest import Manifest, bucket_dir
 from canvas_ray.io.outputs import join_uri, write_bytes
+from canvas_ray.schema import DELIVERED
 
 ITEMS_PER_PAGE = 40
 ERRORS_PER_PAGE = 500
@@ -87,7 +88,7 @@ def _compliance(row: dict[str, Any]) -> str:
 def _output_figure(row: dict[str, Any], prefix: str) -> str:
     label = _label(row)
     status = row["status"]
-    if status in ("ok", "review") and row.get("output_uri"):
+    if status in DELIVERED and row.get("output_uri"):
         check = "product preserved" if row.get("product_preserved") else "PRODUCT CHANGED"
         if row.get("mask_confidence") is not None:
             check += f"<br>mask confidence {row['mask_confidence']:.2f}"

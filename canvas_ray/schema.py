@@ -2,18 +2,22 @@
 (timings, quality figures, compliance) that the manifest, the in-process result, the Serve response
 model and the run summary are derived from. A new column is added here, once.
 
-Every row carries ``status`` (:class:`~canvas_ray.stages.base.Status`) and, when it failed, ``error``
-as ``"stage: reason"`` (what the stages write) split into ``error_stage`` and ``error_reason`` (what
-readers use: the manifest, the summary, the Serve error responses)."""
+Every row carries ``status`` (:class:`Status`) and, when it failed, ``error`` as ``"stage: reason"``
+(what the stages write) split into ``error_stage`` and ``error_reason`` (what readers use: the manifest,
+the summary, the Serve error responses). The typed record of one finished row is
+:class:`canvas_ray.rows.OutputRecord`.
+
+This module is the bottom of the package: it imports nothing from ``canvas_ray``."""
 
 from __future__ import annotations
 
-import pyarrow as pa
+from enum import Enum
 
-from canvas_ray.stages.base import Status
+import pyarrow as pa
 
 __all__ = [
     "COMPLIANCE_COLUMNS",
+    "DELIVERED",
     "ITEM_TIMING_COLUMNS",
     "MANIFEST_SCHEMA",
     "QUALITY_COLUMNS",
@@ -22,6 +26,20 @@ __all__ = [
     "TIMING_COLUMNS",
     "split_error",
 ]
+
+
+class Status(str, Enum):
+    """Every row's ``status``; the manifest, the summary and the Serve response use these values."""
+
+    OK = "ok"
+    ERROR = "error"
+    REJECTED = "rejected"  # generated, but failed a quality guard (e.g. object expansion); figures recorded
+    REVIEW = "review"  # generated and kept, but the mask is not trusted (low mask_confidence): never ok
+
+
+# The statuses of a delivered output: its image is stored (batch) or returned (Serve, in-process), and a
+# resume keeps it. ``review`` is delivered, flagged for a person to check the mask. The one definition.
+DELIVERED: tuple[str, ...] = (Status.OK.value, Status.REVIEW.value)
 
 # seconds per stage, per output row (a batch's wall time shared equally between its rows)
 TIMING_COLUMNS = (

@@ -16,7 +16,6 @@ Run it with ``canvas-ray serve --config configs/local.yaml`` or ``serve run conf
 
 # No `from __future__ import annotations`: FastAPI must resolve the route signatures of the ingress class.
 import asyncio
-import base64
 import hashlib
 import os
 import time
@@ -31,10 +30,12 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 
 from canvas_ray.config import REPO_ROOT, CanvasConfig, load_config
+from canvas_ray.io.images import delivery_quality
 from canvas_ray.io.outputs import join_uri, safe_name, write_bytes
 from canvas_ray.pipeline import items_batch
 from canvas_ray.provenance import ProvenanceContext, check_provenance, encode_with_provenance, read_provenance
-from canvas_ray.schema import TIMING_COLUMNS, Status, split_error
+from canvas_ray.rows import OutputRecord
+from canvas_ray.schema import Status, split_error
 from canvas_ray.spec import StageName, in_process_stages, make_stage, model_stages, timing_columns
 from canvas_ray.stages.base import Batch, StageContext, num_rows
 from canvas_ray.styles import MAX_STYLE_TEXT, StyleBook
@@ -46,7 +47,7 @@ from serve.jobs import JobRoutes
 from serve.jobs import router as jobs_router
 from serve.metrics import ServiceMetrics
 from serve.parsing import ParsedRequest, RequestReader, request_body_openapi
-from serve.responses import DELIVERED, GenerateResponse, compliance_figures, quality_figures, text
+from serve.responses import DELIVERED, GenerateResponse, image_out, output_error, quality_figures, text
 
 STATIC = Path(__file__).resolve().parent / "static"
 DEFAULT_CONFIG = os.environ.get("CANVAS_RAY_CONFIG", "configs/local.yaml")
@@ -229,7 +230,7 @@ class Ingress(JobRoutes):
             self._provenance = (ProvenanceContext.from_config(self.config), self.config.fingerprint())
         context, fingerprint = self._provenance
         record = context.record(batch, index, fingerprint)
-        quality = 100 if fmt == "webp" else self.config.output.quality
+        quality = delivery_quality(fmt, self.config.output.quality)
         data = encode_with_provenance(batch["result"][index], fmt, quality, record, context.settings)
         problems = check_provenance(read_provenance(data), record)
         if problems:
@@ -344,57 +345,20 @@ class Ingress(JobRoutes):
         begun = time.perf_counter()
         encoded = await asyncio.to_thread(lambda: [self._encode(batch, i, fmt) for i in delivered])
         spent["encode"] = time.perf_counter() - begun
-        images = []
-        for i, data in zip(delivered, encoded, strict=True):
-            uri = self._save(rid, f"{batch['output_id'][i]}.{fmt}", data)
-            result = batch["result"][i]
-            images.append(
-                {
-                    "status": text(batch["status"][i]),
-                    "image_base64": base64.b64encode(data).decode(),
-                    "mime": MIME[fmt],
-                    "style": text(batch["style"][i]),
-                    "aspect": text(batch["aspect"][i]),
-                    "variant": int(batch["variant"][i]),
-                    "seed": int(batch["seed"][i]),
-                    "caption": text(batch["caption"][i]) if "caption" in batch else "",
-                    "prompt": text(batch["prompt"][i]),
-                    "product_preserved": bool(batch["product_preserved"][i]),
-                    "max_product_diff": int(batch["max_product_diff"][i]),
-                    "width": int(result.shape[1]),
-                    "height": int(result.shape[0]),
-                    "quality": quality_figures(batch, i),
-                    **compliance_figures(batch, i),
-                    "timings": {c: round(float(batch[c][i]), 4) for c in TIMING_COLUMNS if c in batch},
-                    "uri": uri,
-                }
+        # every item derives from its output's typed record (canvas_ray.rows.OutputRecord)
+        records = OutputRecord.from_batch(batch)
+        images = [
+            image_out(
+                records[i], data, MIME[fmt], self._save(rid, f"{records[i].output_id}.{fmt}", data)
             )
-        errors = []
-        for i in range(num_rows(batch)):
-            if batch["status"][i] in DELIVERED:
-                continue
-            stage, reason = split_error(text(batch["error"][i]))
-            errors.append(
-                {
-                    "style": text(batch["style"][i]),
-                    "aspect": text(batch["aspect"][i]),
-                    "variant": int(batch["variant"][i]),
-                    "status": text(batch["status"][i]),
-                    "error": text(batch["error"][i]),
-                    "error_stage": stage,
-                    "error_reason": reason,
-                    "quality": quality_figures(batch, i),
-                    **compliance_figures(batch, i),
-                }
-            )
-        body = GenerateResponse.model_validate(
-            {
-                "request_id": rid,
-                "caption": text(batch["caption"][delivered[0]]) if delivered and "caption" in batch else "",
-                "images": images,
-                "errors": errors,
-                "seconds": round(time.perf_counter() - started, 4),
-            }
+            for i, data in zip(delivered, encoded, strict=True)
+        ]
+        body = GenerateResponse(
+            request_id=rid,
+            caption=records[delivered[0]].caption if delivered else "",
+            images=images,
+            errors=[output_error(record) for record in records if not record.delivered],
+            seconds=round(time.perf_counter() - started, 4),
         )
         headers = {"X-Request-ID": rid, "Server-Timing": server_timing(spent, started)}
         return Response(body.model_dump_json(), media_type="application/json", headers=headers)
@@ -413,7 +377,7 @@ class Ingress(JobRoutes):
             "X-Product-Preserved": "true",
             "X-Status": text(batch["status"][index]),
         }
-        figures = quality_figures(batch, index)
+        figures = quality_figures(OutputRecord.from_row(batch, index))
         headers.update(
             {f"X-{k.replace('_', '-').title()}": str(v) for k, v in figures.items() if v is not None}
         )

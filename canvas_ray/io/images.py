@@ -80,6 +80,14 @@ def _to_uint8_array(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+def delivery_quality(fmt: str, quality: int) -> int:
+    """The encode rule of a delivered output that follows no output profile: WebP is written at quality 100,
+    which :func:`encode_image` makes lossless, so the verified product pixels reach the file exactly; JPEG
+    at the configured ``quality`` (``output.quality``); PNG is lossless whatever ``quality`` says. (A
+    profile's output is encoded as its profile says: the channel chose that format and quality.)"""
+    return 100 if fmt.lower() == "webp" else quality
+
+
 def encode_image(array: np.ndarray, fmt: str = "png", quality: int = 95, xmp: str | None = None) -> bytes:
     """Encode ``HxWx3`` / ``HxWx4`` uint8 as png, jpeg or webp (lossless webp keeps product pixels exact).
 

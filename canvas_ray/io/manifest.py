@@ -43,15 +43,15 @@ import pyarrow.parquet as pq
 from canvas_ray.io.catalog import id_bucket
 from canvas_ray.io.outputs import join_uri, write_bytes
 from canvas_ray.logs import get_logger
-from canvas_ray.schema import MANIFEST_SCHEMA, TIMING_COLUMNS, split_error
-from canvas_ray.stages.base import describe
+from canvas_ray.rows import describe
+from canvas_ray.schema import DELIVERED, MANIFEST_SCHEMA, TIMING_COLUMNS, Status, split_error
 
 log = get_logger(__name__)
 VERSION = 2
 ROWS_PER_BUCKET = 100_000  # target rows per bucket file (a few tens of MB with prompts and captions)
 MAX_BUCKETS = 4096
 LOCAL_COMPACTION_BYTES = 32 * 2**20  # pending parts up to this size are merged in this process
-DONE_STATUSES = ("ok", "review")  # outputs a resume keeps; errors and rejections are tried again
+DONE_STATUSES = DELIVERED  # outputs a resume keeps; errors and rejections are tried again
 LEGACY_FILES = ("manifest/manifest.parquet",)  # the single-file manifest of version 1, folded in
 
 
@@ -509,7 +509,7 @@ def _count_profiles(table: pa.Table, by_profile: dict[str, dict[str, int]]) -> N
         )
         n = int(row["status_count"])
         entry["outputs"] += n
-        status = row["status"] if row["status"] in ("ok", "review", "rejected") else "errors"
+        status = row["status"] if row["status"] in (*DELIVERED, Status.REJECTED.value) else "errors"
         entry[status] += n
         if row["compliant"] == "true":
             entry["compliant"] += n

@@ -19,11 +19,10 @@ import time
 from typing import Any
 
 import fsspec
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from canvas_ray.io.images import encode_image
+from canvas_ray.io.images import delivery_quality, encode_image
 from canvas_ray.logs import get_logger
 from canvas_ray.provenance import (
     Provenance,
@@ -32,8 +31,8 @@ from canvas_ray.provenance import (
     encode_with_provenance,
     read_provenance,
 )
-from canvas_ray.schema import MANIFEST_SCHEMA, split_error
-from canvas_ray.stages.base import Batch, describe, ensure_status
+from canvas_ray.rows import Batch, OutputRecord, describe, ensure_status
+from canvas_ray.schema import MANIFEST_SCHEMA
 
 log = get_logger(__name__)
 _SAFE_RE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -100,22 +99,21 @@ def write_bytes(uri: str, data: bytes, storage_options: dict[str, Any]) -> None:
             handle.write(data)
 
 
-def _column(batch: Batch, name: str, kind: pa.DataType, n: int) -> pa.Array:
-    """A batch column as a manifest column: NaN ("not measured") and None become nulls."""
-    if name not in batch:
-        return pa.nulls(n, kind)
-    values = batch[name]
-    if values.dtype != object:
-        return pa.array(values, from_pandas=True).cast(kind, safe=False)
-    cleaned = [
-        None
-        if v is None or (isinstance(v, float) and v != v)
-        else (v.item() if isinstance(v, np.generic) else v)
-        for v in values
-    ]
-    if pa.types.is_string(kind):
-        cleaned = [None if v is None else str(v) for v in cleaned]
-    return pa.array(cleaned, from_pandas=True).cast(kind, safe=False) if cleaned else pa.nulls(0, kind)
+def manifest_table(records: list[OutputRecord], run_id: str, fingerprint: str) -> pa.Table:
+    """The manifest rows of ``records`` (:meth:`OutputRecord.manifest_row`) as a table of
+    :data:`~canvas_ray.schema.MANIFEST_SCHEMA`, with the run's id, config fingerprint and finish time."""
+    finished_at = time.time()
+    run = {"run_id": run_id, "config_fingerprint": fingerprint, "finished_at": finished_at}
+    rows = [{**record.manifest_row(), **run} for record in records]
+    arrays = []
+    for column in MANIFEST_SCHEMA:
+        values = [row.get(column.name) for row in rows]
+        arrays.append(
+            pa.array(values, from_pandas=True).cast(column.type, safe=False)
+            if values
+            else pa.nulls(0, column.type)
+        )
+    return pa.Table.from_arrays(arrays, schema=MANIFEST_SCHEMA)
 
 
 class WriteOutputs:
@@ -141,81 +139,51 @@ class WriteOutputs:
         self.provenance = provenance
 
     def rows(self, batch: Batch) -> pa.Table:
-        """Store each ``ok``/``review`` result; one manifest row per output (errors included)."""
+        """Store each delivered (``ok``/``review``) result; one manifest row per output (errors included),
+        derived from its :class:`~canvas_ray.rows.OutputRecord`."""
         batch = ensure_status(batch)
-        n = len(batch["status"])
-        status = [str(s) for s in batch["status"]]
-        error = [str(e or "") for e in batch["error"]]
-        item_ids = [str(i) for i in batch["item_id"]]
-        output_uri = [""] * n
-        provenance: list[str | None] = [None] * n
-        width = _column(batch, "width", pa.int64(), n).to_pylist()
-        height = _column(batch, "height", pa.int64(), n).to_pylist()
-        write_s = np.zeros(n)
-        for index in range(n):
-            if status[index] not in ("ok", "review"):  # review: kept for a person to check the mask
-                continue
-            start = time.perf_counter()
-            # a profile's output is named by the profile and encoded as it says
-            profile = str(batch["profile"][index] or "") if "profile" in batch else ""
-            fmt = str(batch["image_format"][index] or self.format) if profile else self.format
-            quality = int(batch["image_quality"][index] or self.quality) if profile else self.quality
-            rel = self.layout.image_rel(
-                item_ids[index],
-                str(batch["style_key"][index]),
-                profile or str(batch["aspect"][index]),
-                int(batch["variant"][index]),
-                fmt,
-            )
-            try:
-                result = batch["result"][index]
-                if self.provenance is None:
-                    data = encode_image(result, fmt, quality)
-                else:
-                    record = self.provenance.record(batch, index, self.fingerprint)
-                    try:
-                        data = encode_with_provenance(result, fmt, quality, record, self.provenance.settings)
-                    except Exception as failure:  # noqa: BLE001 - never deliver an unmarked image
-                        status[index], error[index] = "error", f"provenance: {describe(failure)}"
-                        continue
-                    provenance[index] = record.to_json()
-                write_bytes(self.layout.uri(rel), data, self.storage_options)
-                output_uri[index] = rel
-                height[index], width[index] = int(result.shape[0]), int(result.shape[1])
-                if self.provenance is not None:
-                    self._read_back(batch, index, rel, record, status, error)
-            except Exception as failure:  # noqa: BLE001 - becomes an error row
-                status[index], error[index] = "error", f"write: {describe(failure)}"
-            write_s[index] = time.perf_counter() - start
-        delivered = np.array([s in ("ok", "review") for s in status], dtype=bool)
-        preserved = (
-            _column(batch, "product_preserved", pa.bool_(), n).fill_null(False).to_numpy(zero_copy_only=False)
-        )
-        stages, reasons = zip(*(split_error(e) for e in error), strict=True) if n else ((), ())
-        given = {
-            "error_stage": pa.array(stages, pa.string()),
-            "error_reason": pa.array(reasons, pa.string()),
-            "item_id": pa.array(item_ids, pa.string()),
-            "status": pa.array(status, pa.string()),
-            "error": pa.array(error, pa.string()),
-            "run_id": pa.array([self.run_id] * n, pa.string()),
-            "config_fingerprint": pa.array([self.fingerprint] * n, pa.string()),
-            "output_uri": pa.array(output_uri, pa.string()),
-            "provenance": pa.array(provenance, pa.string()),
-            "width": pa.array(width, pa.int64()),
-            "height": pa.array(height, pa.int64()),
-            "product_preserved": pa.array(preserved & delivered),
-            "write_s": pa.array(write_s),
-            "finished_at": pa.array(np.full(n, time.time())),
-        }
-        arrays = [
-            given[f.name] if f.name in given else _column(batch, f.name, f.type, n) for f in MANIFEST_SCHEMA
-        ]
-        return pa.Table.from_arrays(arrays, schema=MANIFEST_SCHEMA)
+        records = OutputRecord.from_batch(batch)
+        for index, record in enumerate(records):
+            record.timings["write_s"] = 0.0
+            if record.delivered:  # review: kept for a person to check the mask
+                start = time.perf_counter()
+                self._store(batch, index, record)
+                record.timings["write_s"] = time.perf_counter() - start
+        return manifest_table(records, self.run_id, self.fingerprint)
 
-    def _read_back(
-        self, batch: Batch, index: int, rel: str, expected: Provenance, status: list[str], error: list[str]
-    ) -> None:
+    def _store(self, batch: Batch, index: int, record: OutputRecord) -> None:
+        """Encode and write one delivered output; a failure makes it an error row (``write`` or
+        ``provenance``), a file whose provenance reads back wrong an error or ``rejected`` row."""
+        # a profile's output is named by the profile and encoded as it says; the others by the rule
+        profile = record.profile or ""
+        if profile:
+            fmt = str(batch["image_format"][index] or self.format)
+            quality = int(batch["image_quality"][index] or self.quality)
+        else:
+            fmt, quality = self.format, delivery_quality(self.format, self.quality)
+        name = (record.item_id, record.style_key, profile or record.aspect, record.variant)
+        rel = self.layout.image_rel(*name, fmt)
+        try:
+            result = batch["result"][index]
+            if self.provenance is None:
+                data = encode_image(result, fmt, quality)
+            else:
+                expected = self.provenance.record(batch, index, self.fingerprint)
+                try:
+                    data = encode_with_provenance(result, fmt, quality, expected, self.provenance.settings)
+                except Exception as failure:  # noqa: BLE001 - never deliver an unmarked image
+                    record.status, record.error = "error", f"provenance: {describe(failure)}"
+                    return
+                record.provenance = expected.to_json()
+            write_bytes(self.layout.uri(rel), data, self.storage_options)
+            record.output_uri = rel
+            record.height, record.width = int(result.shape[0]), int(result.shape[1])
+            if self.provenance is not None:
+                self._read_back(record, rel, expected)
+        except Exception as failure:  # noqa: BLE001 - becomes an error row
+            record.status, record.error = "error", f"write: {describe(failure)}"
+
+    def _read_back(self, record: OutputRecord, rel: str, expected: Provenance) -> None:
         """Read the written file back and check its provenance: against its manifest record always, and
         against its profile's channel rules (``provenance`` of the profile) when it has one. A missing or
         stripped tag makes the output an error (no profile) or non-compliant and ``rejected``."""
@@ -223,7 +191,7 @@ class WriteOutputs:
         fs, path = fsspec.core.url_to_fs(self.layout.uri(rel), **self.storage_options)
         with fs.open(path, "rb") as handle:
             found = read_provenance(handle.read())
-        profile = str(batch["profile"][index] or "") if "profile" in batch else ""
+        profile = record.profile or ""
         rule = self.provenance.rules.get(profile) if profile else None
         problems = check_provenance(
             found, expected, rule.c2pa if rule else "none", rule.iptc if rule else True
@@ -231,15 +199,15 @@ class WriteOutputs:
         if not problems:
             return
         if rule is None:
-            status[index], error[index] = "error", "provenance: read back: " + "; ".join(problems)
+            record.status, record.error = "error", "provenance: read back: " + "; ".join(problems)
             return
         policy = rule.policy.split(";")[0] or "channel rule"
         reason = f"compliance: {profile}: provenance ({policy}): " + "; ".join(problems)
-        status[index], error[index] = "rejected", reason
-        if "compliant" in batch:
-            batch["compliant"][index] = False
-            issues = str(batch["compliance_issues"][index] or "")
-            batch["compliance_issues"][index] = "; ".join(x for x in (issues, *problems) if x)
+        record.status, record.error = "rejected", reason
+        if "compliant" in record.columns:
+            record.columns["compliant"] = False
+            issues = str(record.columns.get("compliance_issues") or "")
+            record.columns["compliance_issues"] = "; ".join(x for x in (issues, *problems) if x)
 
     def __call__(self, batch: Batch) -> Batch:
         """:meth:`rows`, plus a staging part of the manifest when ``write_part``; small columns out."""

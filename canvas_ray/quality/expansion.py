@@ -20,8 +20,9 @@ rejected output can say where the product grew.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -30,9 +31,16 @@ from PIL import Image
 from canvas_ray.compose import HARD
 from canvas_ray.config import CanvasConfig, SegmentConfig
 
-if TYPE_CHECKING:
-    from canvas_ray.stages.segment import Segmenter
 
+class Segmenter(Protocol):
+    """What the meter needs of a segmentation backend (a :class:`canvas_ray.stages.segment.Segmenter`)."""
+
+    def product_masks(self, images: list[np.ndarray]) -> list[np.ndarray]: ...
+
+
+# Builds a segmenter from its spec: :func:`canvas_ray.stages.segment.build_segmenter`, passed in by the
+# caller (the Inpaint stage), so that quality never imports the stages above it.
+SegmenterFactory = Callable[[SegmentConfig], Segmenter]
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (x1, y1 exclusive)
 
@@ -133,20 +141,25 @@ def guard_segment_spec(config: CanvasConfig) -> SegmentConfig:
 class ExpansionMeter:
     """Re-segments generated images (downscaled to ``max_side``) and measures expansion against m_in, less
     what the segmenter reads into the known product alone (the control). The segmenter is built on first
-    use, so a pipeline whose generator cannot grow the product never loads it."""
+    use by ``build_segmenter`` (given by the caller, e.g. :func:`canvas_ray.stages.segment.build_segmenter`),
+    so a pipeline whose generator cannot grow the product never loads it.
 
-    def __init__(self, config: CanvasConfig):
+    Args:
+        config (CanvasConfig): ``quality.expansion`` and the segmenter spec (:func:`guard_segment_spec`).
+        build_segmenter (SegmenterFactory): builds the segmenter from that spec, on first use.
+    """
+
+    def __init__(self, config: CanvasConfig, build_segmenter: SegmenterFactory):
         self.spec = config.quality.expansion
         self.segment_spec = guard_segment_spec(config)
+        self.build_segmenter = build_segmenter
         self._segmenter: Segmenter | None = None
         self.max_side = self.spec.resolution
 
     @property
     def segmenter(self) -> Segmenter:
         if self._segmenter is None:
-            from canvas_ray.stages.segment import build_segmenter
-
-            self._segmenter = build_segmenter(self.segment_spec)
+            self._segmenter = self.build_segmenter(self.segment_spec)
         return self._segmenter
 
     def _small(self, image: np.ndarray, canvas_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:

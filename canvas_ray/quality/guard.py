@@ -27,19 +27,9 @@ import numpy as np
 from canvas_ray import schema
 from canvas_ray.compose import HARD
 from canvas_ray.config import CanvasConfig
-from canvas_ray.quality.expansion import Expansion, ExpansionMeter
+from canvas_ray.quality.expansion import Expansion, ExpansionMeter, SegmenterFactory
 from canvas_ray.quality.scoring import ClipScorer, Scores, weight_free_scores
-from canvas_ray.stages.base import (
-    OK,
-    PLACEHOLDER_IMAGE,
-    REJECTED,
-    Batch,
-    StageContext,
-    object_column,
-    run_rows,
-    set_error,
-)
-from canvas_ray.styles import StyleBook
+from canvas_ray.rows import OK, PLACEHOLDER_IMAGE, REJECTED, Batch, object_column, run_rows, set_error
 
 # The columns of a row an inpainter reads.
 ROW_COLUMNS = ("canvas", "canvas_mask", "style", "seed", "prompt", "negative_prompt", "style_image")
@@ -52,6 +42,15 @@ class Inpainter(Protocol):
     paints_product: bool  # True: returns the whole generated image; False: the backdrop alone
 
     def backgrounds(self, rows: list[dict[str, Any]]) -> list[np.ndarray]: ...
+
+
+class Compositor(Protocol):
+    """What the guard needs to score a candidate as it will be delivered (a
+    :class:`canvas_ray.stages.composite.Composite`): the final image of one output."""
+
+    def render(
+        self, canvas: np.ndarray, mask: np.ndarray, background: np.ndarray, style: str, profile: str = ""
+    ) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -84,18 +83,32 @@ class CandidateGuard:
     Adds ``background``, ``expansion_ratio``, ``expansion_px``, ``attempts``, ``candidates``,
     ``quality_score``, ``clip_score``, ``seam_energy``, ``color_harmony``, ``exposure``, ``inpaint_s`` and
     ``quality_s``; ``seed`` becomes the kept candidate's seed.
+
+    The caller (the Inpaint stage) injects what the guard needs of the stages above it, so that quality
+    never imports a stage:
+
+    Args:
+        config (CanvasConfig): ``quality``, ``inpaint.keep_dilate_px`` and ``composite.feather_px``.
+        compositor (Compositor): renders each candidate as it will be delivered, to score it.
+        build_segmenter (SegmenterFactory): builds the segmenter that re-segments generated images to
+            measure object expansion (on first use; never when expansion is not measured).
+        stage (str, default "inpaint"): the stage named in the error of a row whose generation failed.
     """
 
-    def __init__(self, config: CanvasConfig, styles: StyleBook, stage: str = "inpaint"):
-        from canvas_ray.stages.composite import Composite
-
+    def __init__(
+        self,
+        config: CanvasConfig,
+        compositor: Compositor,
+        build_segmenter: SegmenterFactory,
+        stage: str = "inpaint",
+    ):
         self.stage = stage
         self.keep_dilate_px = config.inpaint.keep_dilate_px
         self.quality = config.quality
         self.feather_px = config.composite.feather_px
-        self.meter = ExpansionMeter(config) if self.quality.expansion.enabled else None
+        self.meter = ExpansionMeter(config, build_segmenter) if self.quality.expansion.enabled else None
         self.clip = ClipScorer(self.quality.scoring) if self.quality.scoring.clip_model else None
-        self.preview = Composite(config, StageContext(styles=styles))
+        self.preview = compositor
         self._quality_s = 0.0
 
     def candidates(

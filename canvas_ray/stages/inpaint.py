@@ -31,6 +31,8 @@ from canvas_ray.logs import get_logger
 from canvas_ray.quality.guard import CandidateGuard
 from canvas_ray.registry import Registry
 from canvas_ray.stages.base import Batch, StageContext, ensure_status, ok_indices
+from canvas_ray.stages.composite import Composite
+from canvas_ray.stages.segment import build_segmenter
 from canvas_ray.styles import Style, StyleBook
 
 log = get_logger(__name__)
@@ -274,7 +276,10 @@ class Inpaint:
         self.spec = config.inpaint
         self.styles = (context or StageContext()).style_book(config)
         self.inpainter = BACKENDS.build(self.spec.backend, self.spec, self.styles)
-        self.guard = CandidateGuard(config, self.styles, stage=STAGE)
+        # the guard scores candidates as Composite renders them and re-segments them with the segment
+        # stage's backends: both are given to it here, quality imports no stage
+        preview = Composite(config, StageContext(styles=self.styles))
+        self.guard = CandidateGuard(config, preview, build_segmenter, stage=STAGE)
 
     def __call__(self, batch: Batch) -> Batch:
         batch = ensure_status(batch)

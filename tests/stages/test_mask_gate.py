@@ -87,10 +87,11 @@ def test_pipeline_review_rows_keep_their_image_and_reason():
 
 
 def test_serve_figures_carry_mask_confidence_and_review_flag():
+    from canvas_ray.rows import OutputRecord
     from serve.app import quality_figures
 
     batch = {"status": np.array(["ok", "review"], dtype=object), "mask_confidence": np.array([0.93, 0.41])}
-    ok, review = quality_figures(batch, 0), quality_figures(batch, 1)
+    ok, review = (quality_figures(OutputRecord.from_row(batch, i)) for i in (0, 1))
     assert ok["mask_confidence"] == 0.93 and ok["mask_review"] is False
     assert review["mask_confidence"] == 0.41 and review["mask_review"] is True
 

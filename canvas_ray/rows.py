@@ -1,0 +1,391 @@
+"""Row types: what every layer of the package agrees a row is.
+
+A batch is a dict of equal-length NumPy columns (what Ray Data's ``batch_format="numpy"`` gives).
+Image-like columns are 1-D object arrays of per-row ndarrays (rows differ in size). Every row carries
+``status`` (:class:`~canvas_ray.schema.Status`: ``ok``/``error``/``rejected``/``review``) and ``error``
+(``"stage: reason"``); a stage works on ``ok`` rows only and passes the others through untouched, so no
+row is ever dropped. Errors are rows: the helpers here turn a failure into an error row.
+
+:class:`OutputRecord` is one finished row, typed: the manifest row (:mod:`canvas_ray.io.outputs`), the
+in-process result (:mod:`canvas_ray.pipeline`) and the Serve response (:mod:`serve.responses`) are all
+derived from it.
+
+This module sits at the bottom of the package (with :mod:`canvas_ray.schema` and :mod:`canvas_ray.logs`):
+stages, quality, io and the drivers import it, never the other way round (``tests/test_layers.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from canvas_ray.logs import get_logger
+from canvas_ray.schema import (
+    COMPLIANCE_COLUMNS,
+    DELIVERED,
+    MANIFEST_SCHEMA,
+    QUALITY_COLUMNS,
+    QUALITY_TYPES,
+    TIMING_COLUMNS,
+    Status,
+    split_error,
+)
+
+__all__ = [
+    "DELIVERED",
+    "ERROR",
+    "OK",
+    "PLACEHOLDER_IMAGE",
+    "PLACEHOLDER_MASK",
+    "REJECTED",
+    "REVIEW",
+    "Batch",
+    "OutputRecord",
+    "Status",
+    "concat_batches",
+    "describe",
+    "each_alone_on_failure",
+    "ensure_status",
+    "fail_rows",
+    "num_rows",
+    "object_column",
+    "ok_indices",
+    "rows_batch",
+    "run_rows",
+    "set_error",
+    "split_error",
+    "take_rows",
+]
+
+log = get_logger(__name__)
+Batch = dict[str, np.ndarray]
+T = TypeVar("T")
+R = TypeVar("R")
+
+OK, ERROR, REJECTED, REVIEW = (s.value for s in Status)
+PLACEHOLDER_IMAGE = np.zeros((1, 1, 3), np.uint8)
+PLACEHOLDER_MASK = np.zeros((1, 1), np.uint8)
+
+
+# --------------------------------------------------------------------------------------------- batches
+
+
+def object_column(values: Sequence[Any]) -> np.ndarray:
+    """A 1-D object array, even when every element is an ndarray of the same shape."""
+    column = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):
+        column[i] = value
+    return column
+
+
+def rows_batch(
+    rows: Sequence[dict[str, Any]],
+    *,
+    arrays: Collection[str] = (),
+    ints: Collection[str] = (),
+    floats_by_value: bool = False,
+) -> Batch:
+    """Rows (dicts) → a batch, every key in first-seen order (``None`` where a row lacks it): ``arrays``
+    become object columns of one element per row (images, bytes), ``ints`` int64, floats float64 when
+    ``floats_by_value`` and the first value is one; the rest object columns of plain Python values."""
+    out: Batch = {}
+    for key in dict.fromkeys(k for row in rows for k in row):
+        values = [row.get(key) for row in rows]
+        if key in arrays:
+            out[key] = object_column(values)
+        elif key in ints:
+            out[key] = np.asarray(values, dtype=np.int64)
+        elif floats_by_value and isinstance(values[0], float | np.floating):
+            out[key] = np.asarray(values, dtype=np.float64)
+        else:
+            out[key] = np.asarray(
+                [v.item() if isinstance(v, np.generic) else v for v in values], dtype=object
+            )
+    return out
+
+
+def num_rows(batch: Batch) -> int:
+    return len(next(iter(batch.values()))) if batch else 0
+
+
+def concat_batches(batches: list[Batch]) -> Batch:
+    """Rows of several batches in order; columns missing in some batches become ``None`` there."""
+    out: Batch = {}
+    for key in dict.fromkeys(k for batch in batches for k in batch):  # every column, first-seen order
+        columns = [batch.get(key) for batch in batches]
+        present = [c for c in columns if c is not None]
+        same = len(present) == len(columns) and len({c.dtype for c in present}) == 1
+        if same and present[0].dtype != object:
+            out[key] = np.concatenate(present)
+            continue
+        values: list[Any] = []
+        for batch, column in zip(batches, columns, strict=True):
+            values.extend(list(column) if column is not None else [None] * num_rows(batch))
+        out[key] = object_column(values)
+    return out
+
+
+def take_rows(batch: Batch, indices: list[int]) -> Batch:
+    out: Batch = {}
+    for key, column in batch.items():
+        out[key] = object_column([column[i] for i in indices]) if column.dtype == object else column[indices]
+    return out
+
+
+# ------------------------------------------------------------------------------------ status and errors
+
+
+def ensure_status(batch: Batch) -> Batch:
+    n = num_rows(batch)
+    if "status" not in batch:
+        batch["status"] = np.array([OK] * n, dtype=object)
+    else:
+        batch["status"] = np.asarray(batch["status"], dtype=object).copy()
+    if "error" not in batch:
+        batch["error"] = np.array([""] * n, dtype=object)
+    else:
+        batch["error"] = np.asarray(batch["error"], dtype=object).copy()
+    return batch
+
+
+def ok_indices(batch: Batch) -> list[int]:
+    return [i for i, status in enumerate(batch["status"]) if status == OK]
+
+
+def set_error(batch: Batch, index: int, stage: str, reason: str) -> None:
+    batch["status"][index] = ERROR
+    batch["error"][index] = f"{stage}: {reason}"[:2000]
+
+
+def describe(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return text if isinstance(error, ValueError) else f"{type(error).__name__}: {text}"
+
+
+def each_alone_on_failure(
+    items: list[T],
+    run: Callable[[list[T]], list[R]],
+    on_error: Callable[[T, Exception], R],
+    what: str,
+) -> list[R]:
+    """``run(items)``, one result per item; if it raises, ``run([item])`` for each item alone, so that one
+    bad item fails alone (``on_error(item, error)`` gives its result). The one retry rule of the project:
+    stages apply it to rows (:func:`run_rows`), the Serve deployments to the requests of a batch."""
+    if not items:
+        return []
+    try:
+        return run(items)
+    except Exception as error:  # noqa: BLE001 - a batch failure is retried one by one below
+        if len(items) == 1:
+            return [on_error(items[0], error)]
+        log.warning("%s: batch of %d failed (%s); retrying one by one", what, len(items), describe(error))
+    results: list[R] = []
+    for item in items:
+        try:
+            results.extend(run([item]))
+        except Exception as error:  # noqa: BLE001 - this item's result says why
+            results.append(on_error(item, error))
+    return results
+
+
+_FAILED: Any = object()
+
+
+def run_rows(
+    batch: Batch,
+    indices: list[int],
+    stage: str,
+    batched: Callable[[list[int]], list[T]],
+) -> dict[int, T]:
+    """Run ``batched`` on all rows at once; if it raises, retry row by row so one bad row fails alone
+    (its row becomes an error row: ``"stage: reason"``)."""
+
+    def failed(index: int, error: Exception) -> Any:
+        set_error(batch, index, stage, describe(error))
+        return _FAILED
+
+    results = each_alone_on_failure(indices, batched, failed, stage)
+    return {i: r for i, r in zip(indices, results, strict=True) if r is not _FAILED}
+
+
+def fail_rows(batch: Batch, stage: str, error: Exception) -> Batch:
+    """Every ``ok`` row of ``batch`` becomes an error row of ``stage`` (a whole call failed)."""
+    batch = ensure_status(dict(batch))
+    for index in ok_indices(batch):
+        set_error(batch, index, stage, describe(error))
+    return batch
+
+
+# ------------------------------------------------------------------------------------ one finished row
+
+
+_INTEGER_QUALITY = frozenset(name for name, kind in QUALITY_TYPES.items() if str(kind) == "int64")
+_STRING_COLUMNS = frozenset(f.name for f in MANIFEST_SCHEMA if str(f.type) == "string")
+
+
+def plain(value: Any, string: bool = False) -> Any:
+    """A cell as a plain Python value: ``None`` for missing or NaN ("not measured"), NumPy scalars
+    unwrapped, and text for string columns."""
+    if value is None or (isinstance(value, float | np.floating) and value != value):
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+    return str(value) if string else value
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+@dataclass
+class OutputRecord:
+    """One requested output (item × style × variant × aspect/profile) as a finished row.
+
+    Built once from a row (:meth:`from_row`); every consumer derives from it: the manifest row
+    (:meth:`manifest_row`, written by :class:`canvas_ray.io.outputs.WriteOutputs`), the in-process result
+    (``LocalPipeline.generate``) and the Serve response (:mod:`serve.responses`).
+
+    Args:
+        output_id, item_id (str): the output's and its item's ids.
+        status (str): a :class:`~canvas_ray.schema.Status` value; the writer may still change it (a
+            failed write or provenance check).
+        error (str): ``"stage: reason"``, or ``""``.
+        style, style_key, aspect, prompt, caption (str): ``""`` where the row has none.
+        variant, seed (int): 0 where the row has none.
+        image (np.ndarray | None): the final image, only for a delivered output.
+        product_preserved (bool): every product pixel equals the source (checked by Composite).
+        max_product_diff (int): the largest product-pixel difference found.
+        width, height (int | None): the image's size (the row's columns when it has no image).
+        mask_confidence (float | None): evidence the product mask is right, 0..1.
+        profile (str | None): the output profile, None for a plain aspect ratio.
+        quality (dict[str, float | int | None]): the guard's figures (:data:`~canvas_ray.schema.
+            QUALITY_COLUMNS`), None where not measured.
+        timings (dict[str, float]): seconds per stage, for the stages that timed the row.
+        output_uri (str | None): where the writer stored the image, relative to the output root.
+        provenance (str | None): the JSON provenance record embedded in the written file.
+        columns (dict[str, Any]): every manifest column the row carried, as plain values (None: null);
+            the typed fields above are read from it.
+    """
+
+    output_id: str
+    item_id: str
+    status: str
+    error: str
+    style: str = ""
+    style_key: str = ""
+    aspect: str = ""
+    variant: int = 0
+    seed: int = 0
+    prompt: str = ""
+    caption: str = ""
+    image: np.ndarray | None = None
+    product_preserved: bool = False
+    max_product_diff: int = 0
+    width: int | None = None
+    height: int | None = None
+    mask_confidence: float | None = None
+    profile: str | None = None
+    quality: dict[str, float | int | None] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    output_uri: str | None = None
+    provenance: str | None = None
+    columns: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_row(cls, batch: Batch, index: int) -> OutputRecord:
+        """The record of row ``index`` of a finished batch (after Composite+Verify)."""
+        columns = {
+            name: plain(batch[name][index], name in _STRING_COLUMNS)
+            for name in (f.name for f in MANIFEST_SCHEMA)
+            if name in batch
+        }
+        status = _text(columns.get("status")) or OK
+        delivered = status in DELIVERED
+        image = batch["result"][index] if delivered and "result" in batch else None
+        width, height = columns.get("width"), columns.get("height")
+        if isinstance(image, np.ndarray):
+            height, width = int(image.shape[0]), int(image.shape[1])
+        confidence = columns.get("mask_confidence")
+        return cls(
+            output_id=_text(columns.get("output_id")),
+            item_id=_text(columns.get("item_id")),
+            status=status,
+            error=_text(columns.get("error")),
+            style=_text(columns.get("style")),
+            style_key=_text(columns.get("style_key")),
+            aspect=_text(columns.get("aspect")),
+            variant=int(columns.get("variant") or 0),
+            seed=int(columns.get("seed") or 0),
+            prompt=_text(columns.get("prompt")),
+            caption=_text(columns.get("caption")),
+            image=image,
+            product_preserved=bool(columns.get("product_preserved") or False),
+            max_product_diff=int(columns.get("max_product_diff") or 0),
+            width=None if width is None else int(width),
+            height=None if height is None else int(height),
+            mask_confidence=None if confidence is None else float(confidence),
+            profile=_text(columns.get("profile")) or None,
+            quality={name: _quality(name, columns.get(name)) for name in QUALITY_COLUMNS},
+            timings={name: float(columns[name]) for name in TIMING_COLUMNS if columns.get(name) is not None},
+            output_uri=_text(columns.get("output_uri")) or None,
+            provenance=columns.get("provenance"),
+            columns=columns,
+        )
+
+    @classmethod
+    def from_batch(cls, batch: Batch) -> list[OutputRecord]:
+        """One record per row of a finished batch."""
+        return [cls.from_row(batch, index) for index in range(len(batch.get("status", ())))]
+
+    @property
+    def delivered(self) -> bool:
+        """Its image is stored / returned: ``ok``, or ``review`` (kept for a person to check the mask)."""
+        return self.status in DELIVERED
+
+    @property
+    def review(self) -> bool:
+        return self.status == Status.REVIEW.value
+
+    @property
+    def error_stage(self) -> str | None:
+        return split_error(self.error)[0]
+
+    @property
+    def error_reason(self) -> str | None:
+        return split_error(self.error)[1]
+
+    @property
+    def compliance(self) -> dict[str, Any]:
+        """The output profile's compliance columns (:data:`~canvas_ray.schema.COMPLIANCE_COLUMNS`)."""
+        return {name: self.columns.get(name) for name in COMPLIANCE_COLUMNS}
+
+    def manifest_row(self) -> dict[str, Any]:
+        """The row's manifest columns (:data:`~canvas_ray.schema.MANIFEST_SCHEMA`): what it carried, with
+        what the writer decided (status, error, output URI, provenance, size, ``write_s``). Run-wide columns
+        (``run_id``, ``config_fingerprint``, ``finished_at``) are the writer's to add."""
+        stage, reason = split_error(self.error)
+        return {
+            **self.columns,
+            "output_id": self.columns.get("output_id"),
+            "item_id": self.item_id,
+            "status": self.status,
+            "error": self.error,
+            "error_stage": stage,
+            "error_reason": reason,
+            "output_uri": self.output_uri or "",
+            "provenance": self.provenance,
+            "width": self.width,
+            "height": self.height,
+            "product_preserved": self.product_preserved and self.delivered,
+            "write_s": self.timings.get("write_s", 0.0),
+        }
+
+
+def _quality(name: str, value: Any) -> float | int | None:
+    """A guard figure: None where not measured (NaN, or ``expansion_px`` < 0), int for the counts."""
+    if value is None or (name == "expansion_px" and value < 0):
+        return None
+    return int(value) if name in _INTEGER_QUALITY else float(value)
