@@ -59,7 +59,8 @@ def create_exclusive(uri: str, data: bytes) -> bool:
         return True
 
 
-def _read(uri: str) -> dict[str, Any] | None:
+def read_json(uri: str) -> dict[str, Any] | None:
+    """A JSON object file (any fsspec URI), or None when it is missing, unreadable or not an object."""
     try:
         with fsspec.open(uri, "rb") as handle:
             data = json.loads(handle.read())
@@ -139,7 +140,7 @@ class Claims:
         for slot in range(limit):
             generation = latest.get(slot)
             if generation is not None:
-                if not self._free(_read(self._slot_uri(owner, slot, generation)), states, now):
+                if not self._free(read_json(self._slot_uri(owner, slot, generation)), states, now):
                     continue
                 generation += 1
             else:
