@@ -128,7 +128,7 @@ def _post(client: Any, path: str, image: bytes) -> Any:
 
 def round_trips(base: str, app: str, requests: int) -> dict[str, float]:
     """The serving layer alone: p50 of ``GET /healthz`` (proxy + ingress, no stage) and of a deployment
-    handle call from the driver (``ping``; the ingress makes three such hops per request)."""
+    handle call from the driver (``ping``; the ingress makes two such hops per request)."""
     import httpx
     from ray import serve as ray_serve
 
@@ -138,7 +138,7 @@ def round_trips(base: str, app: str, requests: int) -> dict[str, float]:
             started = time.perf_counter()
             client.get("/healthz").raise_for_status()
             health.append(time.perf_counter() - started)
-    handle = ray_serve.get_deployment_handle("SegmentDeployment", app_name=app)
+    handle = ray_serve.get_deployment_handle("SegmentCaptionDeployment", app_name=app)
     handle.ping.remote().result()
     for _ in range(requests):
         started = time.perf_counter()

@@ -133,6 +133,22 @@ def model_stages() -> tuple[StageName, ...]:
     return tuple(s.stages[0] for s in PIPELINE if s.kind == "pool")
 
 
+def chained_model_stages() -> tuple[tuple[StageName, ...], ...]:
+    """The model stages grouped as an online driver runs them: consecutive pool steps with nothing between
+    them (segment ─▶ caption) form one group, served by one replica that runs them in turn, so a request
+    makes one hand-off there instead of two. ``(("segment", "caption"), ("inpaint",))`` today."""
+    groups: list[list[StageName]] = []
+    previous_was_pool = False
+    for spec in PIPELINE:
+        if spec.kind == "pool":
+            if previous_was_pool:
+                groups[-1].append(spec.stages[0])
+            else:
+                groups.append([spec.stages[0]])
+        previous_was_pool = spec.kind == "pool"
+    return tuple(tuple(group) for group in groups)
+
+
 def in_process_stages() -> tuple[StageName, ...]:
     """Every stage class in pipeline order (what an in-process driver runs; ``write`` excluded)."""
     return tuple(name for s in PIPELINE for name in s.stages if name != "write")

@@ -1,12 +1,14 @@
 """Ray Serve app: the model stages as deployments, composed behind one FastAPI ingress.
 
 ```
-POST /v1/backgrounds ──▶ Ingress: Decode ──▶ SegmentDeployment ──▶ CaptionDeployment ──▶ Ingress: Prompt
-                         ──▶ InpaintDeployment ──▶ Ingress: Composite+Verify ──▶ JSON (or the image bytes)
+POST /v1/backgrounds ──▶ Ingress: Decode ──▶ SegmentCaptionDeployment (segment, then caption)
+     ──▶ Ingress: Prompt ──▶ InpaintDeployment ──▶ Ingress: Composite+Verify ──▶ JSON (or the image bytes)
 ```
 
 The stage order is the pipeline spec's (:mod:`canvas_ray.spec`): the model stages are deployments with
-dynamic batching (:mod:`serve.deployments`), the cheap ones run in the ingress. The service is split by
+dynamic batching (:mod:`serve.deployments`), model stages with nothing between them share one replica
+(:func:`canvas_ray.spec.chained_model_stages`: one hand-off instead of two), the cheap ones run in the
+ingress. The service is split by
 concern: request parsing and validation (:mod:`serve.parsing`), keys and the URI allowlist
 (:mod:`serve.auth`), load shedding (:mod:`serve.admission`), errors (:mod:`serve.errors`), the response
 models (:mod:`serve.responses`), metrics (:mod:`serve.metrics`) and catalog jobs (:mod:`serve.jobs`).
@@ -36,12 +38,12 @@ from canvas_ray.pipeline import items_batch
 from canvas_ray.provenance import ProvenanceContext, check_provenance, encode_with_provenance, read_provenance
 from canvas_ray.rows import OutputRecord
 from canvas_ray.schema import Status, split_error
-from canvas_ray.spec import StageName, in_process_stages, make_stage, model_stages, timing_columns
+from canvas_ray.spec import StageName, chained_model_stages, in_process_stages, make_stage, timing_columns
 from canvas_ray.stages.base import Batch, StageContext, num_rows
 from canvas_ray.styles import MAX_STYLE_TEXT, StyleBook
 from serve.admission import Admission, RateLimiter, with_deadline
 from serve.auth import authorize, configured_api_keys
-from serve.deployments import DEPLOYMENTS, REQUEST_COLUMN, deployment_options
+from serve.deployments import REQUEST_COLUMN, ModelDeployment, deployment_options
 from serve.errors import ApiError, error_response, install_handlers
 from serve.jobs import JobRoutes
 from serve.jobs import router as jobs_router
@@ -121,22 +123,22 @@ class Ingress(JobRoutes):
     def __init__(
         self,
         config: CanvasConfig,
-        segment: Any,
-        caption: Any,
-        inpaint: Any,
+        models: dict[str, Any],
         api_keys: list[str] | None = None,
     ):
         self.config = serve_limits_config(config)
         self._provenance: tuple[ProvenanceContext, str] | None = None  # built on first use
         self.limits = self.config.serve
         self.styles = StyleBook.from_config(self.config)
-        # the stage order comes from the one pipeline spec: model stages are deployments (handles), the
-        # cheap ones run here in a thread
-        self.models = {"segment": segment, "caption": caption, "inpaint": inpaint}
+        # the stage order comes from the one pipeline spec: model stages are deployments (handles, one per
+        # group of chained stages, keyed "segment+caption"), the cheap ones run here in a thread
+        self.groups = {group[0]: group for group in chained_model_stages()}
+        self.models = {"+".join(group): models["+".join(group)] for group in self.groups.values()}
+        in_replicas = {name for group in self.groups.values() for name in group}
         self.order = in_process_stages()
         context = StageContext(styles=self.styles)
         self.stages = {
-            name: make_stage(name, self.config, context) for name in self.order if name not in self.models
+            name: make_stage(name, self.config, context) for name in self.order if name not in in_replicas
         }
         self.reader = RequestReader(self.limits, self.styles, self.stages["prompt"].profiles)
         self.api_keys = configured_api_keys(self.config) if api_keys is None else api_keys
@@ -181,30 +183,33 @@ class Ingress(JobRoutes):
         for name in self.order:
             if name == "fetch" and image is not None:
                 continue  # uploaded bytes; URIs are fetched only when allowlisted
+            if name not in self.stages and name not in self.groups:
+                continue  # ran in its group's replica
             begun = time.perf_counter()
-            if name in self.models:
+            group = self.groups.get(name)
+            key = "+".join(group) if group else name
+            if group:
                 try:
-                    batch = await self.models[name].run.remote(batch)
+                    batch = await self.models[key].run.remote(batch)
                 except BackPressureError:
                     raise ApiError(
                         503,
                         "overloaded",
-                        f"the {name} model is at capacity; retry later",
+                        f"the {key} model deployment is at capacity; retry later",
                         self.limits.retry_after_s,
                     ) from None
             else:
                 batch = await asyncio.to_thread(self.stages[name], batch)
-            spent[name] = time.perf_counter() - begun
-            self.metrics.stage(name, spent[name])
-            if name in self.models:  # the part of it spent inside the stage, in the replica
-                spent[name + ".inside"] = inside_seconds(batch, name)
+            spent[key] = time.perf_counter() - begun
+            self.metrics.stage(key, spent[key])
+            if group:  # the part of it spent inside the stages, in the replica
+                spent[key + ".inside"] = sum(inside_seconds(batch, stage) for stage in group)
             if name == "prompt":
                 n = num_rows(batch)
                 batch[REQUEST_COLUMN] = np.asarray([rid] * n, dtype=object)
                 if fields.prompt:
                     batch["prompt"] = np.asarray([fields.prompt] * n, dtype=object)
-            if name != "caption":  # a caption failure is ours (5xx), every other stage may reject input
-                raise_for_input(batch)
+            raise_for_input(batch)  # 422 for a bad input, 500 for a failure of ours (e.g. caption)
         return batch
 
     def _save(self, rid: str, name: str, data: bytes) -> str | None:
@@ -389,9 +394,10 @@ class Ingress(JobRoutes):
 
 def build_app(config: CanvasConfig, api_keys: list[str] | None = None) -> serve.Application:
     """The bound Serve application for ``config`` (``api_keys`` overrides the configured keys)."""
-    bound = {  # one deployment per model stage of the pipeline spec
-        name: DEPLOYMENTS[name].options(**deployment_options(name, config)).bind(config)
-        for name in model_stages()
+    model: Any = ModelDeployment  # `@serve.deployment` made the class a Deployment
+    bound = {  # one deployment per group of chained model stages of the pipeline spec
+        "+".join(group): model.options(**deployment_options(group, config)).bind(config, group)
+        for group in chained_model_stages()
     }
     ingress_resources = config.composite.resources
     ingress: Any = Ingress
@@ -400,7 +406,7 @@ def build_app(config: CanvasConfig, api_keys: list[str] | None = None) -> serve.
         ray_actor_options={"num_cpus": ingress_resources.num_cpus},
         max_ongoing_requests=128,
     )
-    return ingress.bind(config, bound["segment"], bound["caption"], bound["inpaint"], api_keys)
+    return ingress.bind(config, bound, api_keys)
 
 
 def _config_path(value: str) -> Path:

@@ -1,4 +1,5 @@
-"""The model stages as Serve deployments: one stage instance per replica, dynamic batching
+"""The model stages as Serve deployments: one replica per group of chained model stages (segment and
+caption together, inpaint alone: :func:`canvas_ray.spec.chained_model_stages`), dynamic batching
 (``@serve.batch``: requests that arrive within ``serve.batch_wait_timeout_s`` are concatenated into one
 batch, the stage runs once, and the result is split back per request by the ``request_id`` column), and
 a bounded queue per deployment (``max_queued_requests``: past it callers get ``BackPressureError``, which
@@ -34,19 +35,35 @@ def split_by_request(batch: Batch, request_ids: list[str]) -> list[Batch]:
     return [take_rows(batch, [i for i, v in enumerate(column) if v == rid]) for rid in request_ids]
 
 
-class StageServer:
-    """Shared body of the model deployments: one stage instance, batched calls, observed batch sizes.
+def deployment_name(stages: tuple[str, ...]) -> str:
+    """``("segment", "caption")`` -> ``SegmentCaptionDeployment``."""
+    return "".join(name.title() for name in stages) + "Deployment"
 
-    A batch of requests runs as one stage call; stages already turn a failing row into an error row
-    (``run_rows``), so a whole call fails only on a fault of the stage itself, and then each request is
+
+class _StageFaultError(Exception):
+    """A stage call that raised, with the stage's name (a chained replica runs several)."""
+
+    def __init__(self, stage: str, error: Exception):
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.stage = stage
+        self.error = error
+
+
+@serve.deployment
+class ModelDeployment:
+    """One replica holding the model stages of one group of :func:`canvas_ray.spec.chained_model_stages`
+    (segment and caption together, inpaint alone), run in turn on each batch, with dynamic batching.
+
+    A batch of requests runs as one call per stage; stages already turn a failing row into an error row
+    (``run_rows``), so a whole call fails only on a fault of a stage itself, and then each request is
     run alone (:func:`~canvas_ray.stages.base.each_alone_on_failure`, the same rule as for rows), so
-    that one request's fault fails that request's rows only."""
+    that one request's fault fails that request's rows only, labelled with the stage that failed."""
 
-    name = ""
-
-    def __init__(self, config: CanvasConfig):
+    def __init__(self, config: CanvasConfig, stages: tuple[str, ...]):
         self.config = config
-        self.stage = make_stage(self.name, config, StageContext())  # type: ignore[arg-type]
+        self.names = tuple(stages)
+        self.name = "+".join(self.names)
+        self.stages = [make_stage(n, config, StageContext()) for n in self.names]  # type: ignore[arg-type]
         batched: Any = self.run  # @serve.batch takes constants; the config's values are set here
         batched.set_max_batch_size(config.serve.max_batch_size)
         batched.set_batch_wait_timeout_s(config.serve.batch_wait_timeout_s)
@@ -62,88 +79,91 @@ class StageServer:
     def _process(self, batches: list[Batch]) -> list[Batch]:
         self._sizes.append(len(batches))
         self._metrics.observe(len(batches))
-        return each_alone_on_failure(
-            batches, self._together, lambda batch, error: fail_rows(batch, self.name, error), self.name
-        )
+
+        def failed(batch: Batch, error: Exception) -> Batch:
+            if isinstance(error, _StageFaultError):
+                return fail_rows(batch, error.stage, error.error)
+            return fail_rows(batch, self.names[0], error)
+
+        return each_alone_on_failure(batches, self._together, failed, self.name)
+
+    def _chain(self, batch: Batch) -> Batch:
+        for name, stage in zip(self.names, self.stages, strict=True):
+            try:
+                batch = stage(batch)
+            except Exception as error:
+                raise _StageFaultError(name, error) from error
+        return batch
 
     def _together(self, batches: list[Batch]) -> list[Batch]:
-        """One stage call for the requests' rows, split back per request (by ``request_id``)."""
+        """One call per stage for the requests' rows, split back per request (by ``request_id``)."""
         if len(batches) == 1:
             self._rows.append(num_rows(batches[0]))
-            return [self.stage(batches[0])]
+            return [self._chain(batches[0])]
         ids = [str(b[REQUEST_COLUMN][0]) for b in batches]
         if len(set(ids)) != len(ids):  # never expected; keeps the split unambiguous anyway
-            return [self.stage(b) for b in batches]
+            return [self._chain(b) for b in batches]
         merged = concat_batches(batches)
         self._rows.append(num_rows(merged))
-        return split_by_request(self.stage(merged), ids)
+        return split_by_request(self._chain(merged), ids)
 
     def batch_sizes(self) -> list[int]:
-        """Requests per stage call, in order (for tests and tuning)."""
+        """Requests per call, in order (for tests and tuning)."""
         return list(self._sizes)
 
     def batch_rows(self) -> list[int]:
-        """Rows per stage call (a request may carry several rows after Prompt)."""
+        """Rows per call (a request may carry several rows after Prompt)."""
         return list(self._rows)
 
     def ping(self) -> bool:
         return True
 
 
-@serve.deployment
-class SegmentDeployment(StageServer):
-    name = "segment"
-
-
-@serve.deployment
-class CaptionDeployment(StageServer):
-    name = "caption"
-
-
-@serve.deployment
-class InpaintDeployment(StageServer):
-    name = "inpaint"
-
-
-DEPLOYMENTS: dict[str, Any] = {  # `@serve.deployment` turns the classes into Deployments
-    "segment": SegmentDeployment,
-    "caption": CaptionDeployment,
-    "inpaint": InpaintDeployment,
-}
-
-
-def deployment_options(name: str, config: CanvasConfig) -> dict[str, Any]:
-    """Replicas, Ray resources and queue bounds of one model deployment, from the stage's config.
-
-    A range (``concurrency: "1..8"``) autoscales between its ends; ``auto`` as the maximum is sized from
-    the cluster Serve runs on, node by node (:func:`canvas_ray.cluster.size_pools`), so that no replica
-    waits for a GPU on a node without the CPUs it also needs."""
-    stage: ModelStage = getattr(config, name)
-    res = stage.resources
-    actor: dict[str, Any] = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus}
-    if res.memory_mb:
-        actor["memory"] = res.memory_mb * 2**20
-    if res.custom:
-        actor["resources"] = dict(res.custom)
+def deployment_options(stages: tuple[str, ...], config: CanvasConfig) -> dict[str, Any]:
+    """Name, replicas, Ray resources and queue bounds of the deployment serving ``stages``, from their
+    config sections. A replica holds every stage of its group, so it asks for their resources together
+    (GPU fractions add up: gpu.yaml's segment 0.25 + caption 0.75 make one GPU); it runs as many replicas
+    as the largest minimum asks, and autoscales up to the smallest maximum (a range or ``auto``, sized
+    from the cluster node by node by :func:`canvas_ray.cluster.size_pools`)."""
+    sections: list[ModelStage] = [getattr(config, name) for name in stages]
+    actor: dict[str, Any] = {
+        "num_cpus": sum(s.resources.num_cpus for s in sections),
+        "num_gpus": sum(s.resources.num_gpus for s in sections),
+    }
+    memory = sum(s.resources.memory_mb or 0 for s in sections)
+    if memory:
+        actor["memory"] = memory * 2**20
+    custom: dict[str, float] = {}
+    for section in sections:
+        for key, value in (section.resources.custom or {}).items():
+            custom[key] = custom.get(key, 0) + value
+    if custom:
+        actor["resources"] = custom
     options: dict[str, Any] = {
+        "name": deployment_name(stages),
         "ray_actor_options": actor,
         # Enough requests in flight per replica for a full batch to form.
         "max_ongoing_requests": max(2 * config.serve.max_batch_size, 8),
         # a bounded queue per model deployment: past it callers get BackPressureError (503), not a wait
         "max_queued_requests": config.serve.model_max_queued,
     }
-    high = res.max_concurrency
-    if high == "auto":
-        from canvas_ray.cluster import plan_pools
+    low = max(s.resources.concurrency for s in sections)
+    highs: list[int] = []
+    for name, section in zip(stages, sections, strict=True):
+        high = section.resources.max_concurrency
+        if high == "auto":
+            from canvas_ray.cluster import plan_pools
 
-        high = plan_pools(config).pools[name].max
-    if isinstance(high, int) and high > res.concurrency:
+            high = plan_pools(config).pools[name].max
+        highs.append(high if isinstance(high, int) else section.resources.concurrency)
+    high = min(highs)
+    if high > low:
         options["autoscaling_config"] = {
-            "min_replicas": res.concurrency,
-            "initial_replicas": res.concurrency,
+            "min_replicas": low,
+            "initial_replicas": low,
             "max_replicas": high,
             "target_ongoing_requests": config.serve.max_batch_size,
         }
     else:
-        options["num_replicas"] = res.concurrency
+        options["num_replicas"] = low
     return options

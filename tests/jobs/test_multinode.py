@@ -269,10 +269,10 @@ def test_serve_app_with_gpu_deployments(gpu_cluster):
         gpu_nodes = {n["NodeID"] for n in __import__("ray").nodes() if n["Resources"].get("GPU", 0) > 0}
         replicas: dict[str, set[str]] = {}
         for info in state.actors().values():
-            for name in ("SegmentDeployment", "CaptionDeployment", "InpaintDeployment"):
+            for name in ("SegmentCaptionDeployment", "InpaintDeployment"):
                 if name in info["ActorClassName"] and info["State"] == "ALIVE":
                     replicas.setdefault(name, set()).add(info["Address"]["NodeID"])
-        assert set(replicas) == {"SegmentDeployment", "CaptionDeployment", "InpaintDeployment"}
+        assert set(replicas) == {"SegmentCaptionDeployment", "InpaintDeployment"}
         assert all(nodes <= gpu_nodes for nodes in replicas.values()), replicas
         image = (SAMPLE_CATALOG / "images" / "sku-0002.jpg").read_bytes()
         response = httpx.post(

@@ -141,7 +141,9 @@ def test_generate_json(client):
     assert body["request_id"] and body["caption"] and body["errors"] == []
     GenerateResponse.model_validate(body)  # the documented response model (/docs) is what is sent
     timing = response.headers["server-timing"]
-    for name in ("parse", "decode", "segment", "segment.inside", "inpaint", "encode", "total"):
+    # segment and caption run in one replica (one hand-off): one entry for the pair
+    pair = "segment+caption"
+    for name in ("parse", "decode", pair, f"{pair}.inside", "inpaint", "encode", "total"):
         assert f"{name};dur=" in timing, timing
     images = body["images"]
     assert len(images) == 4
@@ -400,7 +402,7 @@ def test_dynamic_batching(server):
     serve = server["serve"]
     before = {
         name: len(serve.get_deployment_handle(name, app_name="local").batch_sizes.remote().result())
-        for name in ("SegmentDeployment", "InpaintDeployment")
+        for name in ("SegmentCaptionDeployment", "InpaintDeployment")
     }
     results = asyncio.run(_fire(server["base"], 12, 12, product_png()))
     assert all(status == 200 for status, _ in results), results
@@ -411,9 +413,9 @@ def test_dynamic_batching(server):
         for name in before
     }
     print(f"\nobserved batch sizes (requests per stage call): {sizes}")
-    assert sum(sizes["SegmentDeployment"]) == 12 and sum(sizes["InpaintDeployment"]) == 12
-    assert max(sizes["SegmentDeployment"] + sizes["InpaintDeployment"]) > 1
-    assert max(sizes["SegmentDeployment"] + sizes["InpaintDeployment"]) <= 4  # serve.max_batch_size
+    assert sum(sizes["SegmentCaptionDeployment"]) == 12 and sum(sizes["InpaintDeployment"]) == 12
+    assert max(sizes["SegmentCaptionDeployment"] + sizes["InpaintDeployment"]) > 1
+    assert max(sizes["SegmentCaptionDeployment"] + sizes["InpaintDeployment"]) <= 4  # serve.max_batch_size
 
 
 def test_bounded_load(server):
@@ -538,6 +540,20 @@ def test_tiny_neural_models(tiny_app):
     for item in images:
         size = Image.open(io.BytesIO(base64.b64decode(item["image_base64"]))).size
         assert abs(size[0] / size[1] - (1.0 if item["aspect"] == "1:1" else 0.75)) < 0.02
+    # the neural backends made them: the weight-free ``local`` app (metadata captioner, studio inpainter)
+    # answers the same request with other captions and other backgrounds
+    plain = post(client, image=product_png(96, 80), style="beach summer", n=2, aspect_ratios="1:1,3:4")
+    assert plain.status_code == 200, plain.text
+    weightfree = {(i["aspect"], i["variant"]): i for i in plain.json()["images"]}
+    assert len(weightfree) == len(images) == 4
+    for item in images:
+        other = weightfree[(item["aspect"], item["variant"])]
+        assert item["caption"] != other["caption"], item["caption"]
+        ours, theirs = (
+            np.asarray(Image.open(io.BytesIO(base64.b64decode(i["image_base64"]))).convert("RGB")).astype(int)
+            for i in (item, other)
+        )
+        assert ours.shape == theirs.shape and np.abs(ours - theirs).mean() > 3
     single = client.post(
         "/tiny/v1/backgrounds",
         files={"image": ("p.png", product_png(), "image/png")},
@@ -749,7 +765,7 @@ def test_overload_sheds_with_retry_after_and_admitted_requests_finish(server):
     assert stats["requests_by_code"].get("503", 0) == stats["shed"] >= len(shed)
     assert stats["requests_by_code"].get("200", 0) >= len(done)
     assert stats["running"] == 0 and stats["waiting"] == 0
-    assert {"decode", "segment", "inpaint", "composite"} <= set(stats["stage_seconds"])
+    assert {"decode", "segment+caption", "inpaint", "composite"} <= set(stats["stage_seconds"])
 
 
 async def _fire_detailed(
