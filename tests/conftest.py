@@ -1,4 +1,5 @@
-"""Shared fixtures: one local Ray per test module, the sample catalog, tiny models built once per session."""
+"""Shared fixtures: one local Ray for the test session, the sample catalog and one finished run of it, tiny
+models built once per session."""
 
 from __future__ import annotations
 
@@ -36,16 +37,69 @@ SAMPLE_CATALOG = REPO / "examples" / "catalog"
 ARTIFACTS = REPO / "test-artifacts"
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """A real local Ray cluster shared by the tests of one module (2 CPUs, like CI)."""
+# The session's local Ray: its GCS address while it runs (see ``ray_local``).
+_SHARED_RAY: dict[str, str] = {}
+
+
+def _shared_ray_running() -> bool:
     import ray
 
-    if ray.is_initialized():
+    return (
+        ray.is_initialized()
+        and bool(_SHARED_RAY)
+        and ray.get_runtime_context().gcs_address == _SHARED_RAY.get("gcs_address")
+    )
+
+
+def _shutdown_shared_ray() -> None:
+    import ray
+
+    if _shared_ray_running():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    _SHARED_RAY.clear()
+
+
+def _ensure_shared_ray() -> None:
+    import ray
+
+    if not _shared_ray_running():
+        if ray.is_initialized():
+            ray.shutdown()  # a cluster some other fixture left attached: not ours to reuse
+        context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        _SHARED_RAY["gcs_address"] = context.address_info["gcs_address"]
+
+
+@pytest.fixture(scope="session")
+def _ray_session():
+    """Ends the session's local Ray (if one is running) when the session ends."""
+    yield
+    _shutdown_shared_ray()
+
+
+@pytest.fixture(scope="module")
+def ray_local(_ray_session):
+    """A real local Ray cluster (2 CPUs, like CI), one for the whole session: the first module that asks
+    starts it and the next ones reuse it (a start costs seconds on 2 cores).
+
+    Isolation: a module that builds its own cluster (tests/jobs/test_multinode.py's ``Cluster``, the
+    ``ray start`` heads of tests/jobs/test_cluster.py and tests/serve/test_jobs_*.py) shuts the current
+    one down first (``ray.shutdown()`` in its fixture), and the next module that asks for ``ray_local``
+    starts a fresh one. After each module the cluster must have all its CPUs free again (Ray Data's pools
+    and Serve's replicas are gone); if not within a few seconds, it is restarted rather than handed on
+    with something still holding resources."""
+    import time
+
+    import ray
+
+    _ensure_shared_ray()
     yield ray
-    ray.shutdown()
+    if not _shared_ray_running():
+        return  # the module attached elsewhere (or shut it down): the next one starts afresh
+    deadline = time.monotonic() + 15
+    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.25)
+    if ray.available_resources().get("CPU", 0) < 2:
+        _shutdown_shared_ray()  # something of this module still holds CPUs: the next module gets a new Ray
 
 
 @pytest.fixture(scope="session")
@@ -72,3 +126,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def sample_run(_ray_session, tmp_path_factory) -> dict:
+    """One finished batch run of the whole sample catalog (configs/weightfree.yaml, on the session's local
+    Ray), shared by the tests that only read its outputs: ``{"root", "config", "summary", "catalog"}``.
+    Readers never write under ``root`` (copy it first)."""
+    from canvas_ray.batch import GenerateRequest, run_generate
+    from canvas_ray.config import load_config
+
+    _ensure_shared_ray()
+    root = tmp_path_factory.mktemp("sample-run")
+    config = load_config(REPO / "configs" / "weightfree.yaml")
+    catalog = str(SAMPLE_CATALOG / "catalog.jsonl")
+    summary = run_generate(GenerateRequest(config, catalog, str(root), progress=False))
+    return {"root": root, "config": config, "summary": summary, "catalog": catalog}

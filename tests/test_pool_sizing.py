@@ -144,3 +144,59 @@ def test_a_live_address_is_chosen(monkeypatch) -> None:
         chosen = choose_address(None, address, timeout=1.0)
     assert chosen.address == address and chosen.source == "ray.address in the config"
     assert choose_address("local", address).address is None  # "local" always starts one
+
+
+# ---- check_resources: what `generate` asks before any work, on the nodes Ray reports -----------------
+
+
+def _on_nodes(monkeypatch: pytest.MonkeyPatch, nodes: list[Node]) -> None:
+    """The attached cluster's nodes, as ``ray.nodes()`` would report them: ``live_nodes`` where
+    ``plan_pools`` (what check_resources asks) looks it up."""
+    import sys
+
+    from canvas_ray.cluster import plan_pools
+
+    monkeypatch.setattr(sys.modules[plan_pools.__module__], "live_nodes", lambda: nodes)
+
+
+def _check(config_file: str, **overrides):
+    from canvas_ray.batch import check_resources
+
+    return check_resources(
+        load_config(REPO / "configs" / config_file, {"provenance.c2pa": "unsigned", **overrides})
+    )
+
+
+def test_check_resources_refuses_gpu_pools_without_the_gpus(monkeypatch) -> None:
+    # gpu.yaml: segment + caption share one GPU, inpaint needs a whole one: a 1-GPU node leaves it none
+    _on_nodes(monkeypatch, [Node("head", {"CPU": 8.0}), Node("gpu0", {"CPU": 96.0, "GPU": 1.0})])
+    with pytest.raises(ConfigError, match=r"inpaint pool needs 1 actors of \(2 CPU, 1 GPU\) but only 0 fit"):
+        _check("gpu.yaml")
+    # enough GPUs, but the GPU node lacks the CPUs each GPU actor also asks for (counted node by node)
+    _on_nodes(monkeypatch, [Node("head", {"CPU": 8.0}), Node("gpu0", {"CPU": 3.0, "GPU": 4.0})])
+    with pytest.raises(ConfigError, match=r"pool needs 1 actors of \(2 CPU, 0\.\d+ GPU\) but only 0 fit"):
+        _check("gpu.yaml")
+    # the same config fits once the GPU node has the CPUs
+    _on_nodes(monkeypatch, [Node("head", {"CPU": 8.0}), Node("gpu0", {"CPU": 16.0, "GPU": 4.0})])
+    sizing = _check("gpu.yaml")
+    assert sizing.pools["inpaint"].min == 1 and sizing.pools["inpaint"].max == 3
+
+
+def test_check_resources_refuses_cpu_pools_that_leave_no_cpu(monkeypatch) -> None:
+    _on_nodes(monkeypatch, [Node("laptop", {"CPU": 2.0})])
+    assert _check("weightfree.yaml").pools["segment"].max >= 1  # the shipped CPU config fits 2 cores
+    with pytest.raises(ConfigError, match=r"caption pool needs 1 actors of \(0\.25 CPU\) but only 0 fit"):
+        _check("weightfree.yaml", **{"segment.resources.num_cpus": 2})  # the pools do not fit at all
+    with pytest.raises(ConfigError, match=r"task steps .* need at least"):
+        _check("weightfree.yaml", **{"segment.resources.num_cpus": 1.5})  # they fit, the tasks do not
+
+
+def test_check_resources_on_a_live_local_ray(ray_local) -> None:
+    """The same refusal against the nodes a real (2-CPU) Ray reports, then the shipped config fitting."""
+    from canvas_ray.batch import check_resources
+
+    with pytest.raises(ConfigError, match=r"task steps .* need at least"):
+        check_resources(
+            load_config(REPO / "configs" / "weightfree.yaml", {"segment.resources.num_cpus": 1.5})
+        )
+    assert check_resources(load_config(REPO / "configs" / "weightfree.yaml")).pools["inpaint"].min >= 1

@@ -6,25 +6,38 @@ import numpy as np
 import pytest
 
 from canvas_ray.config import ConfigError, config_from_dict
-from canvas_ray.registry import Registry, registry_for
+from canvas_ray.registry import OWNERS, Registry, registry_for
 from canvas_ray.schema import split_error
 from canvas_ray.stages.base import Status
 
 
-@pytest.mark.parametrize(
-    ("kind", "names"),
-    [
-        ("segment", {"alpha", "backdrop", "hf", "onnx"}),
-        ("caption", {"hf", "metadata"}),
-        ("inpaint", {"diffusers", "studio", "timed"}),
-    ],
-)
-def test_config_rejects_unknown_backends_listing_the_registered_ones(kind, names):
-    assert set(registry_for(kind).names()) == names
+@pytest.mark.parametrize("kind", sorted(OWNERS))
+def test_config_rejects_unknown_backends_listing_the_registered_ones(kind):
+    names = registry_for(kind).names()
+    assert names, f"no {kind} backend registered"
     with pytest.raises(ConfigError) as error:
         config_from_dict({kind: {"backend": "nope"}})
     assert f"{kind}.backend 'nope' unknown" in str(error.value)
     assert all(repr(name) in str(error.value) for name in names)
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"), [(kind, name) for kind in sorted(OWNERS) for name in registry_for(kind).names()]
+)
+def test_every_registered_backend_is_a_valid_config_choice(kind, name):
+    """What the registry holds is what config accepts, and each name maps to its own class."""
+    assert config_from_dict({kind: {"backend": name}}).model_dump()[kind]["backend"] == name
+    registry = registry_for(kind)
+    assert registry.get(name) is registry.get(registry.check(name))
+    others = [registry.get(other) for other in registry.names() if other != name]
+    assert registry.get(name) not in others
+
+
+def test_the_owners_hold_the_model_stages_of_the_spec():
+    """Every model stage of the pipeline spec has a registry, and nothing else has one."""
+    from canvas_ray.spec import model_stages
+
+    assert set(OWNERS) == set(model_stages())
 
 
 def test_a_new_backend_is_one_registered_class():

@@ -46,13 +46,10 @@ def _check_outputs(root: Path, rows: list[dict]) -> None:
         assert row["product_pixels"] > 0
 
 
-def test_sample_catalog_end_to_end(ray_local, tmp_path):
-    config = _config()
-    summary = run_generate(
-        GenerateRequest(config, str(SAMPLE_CATALOG / "catalog.jsonl"), str(tmp_path), progress=False)
-    )
-    rows = _manifest(tmp_path)
-    catalog = read_catalog(str(SAMPLE_CATALOG / "catalog.jsonl"))
+def test_sample_catalog_one_row_per_output(sample_run):
+    root, config, summary = sample_run["root"], sample_run["config"], sample_run["summary"]
+    rows = _manifest(root)
+    catalog = read_catalog(sample_run["catalog"])
     expected = expected_outputs(catalog.table, config, StyleBook.from_config(config))
     wanted = sorted(o for outputs in expected.values() for o in outputs)
     assert sorted(r["output_id"] for r in rows) == wanted  # exactly one row per requested output
@@ -61,9 +58,16 @@ def test_sample_catalog_end_to_end(ray_local, tmp_path):
     review = [r for r in rows if r["status"] == "review"]
     assert all(r["error"].startswith("segment: mask confidence") for r in review)
     assert all(r["mask_confidence"] is not None for r in rows)
-    _check_outputs(tmp_path, rows)
     assert summary["ok"] + summary["review"] == len(wanted) and summary["errors"] == 0
     assert summary["review"] == len(review) and summary["product_preserved"] == summary["ok"]
+    written = json.loads((root / "summary.json").read_text())
+    assert written["ok"] + written["review"] == len(wanted)
+
+
+def test_sample_catalog_outputs_and_scores(sample_run):
+    root = sample_run["root"]
+    rows = _manifest(root)
+    _check_outputs(root, rows)
     # every output carries its score figures; expansion is not measured on studio backdrops (cannot grow)
     for row in rows:
         assert row["expansion_ratio"] is None
@@ -72,18 +76,27 @@ def test_sample_catalog_end_to_end(ray_local, tmp_path):
     # the catalog's own style column wins over the config's defaults
     styled = {r["item_id"]: r["style"] for r in rows if r["item_id"] in ("sku-0008", "sku-0012")}
     assert styled == {"sku-0008": "luxury dark", "sku-0012": "marble countertop"}
-    page = (tmp_path / "index.html").read_text()
-    items = "".join(p.read_text() for p in (tmp_path / "review").glob("b*/p*.html"))
+
+
+def test_sample_catalog_review_pages(sample_run):
+    root = sample_run["root"]
+    rows = _manifest(root)
+    page = (root / "index.html").read_text()
+    items = "".join(p.read_text() for p in (root / "review").glob("b*/p*.html"))
     assert "review/b00000/p1.html" in page and all(r["output_uri"] in items for r in rows)
-    written = json.loads((tmp_path / "summary.json").read_text())
-    assert written["ok"] + written["review"] == len(wanted)
-    # determinism: the same config re-run from scratch gives byte-identical images
+
+
+def test_sample_catalog_rerun_is_byte_identical(ray_local, sample_run, tmp_path):
+    """Determinism: the same config re-run from scratch gives byte-identical images."""
+    root = sample_run["root"]
     again = tmp_path / "again"
     run_generate(
-        GenerateRequest(config, str(SAMPLE_CATALOG / "catalog.jsonl"), str(again), limit=3, progress=False)
+        GenerateRequest(sample_run["config"], sample_run["catalog"], str(again), limit=3, progress=False)
     )
-    for row in _manifest(again):
-        assert (again / row["output_uri"]).read_bytes() == (tmp_path / row["output_uri"]).read_bytes()
+    rows = _manifest(again)
+    assert len(rows) > 0
+    for row in rows:
+        assert (again / row["output_uri"]).read_bytes() == (root / row["output_uri"]).read_bytes()
 
 
 def _png(array: np.ndarray, mode: str | None = None, fmt: str = "PNG") -> bytes:
@@ -295,17 +308,20 @@ def test_other_catalog_formats(ray_local, tmp_path, fmt):
 
 
 def test_sample_catalog_with_tiny_neural_models(ray_local, tmp_path, tiny_models):
-    """The same plan with the neural backends: captioner and diffusers inpainter in their actor pools."""
-    config = load_config(
-        REPO / "configs" / "tiny.yaml",
-        {
-            "caption.model": str(tiny_models["captioner"]),
-            "inpaint.model": str(tiny_models["inpainter"]),
-            "inpaint.steps": 2,
-            "output.aspect_ratios": ["1:1", "9:16"],
-            "styles.default": ["beach summer"],
-        },
-    )
+    """The same plan with the neural backends: captioner and diffusers inpainter in their actor pools.
+    That they, and not the weight-free backends, made the outputs: every caption and every background
+    differs from what the weight-free captioner and studio inpainter make of the same rows."""
+    from canvas_ray.pipeline import LocalPipeline
+
+    neural = {
+        "caption.model": str(tiny_models["captioner"]),
+        "inpaint.model": str(tiny_models["inpainter"]),
+        "inpaint.steps": 2,
+        "output.aspect_ratios": ["1:1", "9:16"],
+        "styles.default": ["beach summer"],
+    }
+    config = load_config(REPO / "configs" / "tiny.yaml", neural)
+    assert config.caption.backend == "hf" and config.inpaint.backend == "diffusers"
     summary = run_generate(
         GenerateRequest(config, str(SAMPLE_CATALOG / "catalog.jsonl"), str(tmp_path), limit=4, progress=False)
     )
@@ -315,3 +331,16 @@ def test_sample_catalog_with_tiny_neural_models(ray_local, tmp_path, tiny_models
     assert all(r["caption"].startswith("Product:") and "Background:" in r["caption"] for r in rows)
     assert all(r["inpaint_s"] > 0 for r in rows)
     _check_outputs(tmp_path, rows)
+    # the weight-free backends on the same rows, in this process
+    weightfree = load_config(
+        REPO / "configs" / "tiny.yaml", {**neural, "caption.backend": "metadata", "inpaint.backend": "studio"}
+    )
+    items = read_catalog(str(SAMPLE_CATALOG / "catalog.jsonl"), limit=4).table.to_pylist()
+    reference = {r.output_id: r for r in LocalPipeline(weightfree).generate(items)}
+    assert set(reference) == {r["output_id"] for r in rows}
+    for row in rows:
+        other = reference[row["output_id"]]
+        assert row["caption"] != other.caption, row["caption"]
+        image = np.asarray(Image.open(tmp_path / row["output_uri"]).convert("RGB")).astype(int)
+        assert image.shape == other.image.shape
+        assert np.abs(image - other.image.astype(int)).mean() > 3, row["output_id"]  # not a studio backdrop

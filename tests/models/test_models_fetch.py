@@ -101,6 +101,7 @@ def test_tarball_from_env_and_cli(tmp_path, payload, spec, monkeypatch, capsys):
     assert "[present]" in capsys.readouterr().out
 
 
+@pytest.mark.real_models
 def test_real_isnet_was_fetched_and_verifies():
     """scripts/setup.sh fetches IS-Net; CI must have it (no skip: fail with the command to run)."""
     path = models_dir() / ISNET.filename

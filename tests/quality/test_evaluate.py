@@ -381,3 +381,18 @@ def test_evaluate_a_real_generate(tmp_path):
     page = (tmp_path / "eval" / "report.html").read_text()
     shown = [uri for uri in manifest.column("output_uri").to_pylist() if f"../{uri}" in page]
     assert len(shown) == min(6, metrics.scores["quality_score"].n)
+
+
+def test_evaluate_the_shared_batch_run(sample_run, tmp_path):
+    """Evaluation of a finished batch run (the bucketed manifest Ray Data wrote), read only: the report
+    goes elsewhere."""
+    import pyarrow.dataset as pads
+
+    root = sample_run["root"]
+    manifest = pads.dataset(root / "manifest", format="parquet", partitioning="hive").to_table()
+    metrics = evaluate_run(EvaluateRequest(str(root), out=str(tmp_path / "eval"), top=3)).metrics
+    statuses = manifest.column("status").to_pylist()
+    assert metrics.outputs == len(statuses) == sample_run["summary"]["outputs_expected"]
+    assert metrics.ok == statuses.count("ok") == sample_run["summary"]["ok"] > 0
+    assert metrics.preserved == sum(manifest.column("product_preserved").to_pylist())
+    assert (tmp_path / "eval" / "report.html").is_file() and not (root / "eval").exists()

@@ -5,6 +5,8 @@ headless chromium (screenshot: test-artifacts/serve-jobs-tab.png)."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -174,7 +176,13 @@ def test_submit_runs_to_succeeded_with_signed_webhook(stack):
     while not any(r["path"] == "/hook" for r in receiver.received) and time.time() < deadline:
         time.sleep(0.2)
     hook = next(r for r in receiver.received if r["path"] == "/hook")
-    assert verify_signature(SECRET, hook["body"], hook["headers"][SIGNATURE_HEADER])
+    header = hook["headers"][SIGNATURE_HEADER]
+    assert verify_signature(SECRET, hook["body"], header)
+    stamp = int(header.split(",")[0].removeprefix("t="))
+    assert abs(stamp - time.time()) < 600
+    # the documented HMAC-SHA256 over "<time>." + body, recomputed here without serve.webhooks
+    digest = hmac.new(SECRET.encode(), f"{stamp}.".encode() + hook["body"], hashlib.sha256).hexdigest()
+    assert header == f"t={stamp},v1={digest}"
     assert not verify_signature("wrong-secret", hook["body"], hook["headers"][SIGNATURE_HEADER])
     payload = json.loads(hook["body"])
     assert payload["event"] == "job.succeeded" and payload["job_id"] == job["job_id"]

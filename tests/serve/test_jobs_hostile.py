@@ -7,6 +7,7 @@ the signature checks run without a cluster."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -267,6 +268,8 @@ def test_rows_outside_the_allowlist_become_error_rows(stack):
     assert receiver.paths().count("/hop") == 1
     hop = next(r for r in receiver.requests if r["path"] == "/hop")
     assert verify_signature(SECRET, hop["body"], hop["headers"][SIGNATURE_HEADER])
+    stamp = int(hop["headers"][SIGNATURE_HEADER].split(",")[0].removeprefix("t="))
+    assert hop["headers"][SIGNATURE_HEADER] == independent_signature(SECRET, hop["body"], stamp)
     assert len(hop["headers"][DELIVERY_HEADER]) == 32
     record = json.loads((Path(done["output"]) / "webhook.json").read_text())
     assert "not on an allowed origin" in record["error"]  # the operator's record keeps the reason
@@ -413,6 +416,35 @@ def test_prefixes_need_a_trailing_slash():
 
 
 # ---- 7. signatures ---------------------------------------------------------------------------------------
+
+
+def independent_signature(secret: str, body: bytes, timestamp: int) -> str:
+    """The documented header (serve/webhooks.py: HMAC-SHA256 over ``"<unix time>." + body``, sent as
+    ``t=<time>,v1=<64 hex>``) computed here with ``hmac`` and ``hashlib``, not with the code under test."""
+    mac = hmac.new(secret.encode(), str(timestamp).encode("ascii") + b"." + body, hashlib.sha256)
+    return f"t={timestamp},v1={mac.hexdigest()}"
+
+
+def test_signature_is_hmac_sha256_of_time_dot_body():
+    # the helper is HMAC-SHA256: RFC 4231, test case 2
+    rfc = hmac.new(b"Jefe", b"what do ya want for nothing?", hashlib.sha256).hexdigest()
+    assert rfc == "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+    # a fixed vector of the documented format, written out once, so that sign() and the helper are
+    # each held to a value neither of them computed
+    body, secret, now = (
+        b'{"event":"job.succeeded","job_id":"cr-0123"}',
+        "whsec-canvas-ray-test",
+        1_900_000_000,
+    )
+    vector = "t=1900000000,v1=027c32c5fa0573b523b74239850f1446f7d4ebed19d57d8e1f1fc4f50b76f62f"
+    assert independent_signature(secret, body, now) == vector
+    assert sign(secret, body, now) == vector
+    assert verify_signature(secret, body, vector, now=now)
+    assert not verify_signature(secret, body, independent_signature(secret, body + b"x", now), now=now)
+    assert not verify_signature(secret, body, independent_signature("other", body, now), now=now)
+    later = independent_signature(secret, body, now + 60)  # the timestamp is inside the MAC
+    assert later.split("v1=")[1] != vector.split("v1=")[1]
+    assert not verify_signature(secret, body, f"t={now},v1={later.split('v1=')[1]}", now=now)
 
 
 def test_signatures_expire_and_malformed_headers_are_false():

@@ -1,5 +1,6 @@
 """The real IS-Net segmenter of configs/local.yaml (fetched by scripts/setup.sh; never skipped: a missing
-model fails with the command to run) on the sample catalog, and the mask-confidence gate.
+model fails with the command to run) on the sample catalog, and the mask-confidence gate. Marked
+``real_models``: scripts/test.sh runs these in their own step, after checking the model is there.
 
 IS-Net costs about 1–3.5 s per image on 2 cores: this module runs it on the 10 sample photos without an
 alpha channel once, plus one end-to-end item (11 images in all).
@@ -21,6 +22,7 @@ from canvas_ray.stages.mask_trust import assess_mask
 from canvas_ray.stages.segment import Segment
 from tests.conftest import REPO, SAMPLE_CATALOG
 
+pytestmark = pytest.mark.real_models
 LOCAL = REPO / "configs" / "local.yaml"
 PLAIN = ["sku-0001", "sku-0002", "sku-0003", "sku-0006", "sku-0008", "sku-0011", "sku-0012"]
 RGBA = ["sku-0004", "sku-0009"]

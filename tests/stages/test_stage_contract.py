@@ -1,6 +1,11 @@
-"""The stage contract, checked for every stage and every backend (in the spirit of diffusers'
+"""The stage contract, checked for every stage and every registered backend (in the spirit of diffusers'
 ``PipelineTesterMixin``): each stage passes error rows through untouched, drops and duplicates no row,
-produces the columns it declares, and gives a row the same result alone as inside a larger batch."""
+turns good rows into good rows (``ok``), produces the columns it declares, and gives a row the same result
+alone as inside a larger batch.
+
+The cases come from the pipeline spec (every in-process stage) and the backend registries (every backend
+of a model stage), so a new backend is under the contract the moment it is registered; one that needs more
+than its name (a model file, options) adds its setup to :data:`SETUP`."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import numpy as np
 import pytest
 
 from canvas_ray.config import load_config
+from canvas_ray.registry import OWNERS, registry_for
 from canvas_ray.spec import in_process_stages, make_stage
 from canvas_ray.stages.base import StageContext, object_column, take_rows
 from canvas_ray.styles import StyleBook
@@ -25,21 +31,40 @@ BASE = {
     "inpaint.resolution": 64,
     "inpaint.steps": 2,
 }
-CASES = [
-    ("fetch", "default"),
-    ("decode", "default"),
-    ("segment", "backdrop"),
-    ("segment", "alpha"),
-    ("segment", "onnx"),
-    ("segment", "hf"),
-    ("caption", "metadata"),
-    ("caption", "hf"),
-    ("prompt", "default"),
-    ("inpaint", "studio"),
-    ("inpaint", "diffusers"),
-    ("inpaint", "timed"),
-    ("composite", "default"),
-]
+
+
+def _cases() -> list[tuple[str, str]]:
+    """Every in-process stage; a model stage once per registered backend."""
+    cases = []
+    for stage in in_process_stages():
+        if stage in OWNERS:
+            cases += [(stage, name) for name in registry_for(stage).names()]
+        else:
+            cases.append((stage, "default"))
+    return cases
+
+
+CASES = _cases()
+# What a backend needs besides ``<stage>.backend`` and ``device: cpu``. ``model`` names a key of the
+# ``models`` fixture; ``rgba`` feeds photos with a transparent background (cut-outs).
+SETUP: dict[tuple[str, str], dict[str, Any]] = {
+    # no fallback: a photo without usable transparency would be an error row, so `ok` rows prove that
+    # the alpha channel made the mask
+    ("segment", "alpha"): {"rgba": True, "overrides": {"segment.fallback": "none"}},
+    ("segment", "onnx"): {"model": "onnx", "overrides": {"segment.options": {"input_size": 32}}},
+    ("segment", "hf"): {"model": "segmenter"},
+    ("caption", "hf"): {"model": "captioner", "overrides": {"caption.max_new_tokens": 4}},
+    ("inpaint", "diffusers"): {"model": "inpainter"},
+    ("inpaint", "timed"): {"overrides": {"inpaint.options": {"seconds_per_image": 0.01}}},
+}
+
+
+def test_the_cases_cover_every_registered_backend() -> None:
+    """The registries are where the cases come from; a setup for a backend nobody registers is stale."""
+    assert {kind for kind, _ in CASES} == set(in_process_stages())
+    for kind in OWNERS:
+        assert {name for stage, name in CASES if stage == kind} == set(registry_for(kind).names())
+    assert set(SETUP) <= set(CASES), set(SETUP) - set(CASES)
 
 
 def _dark_is_product_onnx(path: Path) -> Path:
@@ -69,28 +94,29 @@ def models(tiny_models, tmp_path_factory) -> dict[str, Path]:
 
 def _config(stage: str, backend: str, models: dict[str, Path]):
     overrides: dict[str, Any] = dict(BASE)
+    setup = SETUP.get((stage, backend), {})
     if backend != "default":
         overrides[f"{stage}.backend"] = backend
         overrides[f"{stage}.device"] = "cpu"
-    if backend == "onnx":
-        overrides["segment.model"] = str(models["onnx"])
-        overrides["segment.options"] = {"input_size": 32}
-    elif backend in ("hf", "diffusers"):
-        kind = {"segment": "segmenter", "caption": "captioner", "inpaint": "inpainter"}[stage]
-        overrides[f"{stage}.model"] = str(models[kind])
-    if backend == "timed":
-        overrides["inpaint.options"] = {"seconds_per_image": 0.01}
-    if stage == "caption" and backend == "hf":
-        overrides["caption.max_new_tokens"] = 4
+    if "model" in setup:
+        overrides[f"{stage}.model"] = str(models[setup["model"]])
+    overrides.update(setup.get("overrides", {}))
     return load_config(WEIGHTFREE, overrides)
 
 
-def _catalog_rows(folder: Path) -> dict[str, np.ndarray]:
+def _cut_out(image: np.ndarray) -> np.ndarray:
+    """The photo as a cut-out: opaque where the product box is, transparent elsewhere."""
+    alpha = np.where((image < 200).any(axis=2), 255, 0).astype(np.uint8)
+    return np.dstack([image, alpha])
+
+
+def _catalog_rows(folder: Path, rgba: bool = False) -> dict[str, np.ndarray]:
     """Three items: two good photos (as files) and one that already failed upstream."""
     uris = []
     for seed in (1, 2):
         path = folder / f"p{seed}.png"
-        path.write_bytes(png_bytes(product_image(72, 64, seed=seed)))
+        image = product_image(128, 112, seed=seed)  # big enough for a confident mask (0.96)
+        path.write_bytes(png_bytes(_cut_out(image) if rgba else image))
         uris.append(str(path))
     uris.append(str(folder / "missing.png"))
     return {
@@ -103,11 +129,11 @@ def _catalog_rows(folder: Path) -> dict[str, np.ndarray]:
     }
 
 
-def _input_of(stage: str, tmp_path: Path) -> tuple[dict[str, np.ndarray], StyleBook]:
+def _input_of(stage: str, tmp_path: Path, rgba: bool = False) -> tuple[dict[str, np.ndarray], StyleBook]:
     """The batch that reaches ``stage``: the upstream stages run with weight-free backends."""
     config = load_config(WEIGHTFREE, BASE)
     styles = StyleBook.from_config(config)
-    batch = _catalog_rows(tmp_path)
+    batch = _catalog_rows(tmp_path, rgba)
     for name in in_process_stages():
         if name == stage:
             break
@@ -134,7 +160,10 @@ def _same(a: Any, b: Any, column: str, tolerance: float) -> bool:
 
 @pytest.mark.parametrize(("stage", "backend"), CASES, ids=[f"{s}-{b}" for s, b in CASES])
 def test_stage_contract(stage, backend, models, tmp_path):
-    batch, styles = _input_of(stage, tmp_path)
+    batch, styles = _input_of(stage, tmp_path, rgba=SETUP.get((stage, backend), {}).get("rgba", False))
+    # what reaches the stage: the good items still good, the planted error still an error
+    reaching = {(item, status) for item, status in zip(batch["item_id"], batch["status"], strict=True)}
+    assert reaching == {("a", "ok"), ("b", "ok"), ("bad", "error")}, list(batch["error"])
     config = _config(stage, backend, models)
     runner = make_stage(stage, config, StageContext(styles=styles))
     out = runner(_copy(batch))
@@ -147,11 +176,20 @@ def test_stage_contract(stage, backend, models, tmp_path):
         assert sorted(out["output_id"]) == sorted(expected) and len(set(expected)) == len(expected)
     else:  # 2. one row in, one row out, same order
         assert ids_out == ids_in
-    # 3. error rows pass through untouched
+    # 3. error rows pass through untouched; 4. good rows stay good
     for i, item in enumerate(ids_out):
         if item == "bad":
             assert out["status"][i] == "error" and out["error"][i] == "catalog: planted upstream error"
-    # 4. a row alone gives what it gives inside the larger batch
+        else:
+            assert out["status"][i] == "ok", (item, out["status"][i], out["error"][i])
+            assert not out["error"][i], (item, out["error"][i])
+    if (stage, backend) == ("segment", "alpha"):  # the mask is the cut-out's own alpha channel
+        for i, item in enumerate(ids_out):
+            if item != "bad":
+                image = batch["image"][i]
+                assert image.shape[2] == 4
+                assert np.array_equal(out["product_mask"][i] >= 128, image[..., 3] >= 128)
+    # 5. a row alone gives what it gives inside the larger batch
     produced = [c for c in type(runner).produces if not c.endswith("_s")]
     # batched float kernels (the diffusion model) may move a pixel by one or two levels, and its scores
     tolerance = 1e-3 if backend == "diffusers" else 1e-6

@@ -184,10 +184,23 @@ def ray_run(ray_local, base: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     }
     first = finetune(tiny_config(base, **values), str(catalog), out)
     first_lines = (out / "metrics.jsonl").read_text().splitlines()
+    # what the first run saved, kept aside: the resumed run goes on from that checkpoint (and the run
+    # name keeps only the newest few), and it overwrites the exported LoRA
+    saved = root / "first-checkpoint"
+    shutil.copytree(first["checkpoint"], saved)
+    shutil.copy(out / "lora" / WEIGHTS_NAME, root / "first-export.safetensors")
     # the resumed run prepares its data in-process (the other path), which also saves an actor start
     resumed = values | {"steps": 8, "data": {"use_ray_data": False}}
     second = finetune(tiny_config(base, **resumed), str(catalog), out)
-    return {"out": out, "first": first, "second": second, "first_lines": first_lines}
+    return {
+        "out": out,
+        "first": first,
+        "second": second,
+        "first_lines": first_lines,
+        "saved": saved,
+        "first_export": root / "first-export.safetensors",
+        "values": resumed,
+    }
 
 
 def test_ray_train_two_workers_and_resume(ray_run: dict[str, Any]) -> None:
@@ -205,6 +218,54 @@ def test_ray_train_two_workers_and_resume(ray_run: dict[str, Any]) -> None:
 
     assert meta["data_fingerprint"] != data_fingerprint([], [])
     assert (out / "validation" / "step-00000008-0.png").is_file()
+
+
+def test_resume_restores_the_saved_lora_exactly(base: Path, ray_run: dict[str, Any]) -> None:
+    """What a resumed run starts from is what the first run saved: the checkpoint's LoRA weights, restored
+    into a fresh UNet the way the training loop resumes (``_restore``), equal at atol 0, every key; the
+    optimizer moments too. The LoRA exported by the first run is that checkpoint's, bit for bit."""
+    from diffusers.optimization import get_scheduler
+    from safetensors.torch import load_file
+
+    from canvas_ray.train.loop import STATE_NAME, _restore
+    from canvas_ray.train.lora import lora_state_dict
+
+    saved_dir: Path = ray_run["saved"]
+    assert json.loads((saved_dir / STATE_NAME).read_text())["step"] == 4
+    saved = {k.removeprefix("unet."): v for k, v in load_file(str(saved_dir / "lora" / WEIGHTS_NAME)).items()}
+    exported = {k.removeprefix("unet."): v for k, v in load_file(str(ray_run["first_export"])).items()}
+    assert exported.keys() == saved.keys()
+    for key, value in saved.items():
+        torch.testing.assert_close(exported[key], value, atol=0, rtol=0, msg=key)
+
+    config = tiny_config(base, **ray_run["values"])
+    torch.manual_seed(config.seed)
+    pipe = load_base(config)
+    params = add_lora(pipe.unet, config)
+    fresh = {key: value.clone() for key, value in lora_state_dict(pipe.unet).items()}  # not views
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = get_scheduler(
+        config.lr_scheduler,
+        optimizer,
+        num_warmup_steps=config.lr_warmup_steps,
+        num_training_steps=config.steps,
+    )
+    assert _restore(saved_dir, pipe.unet, optimizer, scheduler, torch.device("cpu")) == 4
+    restored = lora_state_dict(pipe.unet)
+    assert restored.keys() == saved.keys() and len(saved) > 0
+    for key, value in saved.items():
+        torch.testing.assert_close(restored[key], value, atol=0, rtol=0, msg=key)
+    # four steps moved the weights: a restore that left the fresh ones in place would fail above
+    assert any(not torch.equal(fresh[key], saved[key]) for key in saved)
+    moments = torch.load(saved_dir / "optimizer.pt")["state"]
+    state = optimizer.state_dict()["state"]
+    assert state.keys() == moments.keys() and len(state) == len(params)
+    for index, entry in moments.items():
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            torch.testing.assert_close(state[index][name], entry[name], atol=0, rtol=0)
+    # the resumed run went on from there: its final LoRA is not the step-4 one
+    final = load_file(str(ray_run["out"] / "lora" / WEIGHTS_NAME))
+    assert any(not torch.equal(final["unet." + key], value) for key, value in saved.items())
 
 
 # ------------------------------------------------------------------------------- the LoRA in generation
