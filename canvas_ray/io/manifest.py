@@ -25,38 +25,65 @@ OUTPUT/manifest/_staging/<run>/<hash>.parquet       rows written while a run is 
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
 import json
 import posixpath
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import fsspec
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from canvas_ray.io.catalog import id_bucket
+from canvas_ray.io.manifest_compaction import (
+    LOCAL_COMPACTION_BYTES,
+    compact,
+    compact_local,
+    compact_ray,
+    merge_bucket,
+)
+from canvas_ray.io.manifest_parts import (
+    bucket_dir,
+    iter_part_batches,
+    latest_per_output,
+    part_name,
+    read_part,
+    schema_of,
+    staging_part_uri,
+    write_staging_part,
+)
+from canvas_ray.io.manifest_summary import Reservoir, export, summarise
 from canvas_ray.io.outputs import join_uri, write_bytes
-from canvas_ray.logs import get_logger
-from canvas_ray.rows import describe
-from canvas_ray.schema import DELIVERED, MANIFEST_SCHEMA, TIMING_COLUMNS, Status, split_error
+from canvas_ray.schema import DELIVERED, MANIFEST_SCHEMA
 
-log = get_logger(__name__)
+__all__ = [
+    "DONE_STATUSES",
+    "LOCAL_COMPACTION_BYTES",
+    "MANIFEST_SCHEMA",
+    "SCAN_BATCH_ROWS",
+    "Manifest",
+    "Reservoir",
+    "bucket_dir",
+    "buckets_for",
+    "compact_manifest",
+    "export",
+    "latest_per_output",
+    "merge_bucket",
+    "part_name",
+    "read_manifest",
+    "read_part",
+    "staging_part_uri",
+    "summarise",
+    "write_staging_part",
+]
+
 VERSION = 2
 ROWS_PER_BUCKET = 100_000  # target rows per bucket file (a few tens of MB with prompts and captions)
 MAX_BUCKETS = 4096
-LOCAL_COMPACTION_BYTES = 32 * 2**20  # pending parts up to this size are merged in this process
+SCAN_BATCH_ROWS = 65_536  # rows per batch of Manifest.scan / iter_batches
 DONE_STATUSES = DELIVERED  # outputs a resume keeps; errors and rejections are tried again
 LEGACY_FILES = ("manifest/manifest.parquet",)  # the single-file manifest of version 1, folded in
-
-
-def bucket_dir(bucket: int) -> str:
-    return f"bucket={bucket:05d}"
+_KEYS = ("item_id", "output_id", "finished_at")  # what newest-row-per-output needs
 
 
 def buckets_for(rows: int, rows_per_bucket: int = ROWS_PER_BUCKET) -> int:
@@ -161,19 +188,59 @@ class Manifest:
 
     def _read_paths(self, paths: list[str], columns: list[str] | None = None) -> pa.Table:
         tables = [t for t in (self.read_file(p, columns) for p in paths) if t is not None]
-        schema = _schema(columns)
+        schema = schema_of(columns)
         if not tables:
             return schema.empty_table()
         table = pa.concat_tables(tables)
         return latest_per_output(table) if len(tables) > 1 else table
 
-    def iter_batches(self, columns: list[str], batch_rows: int = 65_536) -> Iterator[pa.RecordBatch]:
+    def iter_batches(self, columns: list[str], batch_rows: int = SCAN_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
         """Stream the compacted manifest (bounded memory), ``columns`` only."""
         for path in self.files():
             table = self.read_file(path, columns)
             if table is None:
                 continue
             yield from table.to_batches(max_chunksize=batch_rows)
+
+    def scan(self, columns: list[str], batch_rows: int = SCAN_BATCH_ROWS) -> Iterator[tuple[int, pa.Table]]:
+        """Every output's newest row (as :meth:`read`: staging parts included), ``columns`` only, as
+        ``(bucket, table)`` pairs of at most ``batch_rows`` rows, bucket by bucket in bucket order; rows
+        of a bucket in ``(item_id, output_id)`` order.
+
+        Bounded memory: a compacted bucket (one file) streams row group by row group; a bucket with
+        several files or with pending staging rows is merged in memory, one bucket at a time. Pending
+        rows (a running or crashed run's staging parts, legacy files) are read first, ``columns`` only.
+        """
+        wanted = list(dict.fromkeys(columns))
+        needed = list(dict.fromkeys([*wanted, *_KEYS]))
+        files = self.bucket_files()
+        pending = self._pending_by_bucket(needed)
+        for bucket in sorted(set(files) | set(pending)):
+            paths = files.get(bucket, [])
+            if len(paths) == 1 and bucket not in pending:
+                for table in iter_part_batches(self.fs, paths[0], wanted, batch_rows):
+                    yield bucket, table
+                continue
+            tables = [t for t in (self.read_file(p, needed) for p in paths) if t is not None]
+            tables += pending.get(bucket, [])
+            if not tables:
+                continue
+            merged = latest_per_output(pa.concat_tables(tables)).select(wanted)
+            for batch in merged.to_batches(max_chunksize=batch_rows):
+                yield bucket, pa.Table.from_batches([batch], schema=merged.schema)
+
+    def _pending_by_bucket(self, columns: list[str]) -> dict[int, list[pa.Table]]:
+        """Pending rows (``columns``) by the bucket compaction will put them in."""
+        buckets = self.buckets() or 1
+        out: dict[int, list[pa.Table]] = {}
+        for path in self.pending_files():
+            table = self.read_file(path, columns)
+            if table is None or table.num_rows == 0:
+                continue
+            assigned = pa.array([id_bucket(i, buckets) for i in table.column("item_id").to_pylist()])
+            for bucket in pc.unique(assigned).to_pylist():
+                out.setdefault(bucket, []).append(table.filter(pc.equal(assigned, bucket)))
+        return out
 
     def read(self) -> pa.Table:
         """The whole manifest as one table, staging parts included, newest row per output (small roots)."""
@@ -184,358 +251,23 @@ class Manifest:
     # ---- compaction ----
 
     def compact(self, run_id: str, review_pages: Any = None) -> dict[str, int]:
-        """Fold pending parts into their buckets (and heal buckets holding several files).
-
-        Runs on Ray Data (one task per group of buckets) when Ray is initialised, else in this process.
-        ``review_pages(bucket, table)`` is called with each rewritten bucket (review pages per bucket).
-        """
-        pending = self.pending_files()
-        buckets = self.buckets() or self.ensure(0)
-        crowded = [b for b, files in self.bucket_files().items() if len(files) > 1]
-        if not pending and not crowded:
-            return {"buckets_rewritten": 0, "parts": 0}
-        started = time.perf_counter()
-        try:
-            import ray
-        except ImportError:  # pragma: no cover - ray is a dependency
-            ray = None  # type: ignore[assignment]
-        pending_bytes = sum(int(self.fs.size(p) or 0) for p in pending) if len(pending) <= 256 else None
-        small = pending_bytes is not None and pending_bytes <= LOCAL_COMPACTION_BYTES
-        if ray is not None and ray.is_initialized() and not small:
-            rewritten = self._compact_ray(pending, crowded, buckets, run_id, review_pages)
-        else:
-            rewritten = self._compact_local(pending, crowded, buckets, run_id, review_pages)
-        for path in pending:
-            with contextlib.suppress(FileNotFoundError):
-                self.fs.rm(path)
-        for folder in (f"{self.path}/_staging", f"{self.path.rsplit('/', 1)[0]}/_parts"):
-            if self.fs.exists(folder):
-                self.fs.rm(folder, recursive=True)
-        log.info(
-            "manifest: %d parts merged into %d buckets in %.1f s",
-            len(pending),
-            rewritten,
-            time.perf_counter() - started,
-        )
-        return {"buckets_rewritten": rewritten, "parts": len(pending)}
+        """Fold pending parts into their buckets (:func:`canvas_ray.io.manifest_compaction.compact`)."""
+        return compact(self, run_id, review_pages)
 
     def _compact_local(
         self, pending: list[str], crowded: list[int], buckets: int, run_id: str, review_pages: Any
     ) -> int:
-        by_bucket: dict[int, list[pa.Table]] = {b: [] for b in crowded}
-        for path in pending:
-            table = self.read_file(path)
-            if table is None or table.num_rows == 0:
-                continue
-            ids = table.column("item_id").to_pylist()
-            assigned = np.array([id_bucket(i, buckets) for i in ids])
-            for bucket in np.unique(assigned):
-                by_bucket.setdefault(int(bucket), []).append(table.filter(pa.array(assigned == bucket)))
-        for bucket, tables in by_bucket.items():
-            merge_bucket(self, bucket, pa.concat_tables(tables) if tables else None, run_id, review_pages)
-        return len(by_bucket)
+        return compact_local(self, pending, crowded, buckets, run_id, review_pages)
 
     def _compact_ray(
         self, pending: list[str], crowded: list[int], buckets: int, run_id: str, review_pages: Any
     ) -> int:
-        import ray.data
-
-        parts: Any = ray.data.from_items([{"path": p} for p in pending])
-        rows: Any = parts.map_batches(
-            _read_parts_with_bucket,
-            fn_kwargs={"root": self.root, "options": self.storage_options, "buckets": buckets},
-            batch_size=8,
-            batch_format="numpy",
-            num_cpus=0.5,
-        )
-        if crowded:  # buckets to heal get an empty group of their own
-            heal = ray.data.from_arrow(_empty_rows(crowded))
-            rows = rows.union(heal)
-        groups = min(max(1, buckets), 64)
-        merged = rows.groupby("_bucket", num_partitions=groups).map_groups(
-            _merge_group,
-            fn_kwargs={
-                "root": self.root,
-                "options": self.storage_options,
-                "run_id": run_id,
-                "review_pages": review_pages,
-            },
-            batch_format="pyarrow",
-            num_cpus=0.5,
-        )
-        return int(merged.count())
-
-
-def _schema(columns: list[str] | None) -> pa.Schema:
-    if columns is None:
-        return MANIFEST_SCHEMA
-    return pa.schema([MANIFEST_SCHEMA.field(c) for c in columns])
-
-
-def read_part(fs: Any, path: str, columns: list[str] | None = None) -> pa.Table | None:
-    schema = _schema(columns)
-    try:
-        with fs.open(path, "rb") as handle:
-            data = handle.read()
-        parquet = pq.ParquetFile(io.BytesIO(data))
-        present = set(parquet.schema_arrow.names)
-        table = parquet.read(columns=[c for c in schema.names if c in present])
-    except Exception as error:  # noqa: BLE001 - a torn part from a killed run is skipped, its rows redone
-        log.warning(
-            "skipping unreadable manifest part %s (%s); its items will be redone", path, describe(error)
-        )
-        return None
-    for field in schema:
-        if field.name not in table.column_names:
-            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
-    return table.select(schema.names).cast(schema)
-
-
-def latest_per_output(table: pa.Table) -> pa.Table:
-    """Newest row (by ``finished_at``) per ``output_id``, sorted by item and output."""
-    if table.num_rows == 0:
-        return table
-    finished = pc.fill_null(table.column("finished_at"), 0.0) if "finished_at" in table.column_names else None
-    keyed = table.append_column("_finished", finished) if finished is not None else table
-    order = pc.sort_indices(
-        keyed, sort_keys=[("output_id", "ascending")] + ([("_finished", "ascending")] if finished else [])
-    )
-    keyed = keyed.take(order)
-    ids = keyed.column("output_id").to_numpy(zero_copy_only=False)
-    keep = np.ones(len(ids), dtype=bool)
-    keep[:-1] = ids[1:] != ids[:-1]
-    latest = keyed.filter(pa.array(keep))
-    if finished is not None:
-        latest = latest.drop_columns(["_finished"])
-    order = pc.sort_indices(latest, sort_keys=[("item_id", "ascending"), ("output_id", "ascending")])
-    return latest.take(order)
-
-
-def merge_bucket(
-    manifest: Manifest, bucket: int, new_rows: pa.Table | None, run_id: str, review_pages: Any = None
-) -> int:
-    """Old rows of ``bucket`` + ``new_rows`` → one file, newest row per output; returns its row count."""
-    fs = manifest.fs
-    folder = f"{manifest.path}/{bucket_dir(bucket)}"
-    manifest._invalidate()
-    old = (
-        sorted(
-            f
-            for f in fs.ls(folder, detail=False)
-            if f.endswith(".parquet") and not posixpath.basename(f).startswith(("_", "."))
-        )
-        if fs.exists(folder)
-        else []
-    )
-    tables = [t for t in (read_part(fs, p) for p in old) if t is not None]
-    if new_rows is not None and new_rows.num_rows:
-        tables.append(new_rows.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA))
-    merged = latest_per_output(pa.concat_tables(tables)) if tables else MANIFEST_SCHEMA.empty_table()
-    name = f"part-{run_id}.parquet"
-    target = f"{folder}/{name}"
-    if target in old:  # merged twice in one run: a fresh name keeps the replace atomic
-        name = f"part-{run_id}-{time.time_ns()}.parquet"
-        target = f"{folder}/{name}"
-    buffer = io.BytesIO()
-    pq.write_table(merged, buffer, compression="zstd")
-    write_bytes(
-        f"{manifest.root}/manifest/{bucket_dir(bucket)}/{name}", buffer.getvalue(), manifest.storage_options
-    )
-    for path in old:
-        if path != target:
-            fs.rm(path)
-    if review_pages is not None:
-        review_pages(bucket, merged)
-    return merged.num_rows
-
-
-def _empty_rows(buckets: list[int]) -> pa.Table:
-    table = MANIFEST_SCHEMA.empty_table()
-    placeholder = {name: [None] * len(buckets) for name in MANIFEST_SCHEMA.names}
-    table = pa.Table.from_pydict(placeholder, schema=MANIFEST_SCHEMA)
-    return table.append_column("_bucket", pa.array(buckets, pa.int64()))
-
-
-def _read_parts_with_bucket(
-    batch: dict[str, np.ndarray], root: str, options: dict[str, Any], buckets: int
-) -> Iterator[pa.Table]:
-    manifest = Manifest(root, options)
-    for path in batch["path"]:
-        table = manifest.read_file(str(path))
-        if table is None or table.num_rows == 0:
-            continue
-        assigned = [id_bucket(i, buckets) for i in table.column("item_id").to_pylist()]
-        yield table.append_column("_bucket", pa.array(assigned, pa.int64()))
-
-
-def _merge_group(
-    group: pa.Table, root: str, options: dict[str, Any], run_id: str, review_pages: Any
-) -> pa.Table:
-    """map_groups: merge one bucket's new rows (a row without output_id only asks to heal the bucket)."""
-    bucket = int(group.column("_bucket")[0].as_py())
-    rows = group.drop_columns(["_bucket"]).filter(pc.is_valid(group.column("output_id")))
-    count = merge_bucket(Manifest(root, options), bucket, rows, run_id, review_pages)
-    return pa.table({"bucket": [bucket], "rows": [count]})
-
-
-# ---- aggregation over the compacted manifest (streaming, bounded memory) ----
-
-
-
-class _Reservoir:
-    """A fixed-size uniform sample of a stream of numbers (for medians of millions of rows)."""
-
-    def __init__(self, size: int = 100_000, seed: int = 0):
-        self.size, self.seen, self.values = size, 0, np.empty(size)
-        self.random = np.random.default_rng(seed)
-
-    def add(self, values: np.ndarray) -> None:
-        values = np.asarray(values, dtype=np.float64)
-        room = max(0, min(self.size - self.seen, len(values)))
-        self.values[self.seen : self.seen + room] = values[:room]
-        rest = values[room:]
-        if len(rest):  # algorithm R, vectorised: value t replaces a random slot with chance size / (t + 1)
-            positions = self.seen + room + np.arange(len(rest))
-            slots = self.random.integers(0, positions + 1)
-            chosen = slots < self.size
-            self.values[slots[chosen]] = rest[chosen]
-        self.seen += len(values)
-
-    def median(self) -> float | None:
-        count = min(self.seen, self.size)
-        return round(float(np.median(self.values[:count])), 4) if count else None
-
-
-def summarise(manifest: Manifest) -> dict[str, Any]:
-    """Counts and figures of the compacted manifest, by streaming its files once."""
-    columns = [
-        "item_id",
-        "status",
-        "error",
-        "error_stage",
-        "product_preserved",
-        "expansion_ratio",
-        "quality_score",
-        *TIMING_COLUMNS,
-    ]
-    optional = [c for c in ("mask_confidence",) if c in MANIFEST_SCHEMA.names]
-    columns += optional + ["profile", "compliant"]
-    by_profile: dict[str, dict[str, int]] = {}
-    counts: dict[str, int] = {}
-    reasons: dict[str, int] = {}
-    sums = dict.fromkeys(TIMING_COLUMNS, 0.0)
-    sum_counts = dict.fromkeys(TIMING_COLUMNS, 0)
-    preserved = 0
-    expansion, quality, confidence = _Reservoir(), _Reservoir(seed=1), _Reservoir(seed=2)
-    expansion_max: float | None = None
-    rows = 0
-    for batch in manifest.iter_batches(columns):
-        rows += batch.num_rows
-        table = pa.Table.from_batches([batch])
-        for entry in pc.value_counts(table.column("status")).to_pylist():
-            counts[entry["values"]] = counts.get(entry["values"], 0) + entry["counts"]
-        ok = table.filter(pc.equal(table.column("status"), "ok"))
-        preserved += int(
-            pc.sum(pc.cast(pc.fill_null(ok.column("product_preserved"), False), pa.int64())).as_py() or 0
-        )
-        for column in TIMING_COLUMNS:
-            values = ok.column(column).drop_null()
-            sums[column] += float(pc.sum(values).as_py() or 0.0)
-            sum_counts[column] += len(values)
-        values = ok.column("expansion_ratio").drop_null().to_numpy()
-        expansion.add(values)
-        if len(values):
-            expansion_max = max(expansion_max or 0.0, float(values.max()))
-        quality.add(ok.column("quality_score").drop_null().to_numpy())
-        if optional:
-            confidence.add(table.column("mask_confidence").drop_null().to_numpy())
-        _count_profiles(table, by_profile)
-        bad = table.filter(pc.not_equal(table.column("status"), "ok"))
-        for entry in pc.value_counts(bad.column("error_stage")).to_pylist():
-            if entry["values"] is not None:
-                reasons[entry["values"]] = reasons.get(entry["values"], 0) + entry["counts"]
-        legacy = bad.filter(pc.is_null(bad.column("error_stage")))  # rows written before error_stage
-        for error in legacy.column("error").to_pylist():
-            stage = split_error(error or "")[0] or "unknown"
-            reasons[stage] = reasons.get(stage, 0) + 1
-    summary: dict[str, Any] = {
-        "outputs": rows,
-        "ok": counts.get("ok", 0),
-        "review": counts.get("review", 0),
-        "rejected": counts.get("rejected", 0),
-        "errors": rows - counts.get("ok", 0) - counts.get("review", 0) - counts.get("rejected", 0),
-        "errors_by_stage": dict(sorted(reasons.items())),
-        "expansion_ratio_p50": expansion.median(),
-        "expansion_ratio_max": round(expansion_max, 4) if expansion_max is not None else None,
-        "quality_score_p50": quality.median(),
-        "mask_confidence_p50": confidence.median() if optional else None,
-        "product_preserved": preserved,
-        "mean_stage_seconds_per_output": {
-            c.removesuffix("_s"): round(sums[c] / sum_counts[c], 4) if sum_counts[c] else None
-            for c in TIMING_COLUMNS
-        },
-        "profiles": dict(sorted(by_profile.items())),
-    }
-    return summary
-
-
-def _count_profiles(table: pa.Table, by_profile: dict[str, dict[str, int]]) -> None:
-    """Per output profile: outputs, statuses, and how many were checked compliant / not compliant."""
-    profiled = table.filter(pc.fill_null(pc.not_equal(table.column("profile"), ""), False))
-    if not profiled.num_rows:
-        return
-    compliant = pc.cast(profiled.column("compliant"), pa.string())
-    keyed = pa.table(
-        {
-            "profile": profiled.column("profile"),
-            "status": profiled.column("status"),
-            "compliant": pc.fill_null(compliant, "unchecked"),
-        }
-    )
-    for row in (
-        keyed.group_by(["profile", "status", "compliant"]).aggregate([("status", "count")]).to_pylist()
-    ):
-        entry = by_profile.setdefault(
-            row["profile"],
-            {
-                "outputs": 0,
-                "ok": 0,
-                "review": 0,
-                "rejected": 0,
-                "errors": 0,
-                "compliant": 0,
-                "not_compliant": 0,
-            },
-        )
-        n = int(row["status_count"])
-        entry["outputs"] += n
-        status = row["status"] if row["status"] in (*DELIVERED, Status.REJECTED.value) else "errors"
-        entry[status] += n
-        if row["compliant"] == "true":
-            entry["compliant"] += n
-        elif row["compliant"] == "false":
-            entry["not_compliant"] += n
-
-
-def part_name(output_ids: list[str]) -> str:
-    """Staging part file name: the hash of the ids it holds (a retried task rewrites the same file)."""
-    return hashlib.sha256("\n".join(sorted(output_ids)).encode()).hexdigest()[:24] + ".parquet"
-
-
-def export(manifest: Manifest, destination: str, storage_options: dict[str, Any] | None = None) -> int:
-    """Write the manifest as one consolidated Parquet file (streamed, bounded memory); returns rows."""
-    rows = 0
-    with fsspec.open(destination, "wb", **(storage_options or {})) as handle:
-        writer = pq.ParquetWriter(handle, MANIFEST_SCHEMA, compression="zstd")
-        for batch in manifest.iter_batches(list(MANIFEST_SCHEMA.names)):
-            writer.write_batch(batch)
-            rows += batch.num_rows
-        writer.close()
-    return rows
+        return compact_ray(self, pending, crowded, buckets, run_id, review_pages)
 
 
 def read_manifest(root: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
-    """The whole manifest of ``root`` as one table (small outputs: tests, evaluation, the CLI)."""
+    """The whole manifest of ``root`` as one table (small outputs: tests, the CLI; evaluation streams
+    with :meth:`Manifest.scan`)."""
     return Manifest(root, storage_options).read()
 
 

@@ -252,6 +252,80 @@ def test_part_with_fewer_columns_is_read(tmp_path):
     assert manifest.column("prompt").to_pylist() == [None]
 
 
+def test_write_staging_part_is_the_part_compaction_reads(tmp_path):
+    """The one manifest-part writer: named by the hash of its output ids under _staging/<run>/, the
+    same file when a retried task writes the same rows, nothing for an empty table; compaction folds it."""
+    from canvas_ray.io.manifest import part_name, write_staging_part
+
+    table = _table(
+        [{"output_id": f"o{i}", "item_id": f"i{i}", "status": "ok", "finished_at": 1.0} for i in range(3)]
+    )
+    uri = write_staging_part(table, str(tmp_path), "run-1")
+    assert uri == f"{tmp_path}/manifest/_staging/run-1/{part_name(['o2', 'o0', 'o1'])}"
+    assert write_staging_part(table, str(tmp_path), "run-1") == uri  # a retry rewrites the same part
+    assert write_staging_part(table.slice(0, 0), str(tmp_path), "run-1") is None
+    assert [p.name for p in (tmp_path / "manifest" / "_staging" / "run-1").iterdir()] == [Path(uri).name]
+    assert pq.read_table(uri).equals(table)
+    compacted = compact_manifest(str(tmp_path))
+    assert compacted.column("output_id").to_pylist() == ["o0", "o1", "o2"]
+    assert not (tmp_path / "manifest" / "_staging").exists()
+
+
+def test_scan_streams_what_read_returns(tmp_path):
+    """Manifest.scan: batches of at most batch_rows rows, bucket by bucket, newest row per output, with a
+    compacted bucket streamed, a crowded bucket (two files) and pending staging rows merged, a torn
+    pending part skipped: the same rows as read()."""
+    from canvas_ray.io.catalog import id_bucket
+    from canvas_ray.io.manifest import bucket_dir
+
+    manifest = Manifest(str(tmp_path))
+    buckets = manifest.ensure(400, rows_per_bucket=100)
+    rows = [
+        {
+            "output_id": f"o{i:03d}",
+            "item_id": f"i{i // 2:03d}",
+            "status": "ok",
+            "quality_score": i / 400,
+            "finished_at": 1.0,
+        }
+        for i in range(400)
+    ]
+    _write_part(tmp_path, "r1", "all", rows)
+    manifest.compact("r1")
+    # a crowded bucket (a crash between a bucket's new file and the old file's removal)
+    crowded = id_bucket("i007", buckets)
+    stale = [{"output_id": "o014", "item_id": "i007", "status": "error", "finished_at": 0.5}]
+    pq.write_table(_table(stale), tmp_path / "manifest" / bucket_dir(crowded) / "part-old.parquet")
+    # pending rows of a later run: a newer row for o001, a new output; and a torn part
+    _write_part(
+        tmp_path,
+        "r2",
+        "p",
+        [
+            {"output_id": "o001", "item_id": "i000", "status": "error", "finished_at": 2.0},
+            {"output_id": "o999", "item_id": "i999", "status": "ok", "finished_at": 2.0},
+        ],
+    )
+    torn = _write_part(tmp_path, "r2", "torn", [{"output_id": "t", "item_id": "t", "status": "ok"}])
+    torn.write_bytes(torn.read_bytes()[:40])
+    columns = ["output_id", "status", "quality_score"]
+    batches = list(manifest.scan(columns, batch_rows=16))
+    assert len(batches) > buckets and all(0 < t.num_rows <= 16 for _, t in batches)
+    assert all(t.column_names == columns for _, t in batches)
+    seen = [b for b, _ in batches]
+    assert seen == sorted(seen) and set(seen) == set(range(buckets))
+    for bucket, table in batches:
+        ids = table.column("output_id").to_pylist()
+        assert {id_bucket(f"i{int(o[1:]) // 2:03d}" if o != "o999" else "i999", buckets) for o in ids} == {
+            bucket
+        }
+    scanned = pa.concat_tables(t for _, t in batches).sort_by("output_id")
+    expected = manifest.read().select(columns).sort_by("output_id")
+    assert scanned.equals(expected) and scanned.num_rows == 401
+    statuses = dict(zip(scanned["output_id"].to_pylist(), scanned["status"].to_pylist(), strict=True))
+    assert statuses["o001"] == "error" and statuses["o014"] == "ok" and statuses["o999"] == "ok"
+
+
 # --- review pages ---------------------------------------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 from PIL import Image
 
 from canvas_ray.cli import main
-from canvas_ray.io.manifest import read_manifest
+from canvas_ray.io.manifest import Manifest, read_manifest
 from canvas_ray.io.outputs import MANIFEST_SCHEMA, OutputLayout
 from canvas_ray.quality.evaluate import (
     PLOTS,
@@ -357,6 +358,118 @@ def test_job_entry_point_without_manifest(tmp_path):
     assert f"no manifest under {empty}/manifest: run canvas-ray generate first" in done.stderr
     with pytest.raises(EvaluationError, match="run canvas-ray generate first"):
         evaluate_run(EvaluateRequest(str(tmp_path / "missing")))
+
+
+def _bucketed_run(root: Path, n: int = 1200) -> Manifest:
+    """A manifest of ``n`` outputs over several buckets: compacted buckets, some rows still pending, ties in
+    quality and in reason counts, NaN and null figures, several styles, categories and fingerprints."""
+    rng = np.random.default_rng(7)
+    rows = []
+    for i in range(n):
+        status = ("ok", "ok", "ok", "rejected", "error", "review")[i % 6]
+        row = {field.name: None for field in MANIFEST_SCHEMA}
+        row.update(
+            output_id=f"o{i:05d}",
+            item_id=f"item{(i * 7919) % (n // 3):05d}",
+            status=status,
+            error={"rejected": f"expansion: grew {i % 40}% > 15%", "error": "decode: bad 7 bytes"}.get(
+                status, ""
+            ),
+            style=("studio", "beach", None)[i % 3],
+            category=("shoes", "bags", "", "hats")[i % 4],
+            aspect="1:1",
+            product_preserved=bool(i % 5),
+            expansion_ratio=float(rng.random() * 0.4) if status in ("ok", "rejected") else None,
+            expansion_px=int(rng.integers(0, 500)),
+            attempts=int(rng.integers(1, 4)),
+            quality_score=float(rng.choice([0.25, 0.5, rng.random()])) if status == "ok" else None,
+            seam_energy=float(rng.random()),
+            exposure=float("nan") if i % 11 == 0 else float(rng.random()),
+            mask_confidence=float(rng.random()),
+            inpaint_s=float(rng.random()),
+            config_fingerprint=f"cfg{i % 2}",
+            finished_at=1000.0 + i * 0.25,
+            output_uri=f"images/{i}.png" if status in ("ok", "review") else "",
+            thumb_uri=f"thumbs/{i}.jpg",
+        )
+        rows.append(row)
+    manifest = Manifest(str(root))
+    manifest.ensure(n, rows_per_bucket=n // 4)
+    staging = root / "manifest" / "_staging"
+    for start in range(0, n - 100, 150):
+        (staging / "r1").mkdir(parents=True, exist_ok=True)
+        chunk = rows[start : min(start + 150, n - 100)]
+        pq.write_table(
+            pa.Table.from_pylist(chunk, schema=MANIFEST_SCHEMA), staging / "r1" / f"{start}.parquet"
+        )
+    manifest.compact("r1")
+    pending = rows[n - 100 :] + [
+        {**r, "status": "ok", "error": "", "quality_score": 0.99, "finished_at": 9e3} for r in rows[:30]
+    ]
+    (staging / "r2").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(pending, schema=MANIFEST_SCHEMA), staging / "r2" / "p.parquet")
+    return manifest
+
+
+def test_evaluation_streams_in_bounded_batches(tmp_path, monkeypatch):
+    """Evaluation streams the manifest in batches of at most BATCH_ROWS rows (so memory does not grow with
+    rows), and gives what it gives for the same rows in memory: metrics, plots and report, to the byte."""
+    from canvas_ray.quality.evaluate import render_plots
+    from canvas_ray.quality.evaluation import stream
+
+    manifest = _bucketed_run(tmp_path)
+    table = read_manifest(str(tmp_path))  # newest row per output, pending rows included
+    assert manifest.buckets() == 4 and manifest.pending_files() and table.num_rows == 1200
+    sizes: list[int] = []
+    scan = Manifest.scan
+
+    def counted(self, columns, batch_rows):
+        for bucket, part in scan(self, columns, batch_rows):
+            sizes.append(part.num_rows)
+            yield bucket, part
+
+    monkeypatch.setattr(Manifest, "scan", counted)
+    monkeypatch.setattr(stream, "BATCH_ROWS", 64)
+    streamed = compute_metrics(manifest, str(tmp_path), expansion_threshold=0.2)
+    assert len(sizes) > 1200 // 64 and max(sizes) <= 64 and sum(sizes) == 1200
+    in_memory = compute_metrics(table, str(tmp_path), expansion_threshold=0.2)
+    expected = in_memory.to_dict()
+    assert streamed.to_dict() | {"evaluated_at": 0} == expected | {"evaluated_at": 0}
+    # the in-memory table in one batch gives the same figures (sums are correctly rounded: no order effect)
+    monkeypatch.setattr(stream, "BATCH_ROWS", 1_000_000)
+    assert compute_metrics(table, str(tmp_path), expansion_threshold=0.2).to_dict() | {
+        "evaluated_at": 0
+    } == expected | {"evaluated_at": 0}
+    # known values: counts, items, percentiles of the rows
+    statuses = table.column("status").to_pylist()
+    assert streamed.items == len(set(table.column("item_id").to_pylist())) == 400
+    assert streamed.status_counts == {"ok": 615, "rejected": 195, "error": 195, "review": 195}
+    assert [statuses.count(s) for s in ("ok", "rejected", "error", "review")] == [615, 195, 195, 195]
+    assert list(streamed.status_counts) == list(in_memory.status_counts)  # ties: first seen, as before
+    assert [g.name for g in streamed.by_category] == [g.name for g in in_memory.by_category]
+    quality = [q for q, s in zip(table["quality_score"].to_pylist(), statuses, strict=True) if s == "ok"]
+    assert streamed.scores["quality_score"].p50 == pytest.approx(float(np.percentile(quality, 50)))
+    assert streamed.scores["quality_score"].mean == pytest.approx(float(np.mean(quality)), rel=1e-12)
+    monkeypatch.setattr(stream, "BATCH_ROWS", 64)
+    sizes.clear()
+    assert render_plots(manifest, streamed) == render_plots(table, in_memory)
+    assert render_report(manifest, streamed, "../", top=5) == render_report(table, in_memory, "../", top=5)
+    assert sizes and max(sizes) <= 64
+
+
+def test_streamed_sums_ignore_order_and_chunking():
+    from canvas_ray.quality.evaluation.stream import Figure, Sum
+
+    values = np.random.default_rng(3).normal(size=5000) * 1e3
+    whole, pieces = Sum(), Sum()
+    whole.add(values)
+    for part in np.array_split(values[::-1], 37):
+        pieces.add(part)
+    assert whole.mean() == pieces.mean() == math.fsum(values) / len(values)
+    sampled = Figure(exact=1000)
+    sampled.add(values)
+    assert sampled.n == 5000 and len(sampled.reservoir.sample()) == 1000  # bounded, percentiles sampled
+    assert sampled.low == values.min() and sampled.high == values.max()
 
 
 def test_evaluate_a_real_generate(tmp_path):

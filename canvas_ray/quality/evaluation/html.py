@@ -1,6 +1,7 @@
 """``report.html``: cards, plots, per-style/category tables, contact sheets and the issues table.
 
 Output images are linked relatively, never copied, so the eval folder can be moved or served as is.
+The rows it shows (best and worst outputs, the first failures) are picked in one streaming pass.
 """
 
 from __future__ import annotations
@@ -9,19 +10,21 @@ import time
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from canvas_ray.quality.evaluation.metrics import (
     LOWER_IS_BETTER,
     GroupStats,
     RunMetrics,
     as_number,
-    manifest_rows,
     share,
 )
 from canvas_ray.quality.evaluation.plots import PLOTS
+from canvas_ray.quality.evaluation.stream import Smallest, Source, candidates, chunks, floats, is_status
 from canvas_ray.report import CSS, escape
-from canvas_ray.stages.base import OK
+from canvas_ray.rows import OK
 
 _EVAL_CSS = """
 h2{font-size:16px;margin:24px 0 8px} .cards{display:flex;gap:10px;flex-wrap:wrap;margin:12px 0}
@@ -149,19 +152,65 @@ def _figure_html(row: dict[str, Any], prefix: str) -> str:
     )
 
 
-def _contact_sheets(rows: list[dict[str, Any]], prefix: str, top: int) -> str:
-    scored = sorted(
-        (
-            r
-            for r in rows
-            if r["status"] == OK and r.get("output_uri") and as_number(r.get("quality_score")) is not None
-        ),
-        key=lambda r: (-(as_number(r["quality_score"]) or 0.0), str(r["output_id"])),
-    )
-    if not scored:
+REPORT_COLUMNS = [
+    "status",
+    "output_id",
+    "item_id",
+    "output_uri",
+    "thumb_uri",
+    "style",
+    "aspect",
+    "error",
+    "quality_score",
+    "clip_score",
+    "seam_energy",
+    "expansion_ratio",
+]
+ISSUES_LISTED = 500
+
+
+class _Shown:
+    """The rows the report shows, picked in one streaming pass: the ``top`` best and worst ok outputs by
+    quality score (ties by output id, then row order), and the first failed rows."""
+
+    def __init__(self, top: int, limit: int = ISSUES_LISTED):
+        self.top, self.scored, self.failed = top, 0, 0
+        self.best, self.worst = Smallest(top), Smallest(top, largest=True)
+        self.issues = Smallest(limit)
+
+    def add(self, manifest: Source) -> _Shown:
+        for chunk in chunks(manifest, REPORT_COLUMNS):
+            table = chunk.table
+            ok = is_status(table, OK)
+            quality = floats(table, "quality_score")
+            uri = pc.fill_null(pc.not_equal(table.column("output_uri"), ""), False).to_numpy(
+                zero_copy_only=False
+            )
+            scored = np.flatnonzero(ok & uri.astype(bool) & np.isfinite(quality))
+            self.scored += len(scored)
+            for target, largest in ((self.best, True), (self.worst, False)):
+                picked = scored[candidates(quality[scored], self.top, largest)]
+                rows = table.take(pa.array(picked, pa.int64())).to_pylist()
+                for row, order in zip(rows, chunk.orders(picked), strict=True):
+                    target.add((-float(row["quality_score"]), str(row["output_id"]), *order), row)
+            failed = np.flatnonzero(~ok)
+            self.failed += len(failed)
+            first = chunk.ranked(failed)[: self.issues.k]
+            rows = table.take(pa.array(first, pa.int64())).to_pylist()
+            for row, order in zip(rows, chunk.orders(first), strict=True):
+                self.issues.add(order, row)
+        return self
+
+    def worst_rows(self) -> list[dict[str, Any]]:
+        """As ``scored[top:][::-1][:top]`` of all scored rows sorted best first."""
+        return self.worst.result()[: max(0, min(self.top, self.scored - self.top))]
+
+
+def _contact_sheets(shown: _Shown, prefix: str) -> str:
+    if not shown.scored:
         return "<h2>Best and worst outputs</h2><p class='note'>No ok output has a quality score.</p>"
-    best = scored[:top]
-    worst = scored[top:][::-1][:top]
+    best = shown.best.result()
+    worst = shown.worst_rows()
     sections = [f"<h2>Best {len(best)} by quality score</h2><div class='sheet' id='best'>"]
     sections += [_figure_html(r, prefix) for r in best]
     sections.append("</div>")
@@ -177,8 +226,8 @@ def _thumb(row: dict[str, Any], prefix: str) -> str:
     return f'<img src="{_src(prefix, uri)}" alt="original {escape(row["item_id"])}">' if uri else ""
 
 
-def _issues(rows: list[dict[str, Any]], metrics: RunMetrics, prefix: str, limit: int = 500) -> str:
-    failed = [r for r in rows if r["status"] != OK]
+def _issues(shown: _Shown, metrics: RunMetrics, prefix: str) -> str:
+    failed, limit = shown.issues.result(), shown.issues.k
     if not failed:
         return "<h2>Rejected and errors</h2><p class='note'>None: every output is ok.</p>"
     reasons = "".join(
@@ -196,12 +245,12 @@ def _issues(rows: list[dict[str, Any]], metrics: RunMetrics, prefix: str, limit:
         for r in failed[:limit]
     )
     more = (
-        f"<p class='note'>… and {len(failed) - limit} more (see the manifest).</p>"
-        if len(failed) > limit
+        f"<p class='note'>… and {shown.failed - limit} more (see the manifest).</p>"
+        if shown.failed > limit
         else ""
     )
     return (
-        f"<h2>Rejected and errors ({len(failed)})</h2><h3>Top reasons</h3>"
+        f"<h2>Rejected and errors ({shown.failed})</h2><h3>Top reasons</h3>"
         f"<table id='reasons'><tr><th>status</th><th>stage</th><th>reason</th><th>count</th></tr>"
         f"{reasons}</table><h3>Every row</h3>"
         f"<table id='issues'><tr><th>status</th><th>original</th><th>item</th><th>style</th><th>aspect</th>"
@@ -209,12 +258,13 @@ def _issues(rows: list[dict[str, Any]], metrics: RunMetrics, prefix: str, limit:
     )
 
 
-def render_report(manifest: pa.Table, metrics: RunMetrics, prefix: str, top: int = 12) -> str:
+def render_report(manifest: Source, metrics: RunMetrics, prefix: str, top: int = 12) -> str:
     """``report.html``: cards, plots (``PLOTS`` beside it), tables, best/worst contact sheets, failures.
 
-    ``prefix`` is the relative path from the report's folder to the output root (e.g. ``"../"``).
+    ``manifest``: a :class:`~canvas_ray.io.manifest.Manifest` (streamed) or a table. ``prefix`` is the
+    relative path from the report's folder to the output root (e.g. ``"../"``).
     """
-    rows = manifest_rows(manifest)
+    shown = _Shown(top).add(manifest)
     reference = metrics.reference
     reference_line = (
         f"FID {reference.fid:.3f}, KID {reference.kid:.4f} ± {reference.kid_std:.4f} "
@@ -241,8 +291,8 @@ def render_report(manifest: pa.Table, metrics: RunMetrics, prefix: str, top: int
         _scores_table(metrics),
         _group_table("By style", metrics.by_style, "by-style"),
         _group_table("By category", metrics.by_category, "by-category"),
-        _contact_sheets(rows, prefix, top),
-        _issues(rows, metrics, prefix),
+        _contact_sheets(shown, prefix),
+        _issues(shown, metrics, prefix),
     ]
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>canvas-ray evaluation</title>"

@@ -1,15 +1,20 @@
-"""The evaluation job: read a run's manifest, write ``metrics.json``, the plots and ``report.html``."""
+"""The evaluation job: stream a run's manifest, write ``metrics.json``, the plots and ``report.html``.
+
+Each step (metrics, reference features, plots, report) streams the manifest on its own
+(:meth:`~canvas_ray.io.manifest.Manifest.scan`, only the columns it needs), so memory is bounded
+whatever the manifest's size.
+"""
 
 from __future__ import annotations
 
 import json
 import posixpath
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import fsspec
 
-from canvas_ray.io.manifest import read_manifest
+from canvas_ray.io.manifest import Manifest
 from canvas_ray.io.outputs import join_uri, write_bytes
 from canvas_ray.quality.evaluation.html import fmt, render_report
 from canvas_ray.quality.evaluation.metrics import RunMetrics, compute_metrics
@@ -90,25 +95,21 @@ def relative_prefix(output: str, out_dir: str, storage_options: dict[str, Any] |
 def evaluate_run(request: EvaluateRequest) -> EvaluationResult:
     """Evaluate ``request.output``: metrics.json, the plots and report.html under ``request.out_dir``."""
     options = dict(request.storage_options)
-    manifest = read_manifest(request.output, options)
-    if manifest.num_rows == 0:
+    manifest = Manifest(request.output, options)  # streamed by each step below, never loaded whole
+    metrics = compute_metrics(
+        manifest, request.output, read_summary(request.output, options), request.expansion_threshold
+    )
+    if metrics.outputs == 0:
         raise EvaluationError(
             f"no manifest under {request.output.rstrip('/')}/manifest: run canvas-ray generate first"
         )
-    reference = (
-        reference_metrics(
-            manifest, request.output, request.reference, request.feature_model, options, request.device
+    if request.reference and request.feature_model:
+        metrics = replace(
+            metrics,
+            reference=reference_metrics(
+                manifest, request.output, request.reference, request.feature_model, options, request.device
+            ),
         )
-        if request.reference and request.feature_model
-        else None
-    )
-    metrics = compute_metrics(
-        manifest,
-        request.output,
-        read_summary(request.output, options),
-        request.expansion_threshold,
-        reference,
-    )
     out_dir = request.out_dir
     plot_uris = []
     for name, data in render_plots(manifest, metrics).items():

@@ -1,5 +1,7 @@
 """Run metrics from a manifest: counts, rates, distributions, per-group tables, throughput.
 
+Computed in one pass over the manifest in bounded memory (:mod:`.stream`), whatever its size.
+
 Scores and stage times are taken over ok rows (what ships); expansion and attempts over ok and
 rejected rows (everything that was generated and measured). ``metrics.json`` is :class:`RunMetrics`.
 """
@@ -10,15 +12,27 @@ import math
 import re
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from canvas_ray.quality.evaluation.stream import (
+    Chunk,
+    Figure,
+    FirstSeenCounter,
+    Source,
+    Sum,
+    chunks,
+    floats,
+    is_status,
+    numbers,
+)
+from canvas_ray.rows import ERROR, OK, REJECTED, REVIEW
 from canvas_ray.schema import SCORE_COLUMNS, TIMING_COLUMNS
-from canvas_ray.stages.base import ERROR, OK, REJECTED, REVIEW
 
 LOWER_IS_BETTER = frozenset({"seam_energy", "expansion_ratio"})
 STAGE_COLUMNS = TIMING_COLUMNS
@@ -133,25 +147,11 @@ class RunMetrics:
         return asdict(self)
 
 
-def manifest_rows(manifest: pa.Table) -> list[dict[str, Any]]:
-    """The manifest as dicts, without the columns evaluation never reads (prompts, captions: the bulk)."""
-    skip = {"prompt", "negative_prompt", "caption", "title", "image_uri", "mask_uri", "placement"}
-    return manifest.select([name for name in manifest.column_names if name not in skip]).to_pylist()
-
-
 def as_number(value: Any) -> float | None:
     if value is None or isinstance(value, bool):
         return None
     number = float(value)
     return number if math.isfinite(number) else None
-
-
-def values_of(rows: Iterable[dict[str, Any]], column: str) -> list[float]:
-    return [v for v in (as_number(row.get(column)) for row in rows) if v is not None]
-
-
-def _mean(values: Sequence[float]) -> float | None:
-    return float(np.mean(values)) if values else None
 
 
 def share(part: int, whole: int) -> float | None:
@@ -175,110 +175,223 @@ def distribution(values: Sequence[float]) -> Distribution:
     )
 
 
-def _reasons(rows: list[dict[str, Any]], limit: int = 10) -> list[ReasonCount]:
-    counts: Counter[tuple[str, str, str]] = Counter()
-    examples: dict[tuple[str, str, str], str] = {}
-    for row in rows:
-        text = (row.get("error") or "").strip() or "unknown"
+def figure_distribution(figure: Figure) -> Distribution:
+    """:func:`distribution` of a streamed column."""
+    if not figure.n:
+        return Distribution(n=0)
+    p10, p50, p90, p99 = figure.percentiles([10, 50, 90, 99])
+    return Distribution(
+        n=figure.n,
+        mean=figure.sum.mean(),
+        min=figure.low,
+        p10=p10,
+        p50=p50,
+        p90=p90,
+        p99=p99,
+        max=figure.high,
+    )
+
+
+METRIC_COLUMNS = [
+    "item_id",
+    "status",
+    "error",
+    "style",
+    "category",
+    "product_preserved",
+    "expansion_ratio",
+    "expansion_px",
+    "attempts",
+    *SCORE_COLUMNS,
+    *STAGE_COLUMNS,
+    "config_fingerprint",
+    "finished_at",
+    "mask_confidence",
+]
+
+
+class _Group:
+    """One row of a per-group table, accumulated over a stream."""
+
+    def __init__(self) -> None:
+        self.n = self.ok = self.preserved = 0
+        self.quality, self.expansion, self.seam = Sum(), Sum(), Sum()
+
+    def stats(self, name: str) -> GroupStats:
+        return GroupStats(
+            name=name,
+            n=self.n,
+            ok=self.ok,
+            ok_rate=self.ok / self.n,
+            preserved_rate=share(self.preserved, self.ok),
+            mean_quality=self.quality.mean(),
+            mean_expansion=self.expansion.mean(),
+            mean_seam=self.seam.mean(),
+        )
+
+
+def _add_groups(
+    groups: dict[str, _Group], table: pa.Table, column: str, masks: dict[str, np.ndarray]
+) -> None:
+    """Per value of ``column`` (``(none)`` for null or empty): counts and the sums of the group means."""
+    values = pc.cast(table.column(column), pa.string())
+    names = pc.if_else(pc.fill_null(pc.equal(values, ""), True), "(none)", values)
+    encoded = pc.dictionary_encode(names).combine_chunks()
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    order = np.argsort(codes, kind="stable")
+    starts = np.flatnonzero(np.diff(codes[order], prepend=-1))
+    quality, expansion, seam = (floats(table, c) for c in ("quality_score", "expansion_ratio", "seam_energy"))
+    dictionary = encoded.dictionary.to_pylist()
+    for rows in np.split(order, starts[1:]):
+        name = dictionary[codes[rows[0]]]
+        ok, generated = masks["ok"][rows], masks["generated"][rows]
+        group = groups.setdefault(str(name), _Group())
+        group.n += len(rows)
+        group.ok += int(ok.sum())
+        group.preserved += int(masks["preserved"][rows].sum())
+        for target, array, mask in (
+            (group.quality, quality, ok),
+            (group.expansion, expansion, generated),
+            (group.seam, seam, ok),
+        ):
+            picked = array[rows][mask]
+            target.add(picked[np.isfinite(picked)])
+
+
+def _add_reasons(reasons: FirstSeenCounter, chunk: Chunk, failed: np.ndarray) -> None:
+    """Failure reasons (numbers masked so that similar reasons group) of the rows ``failed``."""
+    indices = chunk.ranked(np.flatnonzero(failed))  # in order, so the first row of a reason comes first
+    table = chunk.table.take(pa.array(indices, pa.int64()))
+    seen: dict[tuple[Any, Any], list[int]] = {}  # (status, error) → [count, first position]
+    for position, pair in enumerate(
+        zip(table.column("status").to_pylist(), table.column("error").to_pylist(), strict=True)
+    ):
+        entry = seen.setdefault(pair, [0, position])
+        entry[0] += 1
+    firsts = chunk.orders([indices[first] for _, first in seen.values()])
+    for ((status, error), (count, _)), order in zip(seen.items(), firsts, strict=True):
+        text = (error or "").strip() or "unknown"
         stage = text.split(":", 1)[0].strip() if ":" in text else "unknown"
-        key = (str(row["status"]), stage, _NUMBER_RE.sub("#", text)[:200])
-        counts[key] += 1
-        examples.setdefault(key, text[:500])
+        reasons.add((str(status), stage, _NUMBER_RE.sub("#", text)[:200]), count, order, text[:500])
+
+
+def _top_reasons(reasons: FirstSeenCounter, limit: int = 10) -> list[ReasonCount]:
     return [
-        ReasonCount(status=key[0], stage=key[1], reason=key[2], count=count, example=examples[key])
-        for key, count in counts.most_common(limit)
+        ReasonCount(status=key[0], stage=key[1], reason=key[2], count=count, example=reasons.example(key))
+        for key, count in reasons.most_common(limit)
     ]
 
 
-def _groups(rows: list[dict[str, Any]], column: str) -> list[GroupStats]:
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(str(row.get(column) or "(none)"), []).append(row)
-    table = []
-    for name, members in groups.items():
-        ok = [r for r in members if r["status"] == OK]
-        table.append(
-            GroupStats(
-                name=name,
-                n=len(members),
-                ok=len(ok),
-                ok_rate=len(ok) / len(members),
-                preserved_rate=share(sum(r.get("product_preserved") is True for r in ok), len(ok)),
-                mean_quality=_mean(values_of(ok, "quality_score")),
-                mean_expansion=_mean(
-                    values_of((r for r in members if r["status"] in GENERATED), "expansion_ratio")
-                ),
-                mean_seam=_mean(values_of(ok, "seam_energy")),
-            )
-        )
-    return sorted(table, key=lambda g: (-g.n, g.name))
-
-
-def _throughput(rows: list[dict[str, Any]], summary: dict[str, Any] | None) -> Throughput:
-    ok = [r for r in rows if r["status"] == OK]
-    stages = {column.removesuffix("_s"): _mean(values_of(ok, column)) for column in STAGE_COLUMNS}
-    summary = summary or {}
-    rate = as_number(summary.get("outputs_per_second"))
-    if rate is not None:
-        return Throughput(rate, as_number(summary.get("seconds")), "summary.json", stages)
-    finished = sorted(values_of(rows, "finished_at"))
-    span = finished[-1] - finished[0] if len(finished) > 1 else 0.0
-    if span > 0:  # outputs finished after the first one, over the time they took
-        return Throughput((len(finished) - 1) / span, span, "finished_at", stages)
-    return Throughput(None, None, None, stages)
-
-
 def compute_metrics(
-    manifest: pa.Table,
+    manifest: Source,
     output: str,
     summary: dict[str, Any] | None = None,
     expansion_threshold: float = 0.15,
     reference: ReferenceMetrics | None = None,
 ) -> RunMetrics:
-    """Counts, rates, distributions, per-group tables and throughput of one manifest.
+    """Counts, rates, distributions, per-group tables and throughput of one manifest, in one streaming
+    pass (``manifest``: a :class:`~canvas_ray.io.manifest.Manifest`, or a table already in memory).
 
     Scores and stage times are taken over ok rows (what ships); expansion and attempts over ok and
     rejected rows (everything that was generated and measured). Null and NaN values are skipped.
     """
-    rows = manifest_rows(manifest)
-    statuses = Counter(str(r["status"]) for r in rows)
-    ok = [r for r in rows if r["status"] == OK]
-    generated = [r for r in rows if r["status"] in GENERATED]
-    preserved = sum(r.get("product_preserved") is True for r in ok)
-    ratios = values_of(generated, "expansion_ratio")
-    above = sum(v > expansion_threshold for v in ratios)
-    attempts = Counter(int(v) for v in values_of(generated, "attempts"))
+    statuses = FirstSeenCounter()
+    reasons = FirstSeenCounter()
+    rows = items = preserved = above = 0
+    bucket: int | None = None
+    bucket_items: set[Any] = set()  # items are counted per manifest bucket (an item is in one)
+    attempts: Counter[int] = Counter()
+    ratio, px, confidence = Figure(seed=1), Figure(seed=2), Figure(seed=3)
+    scores = {column: Figure(seed=10 + n) for n, column in enumerate(SCORE_COLUMNS)}
+    stages = {column: Sum() for column in STAGE_COLUMNS}
+    finished = Figure(exact=0)
+    fingerprints: set[str] = set()
+    by_style: dict[str, _Group] = {}
+    by_category: dict[str, _Group] = {}
+    for chunk in chunks(manifest, METRIC_COLUMNS):
+        table = chunk.table
+        rows += table.num_rows
+        if chunk.bucket != bucket:
+            items, bucket, bucket_items = items + len(bucket_items), chunk.bucket, set()
+        bucket_items.update(pc.unique(table.column("item_id")).to_pylist())
+        status = table.column("status")
+        for entry in pc.value_counts(status).to_pylist():
+            value = entry["values"]
+            found = pc.is_null(status) if value is None else pc.fill_null(pc.equal(status, value), False)
+            first = chunk.first(found.to_numpy(zero_copy_only=False).astype(bool))
+            statuses.add(str(value), entry["counts"], chunk.orders([first])[0])
+        ok, generated = is_status(table, OK), is_status(table, *GENERATED)
+        kept = pc.fill_null(table.column("product_preserved"), False).to_numpy(zero_copy_only=False)
+        masks = {"ok": ok, "generated": generated, "preserved": ok & kept.astype(bool)}
+        preserved += int(masks["preserved"].sum())
+        ratios = numbers(table, "expansion_ratio", generated)
+        ratio.add(ratios)
+        above += int((ratios > expansion_threshold).sum())
+        px.add(numbers(table, "expansion_px", generated))
+        tried, times = np.unique(numbers(table, "attempts", generated).astype(np.int64), return_counts=True)
+        attempts.update({int(k): int(c) for k, c in zip(tried, times, strict=True)})
+        for column, figure in scores.items():
+            figure.add(numbers(table, column, ok))
+        for column, total in stages.items():
+            total.add(numbers(table, column, ok))
+        finished.add(numbers(table, "finished_at"))
+        confidence.add(numbers(table, "mask_confidence"))
+        fingerprints.update(str(v) for v in pc.unique(table.column("config_fingerprint")).to_pylist() if v)
+        _add_groups(by_style, table, "style", masks)
+        _add_groups(by_category, table, "category", masks)
+        if not ok.all():
+            _add_reasons(reasons, chunk, ~ok)
+    items += len(bucket_items)
+    counts = dict(statuses.most_common())
+    ok_rows, rejected, errors, review = (counts.get(s, 0) for s in (OK, REJECTED, ERROR, REVIEW))
     return RunMetrics(
         output=output,
-        outputs=len(rows),
-        items=len({r["item_id"] for r in rows}),
-        status_counts=dict(statuses.most_common()),
-        ok=len(ok),
-        rejected=statuses[REJECTED],
-        errors=statuses[ERROR],
+        outputs=rows,
+        items=items,
+        status_counts=counts,
+        ok=ok_rows,
+        rejected=rejected,
+        errors=errors,
         preserved=preserved,
-        preservation_rate_ok=share(preserved, len(ok)),
-        preservation_rate_all=share(preserved, len(rows)),
-        rejection_rate=share(statuses[REJECTED], len(rows)),
-        error_rate=share(statuses[ERROR], len(rows)),
-        top_reasons=_reasons([r for r in rows if r["status"] != OK]),
+        preservation_rate_ok=share(preserved, ok_rows),
+        preservation_rate_all=share(preserved, rows),
+        rejection_rate=share(rejected, rows),
+        error_rate=share(errors, rows),
+        top_reasons=_top_reasons(reasons),
         expansion=ExpansionStats(
             threshold=expansion_threshold,
-            ratio=distribution(ratios),
-            px=distribution(values_of(generated, "expansion_px")),
+            ratio=figure_distribution(ratio),
+            px=figure_distribution(px),
             above_threshold=above,
-            share_above_threshold=share(above, len(ratios)),
+            share_above_threshold=share(above, ratio.n),
             attempts={str(k): attempts[k] for k in sorted(attempts)},
         ),
-        scores={column: distribution(values_of(ok, column)) for column in SCORE_COLUMNS},
-        by_style=_groups(rows, "style"),
-        by_category=_groups(rows, "category"),
-        throughput=_throughput(rows, summary),
-        reference=reference or ReferenceMetrics(),
-        config_fingerprints=sorted(
-            {str(r["config_fingerprint"]) for r in rows if r.get("config_fingerprint")}
+        scores={column: figure_distribution(figure) for column, figure in scores.items()},
+        by_style=_sorted_groups(by_style),
+        by_category=_sorted_groups(by_category),
+        throughput=_throughput(
+            {c.removesuffix("_s"): s.mean() for c, s in stages.items()}, finished, summary
         ),
-        review=statuses[REVIEW],
-        review_rate=share(statuses[REVIEW], len(rows)),
-        mask_confidence=distribution(values_of(rows, "mask_confidence")),
+        reference=reference or ReferenceMetrics(),
+        config_fingerprints=sorted(fingerprints),
+        review=review,
+        review_rate=share(review, rows),
+        mask_confidence=figure_distribution(confidence),
     )
+
+
+def _sorted_groups(groups: dict[str, _Group]) -> list[GroupStats]:
+    return sorted((group.stats(name) for name, group in groups.items()), key=lambda g: (-g.n, g.name))
+
+
+def _throughput(
+    stages: dict[str, float | None], finished: Figure, summary: dict[str, Any] | None
+) -> Throughput:
+    summary = summary or {}
+    rate = as_number(summary.get("outputs_per_second"))
+    if rate is not None:
+        return Throughput(rate, as_number(summary.get("seconds")), "summary.json", stages)
+    span = finished.high - finished.low if finished.n > 1 else 0.0
+    if span > 0:  # outputs finished after the first one, over the time they took
+        return Throughput((finished.n - 1) / span, span, "finished_at", stages)
+    return Throughput(None, None, None, stages)

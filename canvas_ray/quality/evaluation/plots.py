@@ -1,4 +1,8 @@
-"""The evaluation plots (matplotlib, headless Agg): expansion, scores, per style, stage times."""
+"""The evaluation plots (matplotlib, headless Agg): expansion, scores, per style, stage times.
+
+Histograms are counted in one streaming pass over the manifest (bin edges come from the run's metrics),
+so the plots cost bounded memory whatever the manifest's size.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,16 @@ import io
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from canvas_ray.quality.evaluation.metrics import (
-    GENERATED,
     LOWER_IS_BETTER,
     SCORE_COLUMNS,
+    Distribution,
     GroupStats,
     RunMetrics,
-    manifest_rows,
-    values_of,
 )
-from canvas_ray.stages.base import ERROR, OK, REJECTED
+from canvas_ray.quality.evaluation.stream import Source, chunks, is_status, numbers
+from canvas_ray.rows import ERROR, OK, REJECTED
 
 PLOTS = ("expansion.png", "scores.png", "styles.png", "stages.png")
 COLORS = {OK: "#137333", REJECTED: "#b06000", ERROR: "#b3261e", "accent": "#1a73e8", "muted": "#9aa0a6"}
@@ -44,25 +46,40 @@ def _no_data(axis: Any, text: str) -> None:
     axis.set_yticks([])
 
 
-def _expansion_plot(rows: list[dict[str, Any]], threshold: float) -> bytes:
+SCORE_BINS = np.linspace(0, 1, 21)
+
+
+def _expansion_bins(ratio: Distribution, threshold: float) -> np.ndarray | None:
+    """The expansion histogram's edges (None without measurements): 30 bins up to 1.1 x the largest."""
+    if not ratio.n or ratio.max is None:
+        return None
+    return np.linspace(0, max(ratio.max, threshold) * 1.1 or 1.0, 31)
+
+
+def _histogram(axis: Any, counts: list[np.ndarray], bins: np.ndarray, **options: Any) -> None:
+    """``axis.hist`` of values already counted into ``bins`` (the same bars as of the values)."""
+    left = bins[:-1]
+    if len(counts) == 1:
+        axis.hist(left, bins=bins, weights=counts[0], **options)
+    else:
+        axis.hist([left] * len(counts), bins=bins, weights=counts, **options)
+
+
+def _expansion_plot(counts: dict[str, np.ndarray], bins: np.ndarray | None, threshold: float) -> bytes:
     from matplotlib.ticker import MaxNLocator, PercentFormatter
 
     figure = _figure(6, 3.2)
     axis = figure.add_subplot()
-    series = {
-        status: values_of((r for r in rows if r["status"] == status), "expansion_ratio")
-        for status in GENERATED
-    }
-    if not any(series.values()):
+    if bins is None:
         _no_data(axis, "no expansion measurements in this manifest")
     else:
-        top = max(max(v for values in series.values() for v in values), threshold) * 1.1 or 1.0
-        axis.hist(
-            [series[OK], series[REJECTED]],
-            bins=np.linspace(0, top, 31),
+        _histogram(
+            axis,
+            [counts[OK], counts[REJECTED]],
+            bins,
             stacked=True,
             color=[COLORS[OK], COLORS[REJECTED]],
-            label=[f"ok ({len(series[OK])})", f"rejected ({len(series[REJECTED])})"],
+            label=[f"ok ({int(counts[OK].sum())})", f"rejected ({int(counts[REJECTED].sum())})"],
         )
         axis.axvline(threshold, color=COLORS[ERROR], linestyle="--", label=f"threshold {threshold:.0%}")
         axis.xaxis.set_major_formatter(PercentFormatter(1.0))
@@ -74,25 +91,39 @@ def _expansion_plot(rows: list[dict[str, Any]], threshold: float) -> bytes:
     return _png(figure)
 
 
-def _scores_plot(rows: list[dict[str, Any]]) -> bytes:
+def _scores_plot(counts: dict[str, np.ndarray], scores: dict[str, Distribution]) -> bytes:
     from matplotlib.ticker import MaxNLocator
 
-    ok = [r for r in rows if r["status"] == OK]
     figure = _figure(13, 2.8)
     for index, column in enumerate(SCORE_COLUMNS, start=1):
         axis = figure.add_subplot(1, len(SCORE_COLUMNS), index)
-        values = values_of(ok, column)
         better = "lower" if column in LOWER_IS_BETTER else "higher"
         axis.set_title(f"{column.replace('_', ' ')} ({better} is better)", fontsize=9)
-        if not values:
+        median = scores[column].p50
+        if not scores[column].n or median is None:
             _no_data(axis, "no CLIP model configured" if column == "clip_score" else "no data")
             continue
-        axis.hist(values, bins=np.linspace(0, 1, 21), color=COLORS["accent"])
-        axis.axvline(float(np.median(values)), color="#222", linewidth=1, label="median")
+        _histogram(axis, [counts[column]], SCORE_BINS, color=COLORS["accent"])
+        axis.axvline(median, color="#222", linewidth=1, label="median")
         axis.set_xlim(0, 1)
         axis.yaxis.set_major_locator(MaxNLocator(integer=True))
         axis.tick_params(labelsize=8)
     return _png(figure)
+
+
+def _count(manifest: Source, expansion_bins: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Histogram counts: expansion of ok and rejected rows, and each score over ok rows."""
+    edges = expansion_bins if expansion_bins is not None else np.linspace(0, 1, 31)
+    counts = {OK: np.zeros(len(edges) - 1), REJECTED: np.zeros(len(edges) - 1)}
+    counts.update({column: np.zeros(len(SCORE_BINS) - 1) for column in SCORE_COLUMNS})
+    for chunk in chunks(manifest, ["status", "expansion_ratio", *SCORE_COLUMNS]):
+        for status in (OK, REJECTED):
+            values = numbers(chunk.table, "expansion_ratio", is_status(chunk.table, status))
+            counts[status] += np.histogram(values, edges)[0]
+        ok = is_status(chunk.table, OK)
+        for column in SCORE_COLUMNS:
+            counts[column] += np.histogram(numbers(chunk.table, column, ok), SCORE_BINS)[0]
+    return counts
 
 
 def _styles_plot(groups: list[GroupStats]) -> bytes:
@@ -132,12 +163,16 @@ def _stages_plot(stage_mean_s: dict[str, float | None]) -> bytes:
     return _png(figure)
 
 
-def render_plots(manifest: pa.Table, metrics: RunMetrics) -> dict[str, bytes]:
-    """File name → PNG bytes for every plot in :data:`PLOTS` (a panel says so when it has no data)."""
-    rows = manifest_rows(manifest)
+def render_plots(manifest: Source, metrics: RunMetrics) -> dict[str, bytes]:
+    """File name → PNG bytes for every plot in :data:`PLOTS` (a panel says so when it has no data).
+
+    ``manifest``: a :class:`~canvas_ray.io.manifest.Manifest` (streamed) or a table; ``metrics`` its
+    :func:`~canvas_ray.quality.evaluation.metrics.compute_metrics`."""
+    bins = _expansion_bins(metrics.expansion.ratio, metrics.expansion.threshold)
+    counts = _count(manifest, bins)
     return {
-        "expansion.png": _expansion_plot(rows, metrics.expansion.threshold),
-        "scores.png": _scores_plot(rows),
+        "expansion.png": _expansion_plot(counts, bins, metrics.expansion.threshold),
+        "scores.png": _scores_plot(counts, metrics.scores),
         "styles.png": _styles_plot(metrics.by_style),
         "stages.png": _stages_plot(metrics.throughput.stage_mean_s),
     }

@@ -10,12 +10,13 @@ from typing import Any
 
 import fsspec
 import numpy as np
-import pyarrow as pa
+import pyarrow.compute as pc
 
 from canvas_ray.io.outputs import join_uri
 from canvas_ray.logs import get_logger
-from canvas_ray.quality.evaluation.metrics import ReferenceMetrics, manifest_rows
-from canvas_ray.stages.base import OK, describe
+from canvas_ray.quality.evaluation.metrics import ReferenceMetrics
+from canvas_ray.quality.evaluation.stream import Source, chunks, is_status
+from canvas_ray.rows import OK, describe
 
 log = get_logger(__name__)
 
@@ -131,8 +132,22 @@ def _embed(
     return np.concatenate(chunks) if chunks else np.zeros((0, 0))
 
 
+def generated_uris(manifest: Source, output: str) -> list[str]:
+    """The ok outputs' image URIs, streamed from the manifest, in the order of a whole-table read (so
+    KID's random subsets are the same however the manifest is read). One URI per ok output: their
+    features, held for FID and KID, are larger still."""
+    found: list[tuple[tuple[Any, ...], str]] = []
+    for chunk in chunks(manifest, ["status", "output_uri"]):
+        uri = chunk.table.column("output_uri")
+        shown = pc.fill_null(pc.not_equal(uri, ""), False).to_numpy(zero_copy_only=False).astype(bool)
+        picked = np.flatnonzero(is_status(chunk.table, OK) & shown)
+        uris = uri.take(picked).to_pylist()
+        found += zip(chunk.orders(picked), (join_uri(output, u) for u in uris), strict=True)
+    return [u for _, u in sorted(found, key=lambda pair: pair[0])]
+
+
 def reference_metrics(
-    manifest: pa.Table,
+    manifest: Source,
     output: str,
     reference: str,
     feature_model: str,
@@ -153,13 +168,9 @@ def reference_metrics(
             )
             if status == OK
         ]
-        generated_uris = [
-            join_uri(output, row["output_uri"])
-            for row in manifest_rows(manifest)
-            if row["status"] == OK and row.get("output_uri")
-        ]
+        generated_images = generated_uris(manifest, output)
         extractor = ImageFeatures(feature_model, device)
-        generated = _embed(generated_uris, extractor, options)
+        generated = _embed(generated_images, extractor, options)
         references = _embed(reference_uris, extractor, options)
     except (OSError, ValueError) as error:
         log.warning("evaluate: reference metrics failed: %s", describe(error))
