@@ -12,7 +12,6 @@ File names are sanitised: nothing is ever written outside OUTPUT.
 from __future__ import annotations
 
 import hashlib
-import io
 import posixpath
 import re
 import time
@@ -20,7 +19,6 @@ from typing import Any
 
 import fsspec
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from canvas_ray.io.images import delivery_quality, encode_image
 from canvas_ray.logs import get_logger
@@ -212,14 +210,9 @@ class WriteOutputs:
     def __call__(self, batch: Batch) -> Batch:
         """:meth:`rows`, plus a staging part of the manifest when ``write_part``; small columns out."""
         table = self.rows(batch)
-        if self.write_part and table.num_rows:
-            digest = hashlib.sha256("\n".join(sorted(table.column("output_id").to_pylist())).encode())
-            buffer = io.BytesIO()
-            pq.write_table(table, buffer)
-            write_bytes(
-                join_uri(self.layout.parts, self.run_id, f"{digest.hexdigest()[:24]}.parquet"),
-                buffer.getvalue(),
-                self.storage_options,
-            )
+        if self.write_part:
+            from canvas_ray.io.manifest_parts import write_staging_part  # manifest_parts imports this module
+
+            write_staging_part(table, self.layout.root, self.run_id, self.storage_options)
         keep = ("output_id", "item_id", "status", "error", "product_preserved")
         return {name: table.column(name).to_numpy(zero_copy_only=False) for name in keep}
