@@ -159,32 +159,24 @@ class PoolStage:
         return run_in_chunks(self.stage, batch, self.chunk)
 
 
-class SegmentPool(PoolStage):
-    stage_name = "segment"
+def _pool_class(stage: str) -> type[PoolStage]:
+    """``InpaintPool``: the pool class of a pool step of the spec, a module attribute so that Ray pickles
+    it by reference and its dashboard names the operator ``MapBatches(InpaintPool)``."""
+    name = stage.title().replace("_", "") + "Pool"
+    cls = type(name, (PoolStage,), {"stage_name": stage, "__module__": __name__, "__qualname__": name})
+    globals()[name] = cls
+    return cls
 
 
-class CaptionPool(PoolStage):
-    stage_name = "caption"
-
-
-class InpaintPool(PoolStage):
-    stage_name = "inpaint"
-
-
-POOLS: dict[str, type[PoolStage]] = {cls.stage_name: cls for cls in (SegmentPool, CaptionPool, InpaintPool)}
+# one pool class per pool step of the spec: adding a model stage to the spec adds its pool here
+POOLS: dict[str, type[PoolStage]] = {s.name: _pool_class(s.name) for s in PIPELINE if s.kind == "pool"}
 
 
 # ---- the plan ----
 
 
-# Memory each task of a cheap step declares to Ray's scheduler (MB), unless its resources name one: a
-# cluster schedules by declared memory, so a step that holds a batch of decoded images must say so.
-TASK_MEMORY_MB = {
-    "fetch_decode": 768,
-    "thumbnails_and_prompt": 768,
-    "composite_and_write": 1024,
-    "write_manifest_part": 256,
-}
+# Memory each task of a cheap step declares (MB), from the spec (``StageSpec.memory_mb``)
+TASK_MEMORY_MB = {s.name: s.memory_mb for s in PIPELINE if s.kind == "task" and s.memory_mb}
 
 
 def _rows_per_call(spec: StageSpec, config: CanvasConfig) -> int | None:
@@ -208,7 +200,7 @@ def _map_args(spec: StageSpec, config: CanvasConfig, sizing: Sizing | None = Non
         # Ray Data needs a batch size for GPU pools; every step gets its own (see _rows_per_call)
         "batch_size": _rows_per_call(spec, config),
     }
-    memory_mb = resources.memory_mb or (TASK_MEMORY_MB.get(spec.name) if spec.kind == "task" else None)
+    memory_mb = resources.memory_mb or (spec.memory_mb if spec.kind == "task" else None)
     if memory_mb:
         args["memory"] = memory_mb * 2**20
     if resources.custom:
@@ -279,7 +271,7 @@ def build_plan(
             ds = ds.map_batches(POOLS[spec.name], fn_constructor_kwargs={"run": run}, **args)
             continue
         ds = ds.map_batches(CHEAP_STAGES[spec.name], fn_kwargs={"run": run}, **args)
-        if spec.name == "thumbnails_and_prompt":
+        if spec.expands:  # one row became many: blocks of `expanded` rows for the next pool
             ds = ds.repartition(target_num_rows_per_block=expanded)
     return ds
 

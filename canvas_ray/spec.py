@@ -35,6 +35,10 @@ class StageSpec:
         resources: where its resources come from: a config section with ``resources``, ``io`` or
             ``manifest``.
         batch_format: what ``map_batches`` hands the step.
+        memory_mb: memory one task of a cheap step declares to Ray's scheduler unless its resources name
+            one (a cluster schedules by declared memory; a step holding decoded images must say so).
+        expands: the step turns one row into many (Prompt: item → styles × aspects × variants), so a
+            driver cuts its output into blocks again before the next pool.
     """
 
     name: str
@@ -42,6 +46,8 @@ class StageSpec:
     stages: tuple[StageName, ...]
     resources: str
     batch_format: str = "numpy"
+    memory_mb: int | None = None
+    expands: bool = False
 
     @property
     def requires(self) -> tuple[str, ...]:
@@ -69,6 +75,7 @@ PIPELINE: tuple[StageSpec, ...] = (
         "task",
         ("fetch", "decode"),
         resources="io",
+        memory_mb=768,
     ),
     StageSpec(
         "segment",
@@ -87,6 +94,8 @@ PIPELINE: tuple[StageSpec, ...] = (
         "task",
         ("prompt",),
         resources="io",
+        memory_mb=768,
+        expands=True,
     ),
     StageSpec(
         "inpaint",
@@ -99,6 +108,7 @@ PIPELINE: tuple[StageSpec, ...] = (
         "task",
         ("composite", "write"),
         resources="composite",
+        memory_mb=1024,
     ),
     StageSpec(
         "write_manifest_part",
@@ -106,6 +116,7 @@ PIPELINE: tuple[StageSpec, ...] = (
         (),
         resources="manifest",
         batch_format="pyarrow",
+        memory_mb=256,
     ),
 )
 
