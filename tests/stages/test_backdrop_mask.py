@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import cv2
@@ -152,16 +151,27 @@ def test_output_contract_and_soft_edge() -> None:
     assert hard_mask(pred).dtype == bool
 
 
-def test_large_image_is_downscaled_and_fast() -> None:
+def test_large_image_is_downscaled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A big photo is segmented at ``max_side`` (the GrabCut refinement never sees full resolution), and
+    the mask comes back at full size and right. Its speed is a benchmark's business
+    (``python -m benchmarks.segmentation``), not a timed unit test's."""
+    import canvas_ray.stages.backdrop_mask as module
+
     img, truth = make_scene("box", "gradient")
     big = cv2.resize(img, (W * 4, H * 4), interpolation=cv2.INTER_CUBIC)
     big_truth = cv2.resize(truth.astype(np.uint8), (W * 4, H * 4), interpolation=cv2.INTER_NEAREST) > 0
-    t0 = time.perf_counter()
+    seen: list[tuple[int, ...]] = []
+    grabcut = module.cv2.grabCut
+
+    def recording(image, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(image.shape)
+        return grabcut(image, *args, **kwargs)
+
+    monkeypatch.setattr(module.cv2, "grabCut", recording)
     pred = backdrop_product_mask(big)
-    elapsed = time.perf_counter() - t0
     assert pred.shape == big_truth.shape
     assert iou(hard_mask(pred), big_truth) >= 0.9
-    assert elapsed < 5.0
+    assert seen and all(max(shape[:2]) <= 512 for shape in seen), seen
 
 
 def _flat_scene(colour: tuple[int, int, int], truth: np.ndarray, shadow: float = 0.0) -> np.ndarray:
