@@ -184,8 +184,11 @@ def _does_not_fit(
         if need.get("GPU") and not total.get("GPU")
         else "no single node has that much: lower this pool's num_cpus/num_gpus per actor"
         if best == 0
-        else f"lower {name}.resources.concurrency to {max(1, placed)} (or use a range like '1..auto'), "
+        else f"lower {name}.resources.concurrency to {placed} (or use a range like '1..auto'), "
         "or lower the other pools' minimums"
+        if placed >= 1
+        else "the other pools' minimums leave it no room: lower them (or their num_cpus/num_gpus per actor), "
+        "or add a node"
     )
     return (
         f"the {name} pool needs {res.concurrency} actors of ({wanted}) but only {placed} fit on the cluster "

@@ -88,6 +88,11 @@ def test_pools_that_do_not_fit_say_what_to_change() -> None:
     pools = {"segment": Resources(num_cpus=2, concurrency=4)}
     with pytest.raises(ConfigError, match="task steps .* need at least"):
         size_pools(pools, [Node("laptop", {"CPU": 8.0})])  # all 8 CPUs held by the pool
+    # no room at all for a pool of 1: the advice is not "lower it to 1" but what does make room
+    pools = _gpu_yaml_pools()
+    with pytest.raises(ConfigError, match=r"only 0 fit.*leave it no room") as refused:
+        size_pools(pools, [Node("one", {"CPU": 3.0, "GPU": 4.0})])
+    assert "concurrency to 1" not in str(refused.value)
 
 
 def test_concurrency_forms() -> None:

@@ -56,10 +56,13 @@ def add_lora(unet: torch.nn.Module, config: FinetuneConfig) -> list[torch.nn.Par
 
 
 def lora_state_dict(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The raw peft state dict (NOT convert_state_dict_to_diffusers: that drops attention LoRA on reload)."""
+    """A copy of the raw peft state dict (NOT convert_state_dict_to_diffusers: that drops attention LoRA on
+    reload). Copied: on CPU ``.cpu()`` would return the live parameters, and a snapshot would follow later
+    training steps or restores."""
     from peft.utils import get_peft_model_state_dict
 
-    return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
+    state = get_peft_model_state_dict(unet)
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
 
 
 def save_lora(unet: torch.nn.Module, folder: str | Path) -> Path:
