@@ -37,8 +37,8 @@ from canvas_ray.io.outputs import join_uri, safe_name, write_bytes
 from canvas_ray.pipeline import items_batch
 from canvas_ray.provenance import ProvenanceContext, check_provenance, encode_with_provenance, read_provenance
 from canvas_ray.rows import OutputRecord
-from canvas_ray.schema import Status, split_error
-from canvas_ray.spec import StageName, chained_model_stages, in_process_stages, make_stage, timing_columns
+from canvas_ray.schema import Status
+from canvas_ray.spec import chained_model_stages, in_process_stages, make_stage
 from canvas_ray.stages.base import Batch, StageContext, num_rows
 from canvas_ray.styles import MAX_STYLE_TEXT, StyleBook
 from serve.admission import Admission, RateLimiter, with_deadline
@@ -48,6 +48,7 @@ from serve.errors import ApiError, error_response, install_handlers
 from serve.jobs import JobRoutes
 from serve.jobs import router as jobs_router
 from serve.metrics import ServiceMetrics
+from serve.outcomes import inside_seconds, raise_for_input, server_timing
 from serve.parsing import ParsedRequest, RequestReader, request_body_openapi
 from serve.responses import DELIVERED, GenerateResponse, image_out, output_error, quality_figures, text
 
@@ -55,8 +56,6 @@ STATIC = Path(__file__).resolve().parent / "static"
 DEFAULT_CONFIG = os.environ.get("CANVAS_RAY_CONFIG", "configs/local.yaml")
 MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 FORMAT_OF_MIME = {mime: fmt for fmt, mime in MIME.items()}
-# Stages whose error rows mean "this input cannot be used" (422) rather than a failure of ours (500).
-INPUT_STAGES = ("decode", "segment", "prompt", "fetch", "profile", "compliance")
 ERROR_RESPONSES = {
     400: "bad field value",
     401: "missing or wrong API key",
@@ -86,35 +85,6 @@ def serve_limits_config(config: CanvasConfig) -> CanvasConfig:
         }
     )
     return config.model_copy(update={"limits": limits})
-
-
-def raise_for_input(batch: Batch) -> None:
-    """422 when every row failed because of the input; 500 when it failed in generation."""
-    statuses = list(batch["status"])
-    if any(s in DELIVERED for s in statuses):
-        return
-    reason = str(batch["error"][0]) if statuses else "no output"
-    stage = split_error(reason)[0] or ""
-    if stage in INPUT_STAGES:
-        code = {"prompt": "invalid_request", "profile": "invalid_request", "compliance": "not_compliant"}
-        raise ApiError(422, code.get(stage, "invalid_image"), reason)
-    raise ApiError(500, "generation_failed", reason)
-
-
-def inside_seconds(batch: Batch, stage: StageName) -> float:
-    """Seconds this request's rows spent inside ``stage`` (its ``*_s`` columns, shared per row)."""
-    columns = [np.asarray(batch[c], dtype=np.float64) for c in timing_columns(stage) if c in batch]
-    return float(sum(np.nansum(c) for c in columns))
-
-
-def server_timing(spent: dict[str, float], started: float) -> str:
-    """A ``Server-Timing`` header (milliseconds): where the request's time went inside the ingress
-    (waiting for a slot, parse, each stage, encode) and its total there. A model stage's entry is its round
-    trip to the deployment; ``<stage>.inside`` is the part spent inside the stage, so the difference is
-    the hand-off (pickling, the object store, batching waits). The client's latency minus ``total`` is
-    the HTTP proxy and the network."""
-    parts = [f"{name};dur={1000 * seconds:.2f}" for name, seconds in spent.items()]
-    return ", ".join([*parts, f"total;dur={1000 * (time.perf_counter() - started):.2f}"])
 
 
 @serve.deployment
