@@ -489,7 +489,9 @@ def test_evaluate_a_real_generate(tmp_path):
     metrics = evaluate_run(EvaluateRequest(str(tmp_path), top=3)).metrics
     statuses = manifest.column("status").to_pylist()
     assert metrics.outputs == len(statuses) > 0 and metrics.ok == statuses.count("ok") > 0
-    assert metrics.preserved == sum(manifest.column("product_preserved").to_pylist())
+    kept = manifest.column("product_preserved").to_pylist()
+    # `preserved` counts the ok outputs whose product was preserved (preservation_rate_ok = preserved / ok)
+    assert metrics.preserved == sum(1 for s, p in zip(statuses, kept, strict=True) if s == "ok" and p)
     assert metrics.throughput.stage_mean_s["inpaint"] is not None
     page = (tmp_path / "eval" / "report.html").read_text()
     shown = [uri for uri in manifest.column("output_uri").to_pylist() if f"../{uri}" in page]
@@ -507,5 +509,7 @@ def test_evaluate_the_shared_batch_run(sample_run, tmp_path):
     statuses = manifest.column("status").to_pylist()
     assert metrics.outputs == len(statuses) == sample_run["summary"]["outputs_expected"]
     assert metrics.ok == statuses.count("ok") == sample_run["summary"]["ok"] > 0
-    assert metrics.preserved == sum(manifest.column("product_preserved").to_pylist())
+    kept = manifest.column("product_preserved").to_pylist()
+    # `preserved` counts the ok outputs whose product was preserved (preservation_rate_ok = preserved / ok)
+    assert metrics.preserved == sum(1 for s, p in zip(statuses, kept, strict=True) if s == "ok" and p)
     assert (tmp_path / "eval" / "report.html").is_file() and not (root / "eval").exists()
