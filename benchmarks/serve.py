@@ -32,6 +32,7 @@ import numpy as np
 
 from benchmarks.common import default_json, ensure_tiny_models, machine, percentile, quiet, write_json
 from canvas_ray.config import REPO_ROOT, CanvasConfig, load_config
+from canvas_ray.spec import chained_model_stages
 from canvas_ray.testing import product_png
 
 OVERHEAD_GOAL_MS = 5.0
@@ -192,7 +193,7 @@ def breakdown(times: list[float], timings: list[dict[str, float]]) -> dict[str, 
         for name, ms in timing.items():
             if name == "total" or name.endswith(".inside"):
                 continue
-            if name in model_stages():
+            if name + ".inside" in timing or name in model_stages():  # a model deployment (or a chain)
                 inside = timing.get(name + ".inside", 0.0)
                 parts[f"{name}_inside"] = inside
                 parts[f"{name}_handoff"] = ms - inside
@@ -391,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    {name:36}{ms:10.2f}")
     print(
         f"  serving floor: GET /healthz p50 {floor['healthz_p50_ms']:.1f} ms; one deployment handle call "
-        f"p50 {floor['handle_call_p50_ms']:.1f} ms (a request makes 3)"
+        f"p50 {floor['handle_call_p50_ms']:.1f} ms (a request makes {len(chained_model_stages())})"
     )
     print(
         f"{'throughput at concurrency ' + str(args.concurrency):40}{'req/s':>10}{'p50 ms':>10}{'p95 ms':>10}"
