@@ -198,6 +198,20 @@ def _save_checkpoint(unet: torch.nn.Module, optimizer: Any, scheduler: Any, step
     return folder
 
 
+def optimizer_and_scheduler(params: Any, config: FinetuneConfig) -> tuple[Any, Any]:
+    """AdamW over the LoRA parameters and the configured learning-rate schedule (warm-up included)."""
+    from diffusers.optimization import get_scheduler
+
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = get_scheduler(
+        config.lr_scheduler,
+        optimizer,
+        num_warmup_steps=config.lr_warmup_steps,
+        num_training_steps=config.steps,
+    )
+    return optimizer, scheduler
+
+
 def _restore(
     folder: Path, unet: torch.nn.Module, optimizer: Any, scheduler: Any, device: torch.device
 ) -> int:
@@ -218,7 +232,6 @@ def run_training(
     on_step: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """The loop every worker runs. ``noise_seed`` fixes noise and timesteps each step (overfit tests)."""
-    from diffusers.optimization import get_scheduler
 
     device = session.device
     if device.type == "cpu":
@@ -228,13 +241,7 @@ def run_training(
     unet = pipe.unet  # the pipeline keeps the bare UNet: validation and saving use it
     params = add_lora(unet, config)  # same seed on every worker → identical initial LoRA weights
     unet.train()
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = get_scheduler(
-        config.lr_scheduler,
-        optimizer,
-        num_warmup_steps=config.lr_warmup_steps,
-        num_training_steps=config.steps,
-    )
+    optimizer, scheduler = optimizer_and_scheduler(params, config)
     start = 0
     with session.resume_from() as resume:
         if resume:

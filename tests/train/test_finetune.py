@@ -224,10 +224,9 @@ def test_resume_restores_the_saved_lora_exactly(base: Path, ray_run: dict[str, A
     """What a resumed run starts from is what the first run saved: the checkpoint's LoRA weights, restored
     into a fresh UNet the way the training loop resumes (``_restore``), equal at atol 0, every key; the
     optimizer moments too. The LoRA exported by the first run is that checkpoint's, bit for bit."""
-    from diffusers.optimization import get_scheduler
     from safetensors.torch import load_file
 
-    from canvas_ray.train.loop import STATE_NAME, _restore
+    from canvas_ray.train.loop import STATE_NAME, _restore, optimizer_and_scheduler
     from canvas_ray.train.lora import lora_state_dict
 
     saved_dir: Path = ray_run["saved"]
@@ -243,13 +242,7 @@ def test_resume_restores_the_saved_lora_exactly(base: Path, ray_run: dict[str, A
     pipe = load_base(config)
     params = add_lora(pipe.unet, config)
     fresh = {key: value.clone() for key, value in lora_state_dict(pipe.unet).items()}  # not views
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = get_scheduler(
-        config.lr_scheduler,
-        optimizer,
-        num_warmup_steps=config.lr_warmup_steps,
-        num_training_steps=config.steps,
-    )
+    optimizer, scheduler = optimizer_and_scheduler(params, config)
     assert _restore(saved_dir, pipe.unet, optimizer, scheduler, torch.device("cpu")) == 4
     restored = lora_state_dict(pipe.unet)
     assert restored.keys() == saved.keys() and len(saved) > 0
