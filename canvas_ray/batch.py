@@ -65,6 +65,9 @@ from canvas_ray.watch import explain, is_stall, no_progress_timeout
 
 log = get_logger(__name__)
 
+# ray.shuffle → Ray Data's ShuffleStrategy for the catalog's group-by-bucket and the manifest compaction
+SHUFFLES = {"sort": "sort_shuffle_pull_based", "push": "sort_shuffle_push_based", "hash": "shuffle_v2"}
+
 
 # ---- the driver ----
 
@@ -72,6 +75,7 @@ log = get_logger(__name__)
 def run_generate(request: GenerateRequest) -> dict[str, Any]:
     """Run the job end to end and return the summary (also written to OUTPUT/summary.json)."""
     import ray.data
+    from ray.data.context import ShuffleStrategy
 
     started = time.time()
     config = request.config
@@ -88,6 +92,7 @@ def run_generate(request: GenerateRequest) -> dict[str, Any]:
     warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks", category=UserWarning)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = False
+    context.shuffle_strategy = ShuffleStrategy(SHUFFLES[config.ray.shuffle])
     terminal = request.progress and sys.stderr.isatty()
     context.enable_progress_bars = terminal
     context.enable_operator_progress_bars = terminal

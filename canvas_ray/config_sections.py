@@ -198,6 +198,13 @@ class RayConfig(StrictModel):
     attach_timeout_s: float = Field(
         30.0, gt=0, le=600, description="seconds a cluster address may take to answer before the job fails"
     )
+    shuffle: Literal["sort", "push", "hash"] = Field(
+        "sort",
+        description="how the catalog is grouped by id bucket for resume (and manifest parts by bucket): sort "
+        "= Ray Data's pull-based sort shuffle (tasks only, well under a second on small catalogs); push = "
+        "its push-based variant for catalogs of tens of millions of rows; hash = Ray Data's default "
+        "(shuffle_v2), which starts aggregator actors first (~6 s on every run on 2 cores)",
+    )
     stall_timeout_s: float = Field(
         1800.0,
         ge=0,
