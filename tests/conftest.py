@@ -37,6 +37,26 @@ SAMPLE_CATALOG = REPO / "examples" / "catalog"
 ARTIFACTS = REPO / "test-artifacts"
 
 
+# ---- running the suite on two xdist workers (scripts/test.sh: -n 2 --dist loadgroup) ----
+# Every module that uses a Ray cluster runs on one worker, in file order, as in a plain run: the session's
+# local Ray (``ray_local``) is started once there and handed from module to module, and the modules that
+# build a cluster of their own never run beside another cluster on the 2 cores. The other modules each go
+# whole to whichever worker is free (their module fixtures are built once), beside the Ray modules.
+RAY_FIXTURES = {"ray_local", "sample_run", "_ray_session"}
+RAY_GROUP = "ray"
+
+
+def pytest_collection_modifyitems(config, items):
+    ray_modules = {
+        item.module.__name__
+        for item in items
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("ray_cluster")
+    }
+    for item in items:
+        module = item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(RAY_GROUP if module in ray_modules else module))
+
+
 # The session's local Ray: its GCS address while it runs (see ``ray_local``).
 _SHARED_RAY: dict[str, str] = {}
 

@@ -16,6 +16,8 @@ import pytest
 
 from tests.conftest import REPO, SAMPLE_CATALOG
 
+pytestmark = pytest.mark.ray_cluster  # starts its own Ray (conftest: the one Ray xdist group)
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
