@@ -98,6 +98,8 @@ def _output_figure(row: dict[str, Any], prefix: str) -> str:
             check += f" · expansion {row['expansion_ratio']:.1%}"
         check += _compliance(row)
         note = f"<br>{escape(row.get('error'))}" if status == "review" else ""
+        if row.get("expansion_uri"):
+            check += f' · <a href="{prefix}{escape(row["expansion_uri"])}">where it grew</a>'
         return (
             f'<figure><a href="{prefix}{escape(row["output_uri"])}"><img loading="lazy" '
             f'src="{prefix}{escape(row["output_uri"])}" alt="{label}"></a>'
@@ -105,9 +107,14 @@ def _output_figure(row: dict[str, Any], prefix: str) -> str:
             f"<br><details><summary>prompt</summary>{escape(row.get('prompt'))}</details>"
             f"</figcaption></figure>"
         )
+    grown = ""
+    if row.get("expansion_uri"):  # a rejected output: the pixels the product grew, in red
+        uri = f"{prefix}{escape(row['expansion_uri'])}"
+        grown = f'<a href="{uri}"><img loading="lazy" class="expansion" src="{uri}" alt="grown: {label}"></a>'
     return (
-        f'<figure><figcaption><span class="error">{escape(status)}</span> · {label}<br>'
-        f"{escape(row.get('error'))}{_compliance(row)}</figcaption></figure>"
+        f'<figure>{grown}<figcaption><span class="error">{escape(status)}</span> · {label}<br>'
+        f"{escape(row.get('error'))}{'<br>red: where the product grew' if grown else ''}"
+        f"{_compliance(row)}</figcaption></figure>"
     )
 
 
@@ -188,11 +195,16 @@ def write_bucket_pages(root: str, options: dict[str, Any], bucket: int, table: p
     return len(pages)
 
 
+def _grown_link(row: dict[str, Any], prefix: str) -> str:
+    uri = row.get("expansion_uri")
+    return f" <a href='{prefix}{escape(uri)}'>where it grew</a>" if uri else ""
+
+
 def _error_table(rows: list[dict[str, Any]], prefix: str) -> str:
     cells = "".join(
         f"<tr><td><a href='{prefix}review/b{int(r['_bucket']):05d}/p1.html'>{escape(r['item_id'])}</a></td>"
         f"<td>{escape(r['status'])}</td><td>{escape(r['style'])}</td><td>{escape(r['aspect'])}</td>"
-        f"<td>{escape(r['error'])}</td></tr>"
+        f"<td>{escape(r['error'])}{_grown_link(r, prefix)}</td></tr>"
         for r in rows
     )
     return (
@@ -213,6 +225,7 @@ def write_index(manifest: Manifest, summary: dict[str, Any] | None = None) -> li
 
     if "mask_confidence" in MANIFEST_SCHEMA.names:
         columns.append("mask_confidence")
+    columns.append("expansion_uri")
     first_errors: list[dict[str, Any]] = []
     pending: list[dict[str, Any]] = []
     error_pages = 0

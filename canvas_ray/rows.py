@@ -265,6 +265,8 @@ class OutputRecord:
             QUALITY_COLUMNS`), None where not measured.
         timings (dict[str, float]): seconds per stage, for the stages that timed the row.
         output_uri (str | None): where the writer stored the image, relative to the output root.
+        expansion_uri (str | None): where the writer stored the grown-pixel overlay of an output the
+            product grew in (rejected, or kept within the limit), relative to the output root.
         provenance (str | None): the JSON provenance record embedded in the written file.
         columns (dict[str, Any]): every manifest column the row carried, as plain values (None: null);
             the typed fields above are read from it.
@@ -291,6 +293,7 @@ class OutputRecord:
     quality: dict[str, float | int | None] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     output_uri: str | None = None
+    expansion_uri: str | None = None
     provenance: str | None = None
     columns: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -331,6 +334,7 @@ class OutputRecord:
             quality={name: _quality(name, columns.get(name)) for name in QUALITY_COLUMNS},
             timings={name: float(columns[name]) for name in TIMING_COLUMNS if columns.get(name) is not None},
             output_uri=_text(columns.get("output_uri")) or None,
+            expansion_uri=_text(columns.get("expansion_uri")) or None,
             provenance=columns.get("provenance"),
             columns=columns,
         )
@@ -376,6 +380,7 @@ class OutputRecord:
             "error_stage": stage,
             "error_reason": reason,
             "output_uri": self.output_uri or "",
+            "expansion_uri": self.expansion_uri or "",
             "provenance": self.provenance,
             "width": self.width,
             "height": self.height,

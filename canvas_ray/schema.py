@@ -110,6 +110,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("product_preserved", pa.bool_()),
         ("max_product_diff", pa.int64()),
         ("product_pixels", pa.int64()),
+        ("preserve_rule", pa.string()),  # "opaque" | "matte": what product_preserved means (canvas_ray.matte)
         ("width", pa.int64()),
         ("height", pa.int64()),
         ("source_width", pa.int64()),
@@ -118,6 +119,7 @@ MANIFEST_SCHEMA = pa.schema(
         *COMPLIANCE_TYPES.items(),
         ("style_image_uri", pa.string()),
         *QUALITY_TYPES.items(),
+        ("expansion_uri", pa.string()),  # PNG: the generated image, the pixels the product grew in red
         *((name, pa.float64()) for name in TIMING_COLUMNS),
         ("config_fingerprint", pa.string()),
         ("provenance", pa.string()),  # JSON: what says the image is generated (canvas_ray.provenance)

@@ -3,6 +3,7 @@
 ```
 OUTPUT/images/<shard>/<output name>.<ext>   final images (shard = hash prefix of item_id)
 OUTPUT/thumbs/<shard>/<item>.jpg|_mask.png  review thumbnails (original, mask)
+OUTPUT/expansion/<shard>/<output name>.png  where the product grew (red), for expanded/rejected outputs
 OUTPUT/manifest/…                           one row per output (layout: canvas_ray.io.manifest)
 OUTPUT/summary.json, OUTPUT/index.html      counts and throughput; the review pages
 ```
@@ -36,7 +37,6 @@ log = get_logger(__name__)
 _SAFE_RE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-
 def safe_name(text: str, limit: int = 80) -> str:
     """A filesystem-safe name; changed names get a hash suffix so two ids never collide."""
     cleaned = _SAFE_RE.sub("_", text).strip("._") or "item"
@@ -67,6 +67,11 @@ class OutputLayout:
         name = f"{safe_name(item_id)}__{safe_name(style_key, 60)}__{aspect_part}__v{variant}"
         ext = {"jpeg": "jpg"}.get(image_format, image_format) if image_format else self.ext
         return posixpath.join("images", shard_of(item_id, self.shard_width), f"{name}.{ext}")
+
+    def expansion_rel(self, item_id: str, style_key: str, aspect: str, variant: int) -> str:
+        """The grown-pixel overlay of one output: named like its image, under ``expansion/``."""
+        image = self.image_rel(item_id, style_key, aspect, variant, "png")
+        return posixpath.join("expansion", *image.split("/")[1:])
 
     def thumb_rel(self, item_id: str, kind: str) -> str:
         suffix = "jpg" if kind == "image" else "png"
@@ -147,7 +152,25 @@ class WriteOutputs:
                 start = time.perf_counter()
                 self._store(batch, index, record)
                 record.timings["write_s"] = time.perf_counter() - start
+            if record.delivered or record.status == "rejected":
+                self._store_expansion(batch, index, record)
         return manifest_table(records, self.run_id, self.fingerprint)
+
+    def _store_expansion(self, batch: Batch, index: int, record: OutputRecord) -> None:
+        """The guard's grown-pixel overlay (``expansion_overlay``, a 1x1 placeholder where nothing grew) as
+        a PNG beside the outputs; its path becomes ``expansion_uri``. For review only: a failure is logged."""
+        overlay = batch["expansion_overlay"][index] if "expansion_overlay" in batch else None
+        if overlay is None or getattr(overlay, "size", 0) <= 3:
+            return
+        profile = record.profile or ""
+        rel = self.layout.expansion_rel(
+            record.item_id, record.style_key, profile or record.aspect, record.variant
+        )
+        try:
+            write_bytes(self.layout.uri(rel), encode_image(overlay, "png"), self.storage_options)
+            record.expansion_uri = rel
+        except Exception as failure:  # noqa: BLE001 - the overlay is for review only
+            log.warning("expansion overlay for %s failed: %s", record.output_id, describe(failure))
 
     def _store(self, batch: Batch, index: int, record: OutputRecord) -> None:
         """Encode and write one delivered output; a failure makes it an error row (``write`` or

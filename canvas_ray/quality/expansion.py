@@ -15,13 +15,14 @@ reading of this product, not something the generator drew, and is subtracted:
 inside it (holes, the gap between two earrings, the arch of headphones) segmenters disagree with each other
 far more than generators grow products, and the weight-free segmenter fills such regions on busy
 backgrounds whatever was drawn there. :class:`Expansion` keeps the grown pixels' bounding box so a
-rejected output can say where the product grew.
+rejected output can say where the product grew, and the grown pixels themselves: :func:`expansion_overlay`
+draws them in red over the generated image, for the review page.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import cv2
@@ -48,12 +49,14 @@ Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (x1, y1 exclusive)
 @dataclass(frozen=True)
 class Expansion:
     """``pixels`` = E, ``ratio`` = E / area(m_in) (both at the measured scale); ``box``: where the grown
-    pixels lie, in the pixels of the image given to the meter (None when nothing grew)."""
+    pixels lie, in the pixels of the image given to the meter (None when nothing grew); ``grown``: those
+    pixels (bool, at the measured scale; None when not kept)."""
 
     pixels: int
     ratio: float
     product_pixels: int
     box: Box | None = None
+    grown: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def where(self) -> str:
         """The grown region in words, for a rejection message."""
@@ -100,7 +103,7 @@ def measure_expansion(
     if hull:  # and lines 1-2 px thin (a horizon, a seam the segmenter traced): no product grows that way
         grown = cv2.morphologyEx(grown.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
     pixels = int(grown.sum())
-    return Expansion(pixels, pixels / area, area, grown_box(grown))
+    return Expansion(pixels, pixels / area, area, grown_box(grown), grown)
 
 
 def convex_hull(mask: np.ndarray) -> np.ndarray:
@@ -110,6 +113,27 @@ def convex_hull(mask: np.ndarray) -> np.ndarray:
     if points is not None:
         cv2.fillConvexPoly(out, cv2.convexHull(points), 1)
     return out.astype(bool) | mask
+
+
+GROWN_RED = np.array([255, 0, 0], np.float32)
+GROWN_TINT = 0.7  # share of red in a grown pixel of the overlay
+
+
+def expansion_overlay(generated: np.ndarray, expansion: Expansion) -> np.ndarray | None:
+    """The generated image (RGB, canvas size) with the grown pixels tinted red and the rest dimmed to a
+    third of its contrast, so that a reviewer sees where the product grew; None when nothing grew or the
+    grown pixels were not kept. The grown mask is scaled to the image with nearest-neighbour sampling."""
+    if expansion.grown is None or not expansion.grown.any():
+        return None
+    rgb = np.asarray(generated)[..., :3].astype(np.float32)
+    height, width = rgb.shape[:2]
+    grown = expansion.grown.astype(bool)
+    if grown.shape != (height, width):
+        small = grown.astype(np.uint8)
+        grown = cv2.resize(small, (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
+    dimmed = 255 - (255 - rgb) / 3  # washed out towards white: the red stands out on any background
+    tinted = (1 - GROWN_TINT) * rgb + GROWN_TINT * GROWN_RED
+    return np.round(np.where(grown[..., None], tinted, dimmed)).astype(np.uint8)
 
 
 def grown_box(grown: np.ndarray) -> Box | None:

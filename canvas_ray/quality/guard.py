@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Protocol
 
@@ -27,7 +27,7 @@ import numpy as np
 from canvas_ray import schema
 from canvas_ray.compose import HARD
 from canvas_ray.config import CanvasConfig
-from canvas_ray.quality.expansion import Expansion, ExpansionMeter, SegmenterFactory
+from canvas_ray.quality.expansion import Expansion, ExpansionMeter, SegmenterFactory, expansion_overlay
 from canvas_ray.quality.scoring import ClipScorer, Scores, weight_free_scores
 from canvas_ray.rows import OK, PLACEHOLDER_IMAGE, REJECTED, Batch, object_column, run_rows, set_error
 
@@ -55,7 +55,8 @@ class Compositor(Protocol):
 
 @dataclass(frozen=True)
 class Candidate:
-    """One generated background for one output, with its expansion and scores."""
+    """One generated background for one output, with its expansion and scores; ``generated``: the image
+    the expansion was measured on (None when not measured)."""
 
     background: np.ndarray
     seed: int
@@ -63,6 +64,7 @@ class Candidate:
     expansion: Expansion | None
     scores: Scores
     score: float
+    generated: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def expansion_ratio(self) -> float:
@@ -80,9 +82,11 @@ def candidate_seed(seed: int, attempt: int, candidate: int) -> int:
 class CandidateGuard:
     """Generates, measures, scores and chooses backgrounds for the ``ok`` rows of a batch.
 
-    Adds ``background``, ``expansion_ratio``, ``expansion_px``, ``attempts``, ``candidates``,
-    ``quality_score``, ``clip_score``, ``seam_energy``, ``color_harmony``, ``exposure``, ``inpaint_s`` and
-    ``quality_s``; ``seed`` becomes the kept candidate's seed.
+    Adds ``background``, ``expansion_ratio``, ``expansion_px``, ``expansion_overlay`` (the kept or, for
+    a rejected row, the least-grown candidate's generated image with the grown pixels in red, see
+    :func:`~canvas_ray.quality.expansion.expansion_overlay`; a 1x1 placeholder where nothing grew),
+    ``attempts``, ``candidates``, ``quality_score``, ``clip_score``, ``seam_energy``, ``color_harmony``,
+    ``exposure``, ``inpaint_s`` and ``quality_s``; ``seed`` becomes the kept candidate's seed.
 
     The caller (the Inpaint stage) injects what the guard needs of the stages above it, so that quality
     never imports a stage:
@@ -129,15 +133,17 @@ class CandidateGuard:
         start = time.perf_counter()
         masks = [row["canvas_mask"] for row in rows]
         expansions: list[Expansion | None] = [None] * len(rows)
+        generated: list[np.ndarray | None] = [None] * len(rows)
         if self.measures(inpainter):
             assert self.meter is not None
-            generated = backgrounds
+            images = backgrounds
             if not inpainter.paints_product:
-                generated = [
+                images = [
                     np.where((mask >= HARD)[..., None], row["canvas"], background)
                     for row, mask, background in zip(rows, masks, backgrounds, strict=True)
                 ]
-            expansions = list(self.meter.measure(generated, masks, [row["canvas"] for row in rows]))
+            expansions = list(self.meter.measure(images, masks, [row["canvas"] for row in rows]))
+            generated = list(images)
         composites = [
             self.preview.render(row["canvas"], row["canvas_mask"], background, str(row["style"]))
             for row, background in zip(rows, backgrounds, strict=True)
@@ -151,8 +157,10 @@ class CandidateGuard:
             scores = [replace(s, clip_score=a) for s, a in zip(scores, alignment, strict=True)]
         weights = dict(self.quality.scoring.weights)
         candidates = [
-            Candidate(background, int(row["seed"]), attempt, expansion, score, score.total(weights))
-            for row, background, expansion, score in zip(rows, backgrounds, expansions, scores, strict=True)
+            Candidate(background, int(row["seed"]), attempt, expansion, score, score.total(weights), image)
+            for row, background, expansion, score, image in zip(
+                rows, backgrounds, expansions, scores, generated, strict=True
+            )
         ]
         self._quality_s += time.perf_counter() - start
         return [candidates[i * k : (i + 1) * k] for i in range(len(selected))]
@@ -214,6 +222,7 @@ class CandidateGuard:
         elapsed: float,
     ) -> None:
         backgrounds = [PLACEHOLDER_IMAGE] * n
+        overlays = [PLACEHOLDER_IMAGE] * n
         columns = {name: np.full(n, np.nan) for name in SCORE_COLUMNS}
         expansion_px = np.full(n, -1, dtype=np.int64)
         attempts = np.zeros(n, dtype=np.int64)
@@ -228,6 +237,9 @@ class CandidateGuard:
             if best.expansion is not None:
                 columns["expansion_ratio"][index] = best.expansion.ratio
                 expansion_px[index] = best.expansion.pixels
+                if best.generated is not None:
+                    overlay = expansion_overlay(best.generated, best.expansion)
+                    overlays[index] = PLACEHOLDER_IMAGE if overlay is None else overlay
             columns["quality_score"][index] = best.score
             columns["seam_energy"][index] = best.scores.seam_energy
             columns["color_harmony"][index] = best.scores.color_harmony
@@ -238,6 +250,7 @@ class CandidateGuard:
         batch["seed"] = seeds
         batch.update(columns)
         batch["expansion_px"] = expansion_px
+        batch["expansion_overlay"] = object_column(overlays)
         batch["attempts"] = attempts
         batch["candidates"] = counts
         share = 1.0 / len(indices) if indices else 0.0
