@@ -123,9 +123,11 @@ def model_size(
     )
 
 
-def background_mask(canvas_mask: np.ndarray, keep_dilate_px: int = 0) -> np.ndarray:
-    """Inpainting mask (uint8, 255 = repaint): everything that is not product. White repaints, black keeps."""
-    keep: np.ndarray = (canvas_mask >= HARD).astype(np.uint8)
+def background_mask(canvas_mask: np.ndarray, keep_dilate_px: int = 0, keep_level: int = HARD) -> np.ndarray:
+    """Inpainting mask (uint8, 255 = repaint): everything that is not product. White repaints, black keeps.
+    ``keep_level``: the mask level kept (a matte keeps only its opaque core, :func:`canvas_ray.matte.
+    keep_level`, so that every partial pixel gets a new background behind it)."""
+    keep: np.ndarray = (canvas_mask >= keep_level).astype(np.uint8)
     if keep_dilate_px > 0:
         kernel = cv2.getStructuringElement(
             cv2.MORPH_ELLIPSE, (2 * keep_dilate_px + 1, 2 * keep_dilate_px + 1)

@@ -87,6 +87,12 @@ class CompositeConfig(StrictModel):
     )
     shadow: float | None = Field(None, ge=0, le=1, description="contact shadow strength; None = the style's")
     feather_px: int = Field(2, ge=0, le=32, description="soft edge width, applied outside the product only")
+    matte: Literal["auto", "off"] = Field(
+        "auto",
+        description="auto: a product whose mask has a wide partial band (hair, fur, glass, sheer fabric) "
+        "gets the `matte` preservation rule (opaque pixels the source's, partial ones recomposed from the "
+        "estimated foreground; canvas_ray.matte), hard-edged products keep `opaque`; off: always `opaque`",
+    )
     resources: Resources = Field(default_factory=lambda: Resources(batch_size=8))
 
 

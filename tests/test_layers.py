@@ -46,6 +46,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "canvas_ray.logs",
             "canvas_ray.registry",
             "canvas_ray.compose",
+            "canvas_ray.matte",
             "canvas_ray.io.uris",
             "canvas_ray.io.images",
             "canvas_ray.testing",

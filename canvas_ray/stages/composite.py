@@ -7,6 +7,12 @@ row: an altered product is never delivered as ``ok``. The check is only as good 
 row whose ``mask_confidence`` is below ``segment.min_confidence`` becomes ``review`` (image kept for a
 person to look at, never counted or delivered as ``ok``).
 
+``preserve_rule`` records what "preserved" means for the output (:mod:`canvas_ray.matte`): ``opaque``, every
+product pixel the source's; or ``matte`` (hair, fur, glass, sheer fabric: a wide partial band in the mask,
+``composite.matte: auto``), the opaque pixels the source's and the partial ones ``alpha*F + (1-alpha)*B_new``
+from the estimated foreground. A matte that cannot be separated well keeps ``opaque`` and makes the output
+``review``, its reason added to ``mask_flags``.
+
 Outputs made for an output profile (``profile`` column, :mod:`canvas_ray.profiles`) are drawn by its rules
 (pure white: the product on RGB 255 with no feathering or shadow) and checked against it: ``compliant``,
 ``compliance_issues``, ``fill_ratio``, ``background_purity``, ``upscaled``. An output that fails its
@@ -19,6 +25,7 @@ import numpy as np
 
 from canvas_ray.compose import composite, verify_product_preserved
 from canvas_ray.config import CanvasConfig
+from canvas_ray.matte import MattePlan, composite_matte, plan_matte, verify_matte_preserved
 from canvas_ray.profiles import Compliance, ProfileBook, check_compliance, render_pure_white
 from canvas_ray.stages.base import (
     OK,
@@ -46,6 +53,7 @@ class Composite:
         "product_preserved",
         "max_product_diff",
         "product_pixels",
+        "preserve_rule",
         "composite_s",
     )
 
@@ -64,6 +72,22 @@ class Composite:
             self._profiles = ProfileBook.load(self.profiles_file)
         return self._profiles
 
+    def plan(self, canvas: np.ndarray, mask: np.ndarray, profile: str = "") -> MattePlan:
+        """The preservation rule for one output: ``matte`` only where the mask asks for one, it can be
+        separated, and the output is not a pure-white profile (drawn by its own rules)."""
+        rules = self.profiles.get(profile) if profile else None
+        mode = "off" if rules is not None and rules.background == "pure_white" else self.spec.matte
+        return plan_matte(mask, canvas, mode)
+
+    def _shadow(self, style: str, profile: str) -> float:
+        rules = self.profiles.get(profile) if profile else None
+        shadow = self.spec.shadow
+        if shadow is None:
+            shadow = self.styles.resolve(style).backdrop.shadow
+        if rules is not None and not rules.shadow:
+            shadow = 0.0
+        return shadow
+
     def render(
         self, canvas: np.ndarray, mask: np.ndarray, background: np.ndarray, style: str, profile: str = ""
     ) -> np.ndarray:
@@ -71,28 +95,54 @@ class Composite:
         rules = self.profiles.get(profile) if profile else None
         if rules is not None and rules.background == "pure_white":
             return render_pure_white(canvas, mask)
-        shadow = self.spec.shadow
-        if shadow is None:
-            shadow = self.styles.resolve(style).backdrop.shadow
-        if rules is not None and not rules.shadow:
-            shadow = 0.0
+        shadow = self._shadow(style, profile)
+        if self.plan(canvas, mask, profile).matte:
+            return composite_matte(canvas, mask, background, shadow=shadow).result
         return composite(canvas, mask, background, feather_px=self.spec.feather_px, shadow=shadow)
 
-    def _one(self, batch: Batch, index: int) -> tuple[np.ndarray, int, int, Compliance | None]:
+    def _one(self, batch: Batch, index: int) -> tuple[np.ndarray, int, int, Compliance | None, MattePlan]:
         canvas, mask = batch["canvas"][index], batch["canvas_mask"][index]
         profile = str(batch["profile"][index] or "") if "profile" in batch else ""
-        result = self.render(canvas, mask, batch["background"][index], str(batch["style"][index]), profile)
-        # the canvas holds the product as pasted (resampled where the profile scaled it): compare with it
-        check = verify_product_preserved(result, canvas, mask)
+        plan = self.plan(canvas, mask, profile)
+        if plan.matte:
+            style = str(batch["style"][index])
+            made = composite_matte(
+                canvas, mask, batch["background"][index], shadow=self._shadow(style, profile)
+            )
+            result = made.result
+            check = verify_matte_preserved(result, canvas, mask, made.foreground, made.background)
+        else:
+            result = self.render(
+                canvas, mask, batch["background"][index], str(batch["style"][index]), profile
+            )
+            # the canvas holds the product as pasted (resampled where the profile scaled it): compare with it
+            check = verify_product_preserved(result, canvas, mask)
         if not check.product_preserved:
             raise RuntimeError(
-                f"product pixels changed (max difference {check.max_product_diff}); output rejected"
+                f"product pixels changed (max difference {check.max_product_diff}, rule {plan.rule}); "
+                "output rejected"
             )
         compliance = None
         if profile:
             scale = float(batch["product_scale"][index]) if "product_scale" in batch else 1.0
             compliance = check_compliance(result, mask, self.profiles.get(profile), scale)
-        return result, check.max_product_diff, check.product_pixels, compliance
+        return result, check.max_product_diff, check.product_pixels, compliance, plan
+
+    @staticmethod
+    def gate_on_matte(batch: Batch, plans: dict[int, MattePlan]) -> None:
+        """``ok`` rows whose soft edge needed a matte that could not be separated become ``review``; the
+        reason is added to ``mask_flags``."""
+        refused = {index: plan for index, plan in plans.items() if plan.refused}
+        if not refused:
+            return
+        n = len(batch["status"])
+        column = np.array([str(f or "") for f in batch.get("mask_flags", [""] * n)], dtype=object)
+        for index, plan in refused.items():
+            column[index] = f"{column[index]}; {plan.refused}" if column[index] else plan.refused
+            if batch["status"][index] == OK:
+                batch["status"][index] = REVIEW
+                batch["error"][index] = f"composite: {plan.refused}; check the edge before publishing"
+        batch["mask_flags"] = column
 
     def gate_on_mask_confidence(self, batch: Batch) -> None:
         """``ok`` rows whose mask we cannot vouch for become ``review``, with the reason."""
@@ -119,26 +169,30 @@ class Composite:
         max_diff = np.full(n, -1, dtype=np.int64)
         pixels = np.zeros(n, dtype=np.int64)
         checks: list[Compliance | None] = [None] * n
+        rules = np.array([None] * n, dtype=object)
+        plans: dict[int, MattePlan] = {}
         with timed(batch, "composite_s", indices):
             done = run_rows(batch, indices, STAGE, lambda rows: [self._one(batch, i) for i in rows])
-        for index, (result, diff, count, compliance) in done.items():
+        for index, (result, diff, count, compliance, plan) in done.items():
             if batch["status"][index] != "ok":
                 continue
             if result.shape[:2] != batch["canvas"][index].shape[:2]:
                 set_error(batch, index, STAGE, "result size differs from canvas")
                 continue
             results[index], preserved[index], max_diff[index], pixels[index] = result, diff == 0, diff, count
-            checks[index] = compliance
+            checks[index], rules[index], plans[index] = compliance, plan.rule, plan
             if compliance is not None and not compliance.compliant:
                 batch["status"][index] = REJECTED
                 batch["error"][index] = f"compliance: {compliance.profile}: " + "; ".join(compliance.issues)
         self.gate_on_mask_confidence(batch)
+        self.gate_on_matte(batch, plans)
         if "profile" in batch:
             record_compliance(batch, checks)
         batch["result"] = object_column(results)
         batch["product_preserved"] = preserved
         batch["max_product_diff"] = max_diff
         batch["product_pixels"] = pixels
+        batch["preserve_rule"] = rules
         if not self.keep_intermediate:
             for column in INTERMEDIATE:
                 batch.pop(column, None)

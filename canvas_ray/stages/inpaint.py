@@ -28,6 +28,7 @@ from canvas_ray.backdrops import palette_from_reference, render_backdrop
 from canvas_ray.compose import HARD, background_mask, model_size
 from canvas_ray.config import CanvasConfig, InpaintConfig
 from canvas_ray.logs import get_logger
+from canvas_ray.matte import keep_level
 from canvas_ray.quality.guard import CandidateGuard
 from canvas_ray.registry import Registry
 from canvas_ray.stages.base import Batch, StageContext, ensure_status, ok_indices
@@ -96,6 +97,7 @@ class DiffusersInpainter:
     """
 
     paints_product = True  # returns the whole generated image, product region redrawn by the model
+    matte_mode = "auto"  # composite.matte (set by Inpaint): a matte's partial band is repainted too
 
     def __init__(self, spec: InpaintConfig, styles: StyleBook):
         from canvas_ray.models.loading import load_inpainter
@@ -195,7 +197,9 @@ class DiffusersInpainter:
                 row = rows[position]
                 images.append(Image.fromarray(row["canvas"]).resize(size, Image.Resampling.LANCZOS))
                 repaint = background_mask(
-                    row["canvas_mask"], row.get("keep_dilate_px", self.spec.keep_dilate_px)
+                    row["canvas_mask"],
+                    row.get("keep_dilate_px", self.spec.keep_dilate_px),
+                    keep_level(row["canvas_mask"], self.matte_mode),
                 )
                 masks.append(Image.fromarray(repaint).resize(size, Image.Resampling.NEAREST))
             generators = [
@@ -276,6 +280,8 @@ class Inpaint:
         self.spec = config.inpaint
         self.styles = (context or StageContext()).style_book(config)
         self.inpainter = BACKENDS.build(self.spec.backend, self.spec, self.styles)
+        if hasattr(self.inpainter, "matte_mode"):
+            self.inpainter.matte_mode = config.composite.matte
         # the guard scores candidates as Composite renders them and re-segments them with the segment
         # stage's backends: both are given to it here, quality imports no stage
         preview = Composite(config, StageContext(styles=self.styles))
