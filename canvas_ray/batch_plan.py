@@ -1,6 +1,7 @@
-"""The Ray Data plan of the catalog job: the cheap steps as task functions, the model steps as actor
-pools, and how each step is mapped (resources, batch sizes, memory, block sizes), all from the pipeline
-spec (:mod:`canvas_ray.spec`). The driver is :mod:`canvas_ray.batch`; catalog preparation (ids, resume)
+"""The Ray Data plan of the catalog job, an adapter of the pipeline spec (:mod:`canvas_ray.spec`): each cheap
+step becomes a task function running the step's stages (sinks included), each model step an actor pool
+class holding its stage, and the spec and config say how each is mapped (resources, batch sizes, memory,
+block sizes). The driver is :mod:`canvas_ray.batch`; catalog preparation (ids, resume)
 is :mod:`canvas_ray.batch_catalog`."""
 
 from __future__ import annotations
@@ -9,24 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-
 from canvas_ray.cluster import Sizing, plan_pools
 from canvas_ray.config import CanvasConfig
-from canvas_ray.io.catalog import (
-    TEXT_COLUMNS,
-)
-from canvas_ray.io.images import encode_image, resize
-from canvas_ray.io.manifest_parts import write_staging_part
-from canvas_ray.io.outputs import OutputLayout, WriteOutputs, write_bytes
+from canvas_ray.io.catalog import TEXT_COLUMNS
 from canvas_ray.logs import get_logger
-from canvas_ray.provenance import ProvenanceContext
 from canvas_ray.spec import PIPELINE, StageSpec, make_stage, stage_resources, step
-from canvas_ray.stages.base import Batch, StageContext, ensure_status, run_in_chunks
-from canvas_ray.stages.composite import Composite
-from canvas_ray.stages.decode import Decode, Fetch
-from canvas_ray.stages.prompt import Prompt
+from canvas_ray.stages.base import Batch, StageContext, run_in_chunks
 from canvas_ray.styles import StyleBook
 
 log = get_logger(__name__)
@@ -58,85 +47,42 @@ class RunContext:
 
     def stage_context(self) -> StageContext:
         return StageContext(
-            styles=self.styles, fingerprint=self.fingerprint, storage_options=self.storage_options
+            styles=self.styles,
+            fingerprint=self.fingerprint,
+            storage_options=self.storage_options,
+            output_root=self.root,
+            run_id=self.run_id,
         )
 
 
-# ---- cheap stages, run as Ray tasks (functions; constructors are cheap) ----
+# ---- cheap steps, run as Ray tasks ----
 
 
-def fetch_decode(batch: Batch, run: RunContext) -> Batch:
+def run_task_step(name: str, batch: Any, run: RunContext) -> Any:
+    """One cheap step of the spec in a Ray task: its stages in turn, sinks included (constructors are
+    cheap; built in the task, as the run's config and output root say)."""
     context = run.stage_context()
-    return Decode(run.config, context)(Fetch(run.config, context)(batch))
+    for stage in step(name).stages:
+        batch = make_stage(stage, run.config, context)(batch)
+    return batch
 
 
-def thumbnails_and_prompt(batch: Batch, run: RunContext) -> Batch:
-    """Write review thumbnails (original, mask) per item, then expand items into outputs."""
-    batch = ensure_status(batch)
-    layout = OutputLayout(run.root, shard_width=run.config.output.shard_width)
-    n = len(batch["status"])
-    thumbs, masks = [""] * n, [""] * n
-    for index in range(n):
-        if batch["status"][index] != "ok":
-            continue
-        item_id = str(batch["item_id"][index])
-        try:
-            image, mask = batch["image"][index], batch["product_mask"][index]
-            scale = 192 / max(image.shape[:2])
-            size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
-            thumb = resize(np.ascontiguousarray(image[..., :3]), size)
-            write_bytes(
-                layout.uri(layout.thumb_rel(item_id, "image")),
-                encode_image(thumb, "jpeg", 85),
-                run.storage_options,
-            )
-            write_bytes(
-                layout.uri(layout.thumb_rel(item_id, "mask")),
-                encode_image(resize(mask, size), "png"),
-                run.storage_options,
-            )
-            thumbs[index] = layout.thumb_rel(item_id, "image")
-            masks[index] = layout.thumb_rel(item_id, "mask")
-        except Exception as error:  # noqa: BLE001 - thumbnails are for review only
-            log.warning("thumbnail for %s failed: %s", item_id, error)
-    out = Prompt(run.config, run.stage_context())(batch)
-    if not out:
-        return out
-    by_item = {str(batch["item_id"][i]): (thumbs[i], masks[i]) for i in range(n)}
-    out["thumb_uri"] = np.array([by_item.get(str(i), ("", ""))[0] for i in out["item_id"]], dtype=object)
-    out["mask_uri"] = np.array([by_item.get(str(i), ("", ""))[1] for i in out["item_id"]], dtype=object)
-    return out
+def _task_function(spec: StageSpec) -> Callable[..., Any]:
+    """``composite_and_write(batch, run)``: the task function of a cheap step of the spec, a module
+    attribute named after the step, so that Ray pickles it by reference and its dashboard names the
+    operator ``MapBatches(composite_and_write)``."""
+
+    def task(batch: Any, run: RunContext) -> Any:
+        return run_task_step(spec.name, batch, run)
+
+    task.__name__ = task.__qualname__ = spec.name
+    task.__module__ = __name__
+    globals()[spec.name] = task
+    return task
 
 
-def composite_and_write(batch: Batch, run: RunContext) -> pa.Table:
-    """Final images written; manifest rows out (written as parts by the next stage)."""
-    config = run.config
-    writer = WriteOutputs(
-        run.root,
-        run.run_id,
-        run.fingerprint,
-        config.output.format,
-        config.output.quality,
-        config.output.shard_width,
-        run.storage_options,
-        write_part=False,
-        provenance=ProvenanceContext.from_config(config),
-    )
-    return writer.rows(Composite(config, run.stage_context())(batch))
-
-
-def write_manifest_part(table: pa.Table, run: RunContext) -> pa.Table:
-    """One staging part of the manifest per batch; the driver gets the statuses back for progress."""
-    write_staging_part(table, run.root, run.run_id, run.storage_options)
-    return table.select(["status"])
-
-
-CHEAP_STAGES: dict[str, Callable[..., Any]] = {
-    "fetch_decode": fetch_decode,
-    "thumbnails_and_prompt": thumbnails_and_prompt,
-    "composite_and_write": composite_and_write,
-    "write_manifest_part": write_manifest_part,
-}
+# one task function per cheap step of the spec: adding a step to the spec adds its function here
+TASKS: dict[str, Callable[..., Any]] = {s.name: _task_function(s) for s in PIPELINE if s.kind == "task"}
 
 
 # ---- model stages in actor pools ----
@@ -153,7 +99,7 @@ class PoolStage:
     def __init__(self, run: RunContext):
         spec = step(self.stage_name)
         self.stage = make_stage(spec.stages[0], run.config, run.stage_context())
-        self.chunk = stage_resources(spec, run.config).batch_size
+        self.chunk = stage_resources(spec, run.config).batch_size  # a pool step is chunked (spec)
 
     def __call__(self, batch: Batch) -> Batch:
         return run_in_chunks(self.stage, batch, self.chunk)
@@ -182,11 +128,9 @@ TASK_MEMORY_MB = {s.name: s.memory_mb for s in PIPELINE if s.kind == "task" and 
 def _rows_per_call(spec: StageSpec, config: CanvasConfig) -> int | None:
     """Rows handed to one call of a step: a model step's batch (Ray Data requires one for GPU pools); a
     cheap step, one whole block (``None``: no merging of planned blocks, and no per-call set-up repeated
-    over small slices); the manifest step, a part's rows."""
-    if spec.kind == "pool":
+    over small slices) unless it says otherwise (the manifest step: a part's rows)."""
+    if spec.kind == "pool" or not spec.whole_blocks:
         return stage_resources(spec, config).batch_size
-    if spec.name == "write_manifest_part":
-        return config.output.manifest_part_rows
     return None
 
 
@@ -259,29 +203,34 @@ def build_plan(
     size) and runs its model on the ``ok`` rows ``resources.batch_size`` at a time (:class:`PoolStage`):
     cheap error rows cost no per-batch call, and no pool waits for more rows than one block."""
     config = run.config
-    expanded = expanded_block_rows(config, outputs, sizing.pools["inpaint"].max if sizing else 1)
-    for spec in PIPELINE:
+    arriving = item_rows  # rows per block reaching the next pool
+    for index, spec in enumerate(PIPELINE):
         args = _map_args(spec, config, sizing)
-        if spec.name == "write_manifest_part" and outputs is not None:
-            args["batch_size"] = manifest_part_rows(config, outputs)
+        if spec.sinks == ("manifest_part",) and outputs is not None:
+            args["batch_size"] = manifest_part_rows(config, outputs)  # parts sized to the job
         if spec.kind == "pool":
-            arriving = expanded if spec.name == "inpaint" else item_rows
             if arriving:
                 args["batch_size"] = max(args["batch_size"], arriving)
             ds = ds.map_batches(POOLS[spec.name], fn_constructor_kwargs={"run": run}, **args)
             continue
-        ds = ds.map_batches(CHEAP_STAGES[spec.name], fn_kwargs={"run": run}, **args)
-        if spec.expands:  # one row became many: blocks of `expanded` rows for the next pool
-            ds = ds.repartition(target_num_rows_per_block=expanded)
+        ds = ds.map_batches(TASKS[spec.name], fn_kwargs={"run": run}, **args)
+        if spec.expands:  # one row became many: blocks for the next pool, two per actor over the job
+            following = next(s for s in PIPELINE[index + 1 :] if s.kind == "pool")
+            actors = sizing.pools[following.name].max if sizing and following.name in sizing.pools else 1
+            arriving = expanded_block_rows(config, outputs, actors, following.name)
+            ds = ds.repartition(target_num_rows_per_block=arriving)
     return ds
 
 
-def expanded_block_rows(config: CanvasConfig, outputs: int | None, inpaint_actors: int) -> int:
-    """Rows per block after Prompt's expansion: enough blocks that every inpaint actor gets work (two
-    per actor over the job), never below the inpaint batch, never above ``ray.block_rows`` (cheap error
-    rows ride in big blocks; image blocks are also capped in bytes by ``ray.block_mb``)."""
-    batch = config.inpaint.resources.batch_size
+def expanded_block_rows(
+    config: CanvasConfig, outputs: int | None, actors: int, pool: str = "inpaint"
+) -> int:
+    """Rows per block after Prompt's expansion: enough blocks that every actor of the next pool
+    (``inpaint``) gets work (two per actor over the job), never below its batch, never above
+    ``ray.block_rows`` (cheap error rows ride in big blocks; image blocks are also capped in bytes by
+    ``ray.block_mb``)."""
+    batch = stage_resources(step(pool), config).batch_size
     if outputs is None:
         return max(batch, config.ray.block_rows)
-    wanted = -(-outputs // max(1, 2 * inpaint_actors))
+    wanted = -(-outputs // max(1, 2 * actors))
     return max(batch, min(config.ray.block_rows, wanted))

@@ -11,7 +11,7 @@ from typing import Any
 
 from canvas_ray.config import CanvasConfig
 from canvas_ray.rows import Batch, OutputRecord, rows_batch
-from canvas_ray.spec import in_process_stages, make_stage, model_stages
+from canvas_ray.spec import StageName, in_process_stages, make_stage, model_batch
 from canvas_ray.stages.base import StageContext, run_in_chunks
 from canvas_ray.styles import StyleBook
 
@@ -25,16 +25,33 @@ def items_batch(items: list[dict[str, Any]]) -> Batch:
     return rows_batch(items, arrays=("image_bytes", "style_image_bytes"))
 
 
+class InProcess:
+    """The spec's in-process stages (no sinks) up to ``until``, run one after another in this process,
+    model stages in chunks of their configured batch (:func:`canvas_ray.spec.model_batch`), as in the Ray
+    plan. What ``LocalPipeline`` and training data prep run."""
+
+    def __init__(self, config: CanvasConfig, context: StageContext, until: StageName | None = None):
+        self.order = in_process_stages(until)  # from the one pipeline spec
+        self.stages = {name: make_stage(name, config, context) for name in self.order}
+        self.chunks = {name: model_batch(name, config) for name in self.order}
+
+    def __call__(self, batch: Batch) -> Batch:
+        for name in self.order:
+            chunk = self.chunks[name]
+            batch = run_in_chunks(self.stages[name], batch, chunk) if chunk else self.stages[name](batch)
+            if not batch:
+                break
+        return batch
+
+
 class LocalPipeline:
     """All stages in this process. ``keep_intermediate`` keeps canvas/mask/background columns."""
 
     def __init__(self, config: CanvasConfig, keep_intermediate: bool = False):
         self.config = config
         self.styles = StyleBook.from_config(config)
-        self.order = in_process_stages()  # from the one pipeline spec
-        context = StageContext(styles=self.styles, keep_intermediate=keep_intermediate)
-        self.stages = {name: make_stage(name, config, context) for name in self.order}
-        self.chunks = {name: getattr(config, name).resources.batch_size for name in model_stages()}
+        self.runner = InProcess(config, StageContext(styles=self.styles, keep_intermediate=keep_intermediate))
+        self.order, self.stages = self.runner.order, self.runner.stages
 
     def __getattr__(self, name: str) -> Any:
         stages = self.__dict__.get("stages", {})
@@ -43,16 +60,7 @@ class LocalPipeline:
         raise AttributeError(name)
 
     def run_batch(self, batch: Batch) -> Batch:
-        for name in self.order:
-            if name == "fetch" and "image_uri" not in batch:
-                continue  # rows that already carry their bytes
-            if name in self.chunks:  # model stages see their configured batch size, as in the Ray plan
-                batch = run_in_chunks(self.stages[name], batch, self.chunks[name])
-            else:
-                batch = self.stages[name](batch)
-            if not batch:
-                break
-        return batch
+        return self.runner(batch)
 
     def generate(self, items: list[dict[str, Any]]) -> list[GeneratedImage]:
         return OutputRecord.from_batch(self.run_batch(items_batch(items)))

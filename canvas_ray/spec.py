@@ -1,16 +1,26 @@
-"""The one pipeline spec: stage order, how each step runs, its resources and its columns.
+"""The one pipeline spec: stage order, how each step runs, what it runs, its resources and its columns.
 
 ```
 fetch_decode ─▶ segment ─▶ caption ─▶ thumbnails_and_prompt ─▶ inpaint ─▶ composite_and_write
   (tasks)       (pool)      (pool)          (tasks)             (pool)        (tasks)
+  fetch,decode                          [thumbnails],prompt                composite,[write]
   ─▶ write_manifest_part
         (tasks)
+      [manifest_part]
 ```
 A *step* is what the Ray Data plan maps (``map_batches``): model steps are actor pools holding one stage
-class each; cheap steps are tasks running one or more stage classes. Resources always come from the
-config (:func:`stage_resources`). The batch plan (:mod:`canvas_ray.batch`), the in-process
-:class:`canvas_ray.pipeline.LocalPipeline` and training data prep are built from :data:`PIPELINE`;
-each step lists the stage classes it runs (``stages``) so an in-process driver can run them directly.
+class each; cheap steps are tasks running one or more stage classes in turn. Each step names the stage
+classes it runs (``stages``; :func:`make_stage` builds any of them), among them the *sinks* in brackets,
+which write files under the run's output root (:mod:`canvas_ray.stages.sinks`). Each step also declares
+its special cases: whether its stage runs a model in chunks of its configured batch (pool steps, every
+driver), whether it takes whole blocks, whether it expands rows, which of its error rows are the caller's
+bad input (:func:`input_error_stages`), and what memory a task declares.
+
+The drivers are adapters that decide only *how* a step runs: the batch plan (:mod:`canvas_ray.batch_plan`)
+maps every step (pools as actor pools, the rest as tasks, sinks included); the in-process drivers
+(:class:`canvas_ray.pipeline.LocalPipeline`, Serve's ingress and its model deployments, training data
+prep) run :func:`in_process_stages` (no sinks: they hand images back) with :func:`model_batch` chunks.
+Resources always come from the config (:func:`stage_resources`).
 """
 
 from __future__ import annotations
@@ -19,9 +29,23 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from canvas_ray.config import CanvasConfig, Resources
-from canvas_ray.stages.base import Stage, StageContext
+from canvas_ray.stages.base import StageContext
 
-StageName = Literal["fetch", "decode", "segment", "caption", "prompt", "inpaint", "composite", "write"]
+StageName = Literal[
+    "fetch",
+    "decode",
+    "segment",
+    "caption",
+    "thumbnails",
+    "prompt",
+    "inpaint",
+    "composite",
+    "write",
+    "manifest_part",
+]
+
+# Stages that write files under the run's output root; in-process drivers hand images back instead.
+SINKS: tuple[StageName, ...] = ("thumbnails", "write", "manifest_part")
 
 
 @dataclass(frozen=True)
@@ -39,6 +63,11 @@ class StageSpec:
             one (a cluster schedules by declared memory; a step holding decoded images must say so).
         expands: the step turns one row into many (Prompt: item → styles × aspects × variants), so a
             driver cuts its output into blocks again before the next pool.
+        whole_blocks: a cheap step takes each block whole (no per-call set-up over small slices); False:
+            its resources' ``batch_size`` rows per call (the manifest step: one part per call).
+        input_errors: the ``error_stage`` labels of the step's error rows that mean a bad input (a
+            missing or refused image, a bad ``product_box``, style or profile, a non-compliant output),
+            not a failure of ours: Serve answers them 422, the others 500.
     """
 
     name: str
@@ -48,6 +77,18 @@ class StageSpec:
     batch_format: str = "numpy"
     memory_mb: int | None = None
     expands: bool = False
+    whole_blocks: bool = True
+    input_errors: tuple[str, ...] = ()
+
+    @property
+    def chunked(self) -> bool:
+        """The step's stage runs a model on its ``ok`` rows ``resources.batch_size`` at a time, whatever
+        the driver hands it (a block, a Serve batch, a LocalPipeline batch)."""
+        return self.kind == "pool"
+
+    @property
+    def sinks(self) -> tuple[StageName, ...]:
+        return tuple(name for name in self.stages if name in SINKS)
 
     @property
     def requires(self) -> tuple[str, ...]:
@@ -76,47 +117,36 @@ PIPELINE: tuple[StageSpec, ...] = (
         ("fetch", "decode"),
         resources="io",
         memory_mb=768,
+        input_errors=("fetch", "decode"),
     ),
-    StageSpec(
-        "segment",
-        "pool",
-        ("segment",),
-        resources="segment",
-    ),
-    StageSpec(
-        "caption",
-        "pool",
-        ("caption",),
-        resources="caption",
-    ),
+    StageSpec("segment", "pool", ("segment",), resources="segment", input_errors=("segment",)),
+    StageSpec("caption", "pool", ("caption",), resources="caption"),
     StageSpec(
         "thumbnails_and_prompt",
         "task",
-        ("prompt",),
+        ("thumbnails", "prompt"),
         resources="io",
         memory_mb=768,
         expands=True,
+        input_errors=("prompt", "profile"),
     ),
-    StageSpec(
-        "inpaint",
-        "pool",
-        ("inpaint",),
-        resources="inpaint",
-    ),
+    StageSpec("inpaint", "pool", ("inpaint",), resources="inpaint"),
     StageSpec(
         "composite_and_write",
         "task",
         ("composite", "write"),
         resources="composite",
         memory_mb=1024,
+        input_errors=("compliance",),
     ),
     StageSpec(
         "write_manifest_part",
         "task",
-        (),
+        ("manifest_part",),
         resources="manifest",
         batch_format="pyarrow",
         memory_mb=256,
+        whole_blocks=False,
     ),
 )
 
@@ -160,9 +190,24 @@ def chained_model_stages() -> tuple[tuple[StageName, ...], ...]:
     return tuple(tuple(group) for group in groups)
 
 
-def in_process_stages() -> tuple[StageName, ...]:
-    """Every stage class in pipeline order (what an in-process driver runs; ``write`` excluded)."""
-    return tuple(name for s in PIPELINE for name in s.stages if name != "write")
+def in_process_stages(until: StageName | None = None) -> tuple[StageName, ...]:
+    """Every stage in pipeline order but the sinks (what an in-process driver runs), up to and including
+    ``until`` (training prep runs them up to ``caption``)."""
+    names = tuple(name for s in PIPELINE for name in s.stages if name not in SINKS)
+    return names[: names.index(until) + 1] if until else names
+
+
+def model_batch(name: StageName, config: CanvasConfig) -> int | None:
+    """Rows per model call of a stage that runs in a pool step (its configured ``batch_size``), else None."""
+    for spec in PIPELINE:
+        if spec.chunked and name in spec.stages:
+            return stage_resources(spec, config).batch_size
+    return None
+
+
+def input_error_stages() -> tuple[str, ...]:
+    """Every ``error_stage`` label that means a bad input (:attr:`StageSpec.input_errors`)."""
+    return tuple(dict.fromkeys(label for s in PIPELINE for label in s.input_errors))
 
 
 def timing_columns(name: StageName) -> tuple[str, ...]:
@@ -170,22 +215,26 @@ def timing_columns(name: StageName) -> tuple[str, ...]:
     return tuple(c for c in _STAGE_CLASSES()[name].produces if c.endswith("_s"))
 
 
-def _STAGE_CLASSES() -> dict[str, type[Stage]]:  # noqa: N802 - a lazy constant
+def _STAGE_CLASSES() -> dict[str, type[Any]]:  # noqa: N802 - a lazy constant
     from canvas_ray.stages.caption import Caption
     from canvas_ray.stages.composite import Composite
     from canvas_ray.stages.decode import Decode, Fetch
     from canvas_ray.stages.inpaint import Inpaint
     from canvas_ray.stages.prompt import Prompt
     from canvas_ray.stages.segment import Segment
+    from canvas_ray.stages.sinks import ImageWriter, ManifestPartWriter, ThumbnailWriter
 
     return {
         "fetch": Fetch,
         "decode": Decode,
         "segment": Segment,
         "caption": Caption,
+        "thumbnails": ThumbnailWriter,
         "prompt": Prompt,
         "inpaint": Inpaint,
         "composite": Composite,
+        "write": ImageWriter,
+        "manifest_part": ManifestPartWriter,
     }
 
 

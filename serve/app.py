@@ -25,7 +25,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from ray import serve
@@ -141,7 +140,8 @@ class Ingress(JobRoutes):
             "seed": fields.seed,
             "title": fields.title or "",
             "product_box": fields.product_box or "",
-            REQUEST_COLUMN: rid,
+            "prompt": fields.prompt or "",  # the request's own prompt, used verbatim by Prompt when given
+            REQUEST_COLUMN: rid,  # carried by every stage (Prompt included) to this request's rows
         }
         if image is not None:
             item["image_bytes"] = image
@@ -150,9 +150,7 @@ class Ingress(JobRoutes):
         if parsed.style_image is not None:  # decoded into `style_image` by Decode, never fetched from a URL
             item["style_image_bytes"] = parsed.style_image
         batch = items_batch([item])
-        for name in self.order:
-            if name == "fetch" and image is not None:
-                continue  # uploaded bytes; URIs are fetched only when allowlisted
+        for name in self.order:  # Fetch leaves uploaded bytes alone; URIs are fetched only when allowlisted
             if name not in self.stages and name not in self.groups:
                 continue  # ran in its group's replica
             begun = time.perf_counter()
@@ -174,11 +172,6 @@ class Ingress(JobRoutes):
             self.metrics.stage(key, spent[key])
             if group:  # the part of it spent inside the stages, in the replica
                 spent[key + ".inside"] = sum(inside_seconds(batch, stage) for stage in group)
-            if name == "prompt":
-                n = num_rows(batch)
-                batch[REQUEST_COLUMN] = np.asarray([rid] * n, dtype=object)
-                if fields.prompt:
-                    batch["prompt"] = np.asarray([fields.prompt] * n, dtype=object)
             raise_for_input(batch)  # 422 for a bad input, 500 for a failure of ours (e.g. caption)
         return batch
 

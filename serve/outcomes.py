@@ -10,11 +10,12 @@ import numpy as np
 
 from canvas_ray.rows import Batch
 from canvas_ray.schema import DELIVERED, split_error
-from canvas_ray.spec import StageName, timing_columns
+from canvas_ray.spec import StageName, input_error_stages, timing_columns
 from serve.errors import ApiError
 
-# Stages whose error rows mean "this input cannot be used" (422) rather than a failure of ours (500).
-INPUT_STAGES = ("decode", "segment", "prompt", "fetch", "profile", "compliance")
+# Error stages whose rows mean "this input cannot be used" (422) rather than a failure of ours (500): the
+# pipeline spec's input-error policy (StageSpec.input_errors).
+INPUT_STAGES = input_error_stages()
 
 
 def raise_for_input(batch: Batch) -> None:

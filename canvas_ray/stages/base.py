@@ -81,12 +81,15 @@ __all__ = [  # the row conventions, re-exported from canvas_ray.rows
 class StageContext:
     """What a stage may need besides its config, shared by every stage of one driver, actor or replica:
     the style book (built once), the run's config fingerprint (it seeds the outputs), the storage options
-    of the catalog's filesystem, and whether Composite keeps its intermediate columns (for tests)."""
+    of the catalog's filesystem, whether Composite keeps its intermediate columns (for tests), and for a
+    driver that stores its outputs (the batch plan) the output root and run id its sinks write under."""
 
     styles: StyleBook | None = None
     fingerprint: str | None = None
     storage_options: dict[str, Any] = field(default_factory=dict)
     keep_intermediate: bool = False
+    output_root: str | None = None  # where the sinks write (canvas_ray.stages.sinks); None: no sinks
+    run_id: str = ""  # names the run's manifest parts
 
     def style_book(self, config: CanvasConfig) -> StyleBook:
         """The shared style book, built from ``config`` on first use."""

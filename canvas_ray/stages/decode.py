@@ -149,7 +149,9 @@ class Fetch:
         n = len(batch["status"])
         existing = batch.get("image_bytes")
         data: list[bytes | None] = [None] * n if existing is None else list(existing)
-        indices = [i for i in ok_indices(batch) if (item := data[i]) is None or len(item) == 0]
+        # rows without bytes are fetched; given bytes (an upload, even an empty one: Decode says so) are kept
+        has_uri = "image_uri" in batch
+        indices = [i for i in ok_indices(batch) if (item := data[i]) is None or (has_uri and len(item) == 0)]
         style_indices: list[int] = []
         if "style_image_uri" in batch:
             given = batch.get("style_image_bytes")
@@ -160,7 +162,7 @@ class Fetch:
             ]
         with timed(batch, "fetch_s", sorted(set(indices) | set(style_indices))):
             for index in indices:
-                uri = batch["image_uri"][index]
+                uri = batch["image_uri"][index] if has_uri else None
                 if uri is None or not str(uri).strip():
                     set_error(batch, index, "fetch", "image_uri is empty")
                     continue

@@ -57,6 +57,9 @@ CARRIED = (
     "source_sha256",  # the source photo's hash (its C2PA ingredient)
     "style_image_uri",
     "style_image",  # the reference image: every output of an item is steered by it
+    "thumb_uri",  # the item's review thumbnails (the thumbnails sink, in batch runs)
+    "mask_uri",
+    "request_id",  # the online request a row belongs to (Serve batches rows of several requests)
 )
 
 
@@ -237,10 +240,15 @@ class Prompt:
             else:
                 row["seed"] = derive_seed(item_id, variant, style.key, self.fingerprint)
             row["negative_prompt"] = style.negative_prompt
-            row["prompt"] = build_prompt(
-                style,
-                str(batch["product_description"][index]) if "product_description" in batch else "",
-                self.config.caption.max_words,
+            given = batch["prompt"][index] if "prompt" in batch else None  # a request's own prompt
+            row["prompt"] = (
+                " ".join(str(given).split())
+                if isinstance(given, str) and given.strip()
+                else build_prompt(
+                    style,
+                    str(batch["product_description"][index]) if "product_description" in batch else "",
+                    self.config.caption.max_words,
+                )
             )
             profile = self._profile(row, profile_name, style.name) if profile_name else None
             if row["status"] != OK:

@@ -20,9 +20,8 @@ from PIL import Image
 
 from canvas_ray.config import CanvasConfig, config_from_dict
 from canvas_ray.logs import get_logger
-from canvas_ray.pipeline import items_batch
-from canvas_ray.spec import in_process_stages, make_stage
-from canvas_ray.stages.base import Batch, to_rgb
+from canvas_ray.pipeline import InProcess, items_batch
+from canvas_ray.stages.base import Batch, StageContext, to_rgb
 from canvas_ray.train.config import FinetuneConfig
 
 log = get_logger(__name__)
@@ -64,13 +63,11 @@ class PrepareExamples:
         canvas = stage_config(config)
         self.resolution = config.resolution
         # the pipeline spec's stages up to Caption: masks and captions exactly as generation makes them
-        order = in_process_stages()
-        self.stages = tuple(make_stage(name, canvas) for name in order[: order.index("caption") + 1])
+        self.stages = InProcess(canvas, StageContext(), until="caption")
         self.errors: list[tuple[str, str]] = []
 
     def __call__(self, batch: Batch) -> Batch:
-        for stage in self.stages:
-            batch = stage(batch)
+        batch = self.stages(batch)
         out: dict[str, list[Any]] = {c: [] for c in EXAMPLE_COLUMNS}
         for i, status in enumerate(batch["status"]):
             if status != "ok":

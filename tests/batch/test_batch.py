@@ -84,6 +84,11 @@ def test_sample_catalog_review_pages(sample_run):
     page = (root / "index.html").read_text()
     items = "".join(p.read_text() for p in (root / "review").glob("b*/p*.html"))
     assert "review/b00000/p1.html" in page and all(r["output_uri"] in items for r in rows)
+    # the thumbnails sink wrote each item's photo and mask, and Prompt carried their paths to every output
+    delivered = [r for r in rows if r["status"] in ("ok", "review")]
+    assert delivered and all(r["thumb_uri"] and r["mask_uri"] for r in delivered)
+    assert all((root / r["thumb_uri"]).is_file() and (root / r["mask_uri"]).is_file() for r in delivered)
+    assert all(r["thumb_uri"] in items for r in delivered)
 
 
 def test_sample_catalog_rerun_is_byte_identical(ray_local, sample_run, tmp_path):
