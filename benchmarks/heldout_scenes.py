@@ -512,6 +512,86 @@ def heldout_clean(split: str = "test") -> Iterator[HeldoutScene]:
         yield render(i, "sweep", "even", base + i, clean=True)
 
 
+# --- several separate objects: which one is the product? ------------------------------------------------
+
+
+def passer_by(layer: Layer, rng: np.random.Generator) -> None:
+    """A person walking past: head, torso, arms and legs in plain clothes (not a product)."""
+    w, h = layer.w, layer.h
+    cx = w / 2
+    skin = hexc(["#f1c27d", "#c68642", "#8d5524", "#ffdbac"][rng.integers(4)])
+    coat = hexc(["#2c3e50", "#7f8c8d", "#8e44ad", "#a04000", "#1e8449"][rng.integers(5)])
+    trousers = hexc(["#1b2631", "#5d4037", "#34495e"][rng.integers(3)])
+    layer.paint(layer.box(cx - 34, h * 0.55, cx - 6, h - 10, 8), layer.lit(trousers, cx - 20, 14))
+    layer.paint(layer.box(cx + 6, h * 0.55, cx + 34, h - 10, 8), layer.lit(trousers, cx + 20, 14))
+    layer.paint(layer.box(cx - 48, h * 0.2, cx + 48, h * 0.6, 22), layer.lit(coat, cx, 48))
+    layer.paint(layer.poly([(cx - 46, h * 0.24), (cx - 70, h * 0.52)], 18), coat * 0.9)
+    layer.paint(layer.poly([(cx + 46, h * 0.24), (cx + 70, h * 0.52)], 18), coat * 0.9)
+    layer.paint(layer.ellipse(cx, h * 0.12, 30, 36), layer.lit(skin, cx, 30))
+
+
+MULTI_KINDS = ("two-products", "passer-by")
+
+
+def render_multi(first: int, second: int | None, background: str, light_kind: str, seed: int) -> HeldoutScene:
+    """Two separate salient objects side by side, apart: two unrelated products (``second`` a product
+    index), or a product and a person walking past (``second`` None). The truth is both objects; which one
+    is the product cannot be told from the image, so the right outcome is ``review`` unless the catalog
+    names it (``product_box``)."""
+    rng = np.random.default_rng(seed)
+    w, h = 900, 600
+    canvas = Layer(w, h)
+    parts: list[tuple[int, int, Draw]] = [PRODUCTS[first][2] + (PRODUCTS[first][3],)]
+    parts.append(
+        PRODUCTS[second][2] + (PRODUCTS[second][3],) if second is not None else (200, 600, passer_by)
+    )
+    slots = [(rng.uniform(0.04, 0.1) * w, 0.42 * w), (rng.uniform(0.52, 0.6) * w, 0.42 * w)]
+    if rng.random() < 0.5:
+        slots.reverse()
+    for (pw, ph, draw), (x0, room) in zip(parts, slots, strict=True):
+        layer = Layer(pw, ph)
+        draw(layer, rng)
+        scale = min(room / pw, 0.85 * h / ph) * (rng.uniform(0.75, 1.0) if draw is not passer_by else 1.0)
+        size = (max(1, int(pw * scale)), max(1, int(ph * scale)))
+        rgb = cv2.resize(layer.rgb, size, interpolation=cv2.INTER_AREA)
+        alpha = cv2.resize(layer.alpha, size, interpolation=cv2.INTER_AREA)
+        y0 = int(h - size[1] - rng.uniform(0.03, 0.08) * h)
+        x = int(x0)
+        canvas.rgb[y0 : y0 + size[1], x : x + size[0]] += (
+            rgb * (1 - canvas.alpha[y0 : y0 + size[1], x : x + size[0]])[..., None]
+        )
+        canvas.alpha[y0 : y0 + size[1], x : x + size[0]] = np.maximum(
+            canvas.alpha[y0 : y0 + size[1], x : x + size[0]], alpha
+        )
+    bg = BACKGROUNDS[background](h, w, rng) if background != "sweep" else sweep(h, w, rng)
+    shadow = cv2.GaussianBlur(canvas.alpha, (0, 0), 6)
+    shadow = np.roll(shadow, (int(rng.integers(4, 16)), int(rng.integers(-12, 12))), axis=(0, 1))
+    bg = bg * (1 - 0.4 * shadow)[..., None]
+    image = bg * (1 - canvas.alpha[..., None]) + canvas.rgb
+    image = light(image, light_kind, rng)
+    image = image + rng.normal(0, 1.8 / 255, image.shape).astype(np.float32)
+    out = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+    second_name = "person" if second is None else PRODUCTS[second][0]
+    name = f"multi-{PRODUCTS[first][0]}+{second_name}-{background}-{light_kind}-{seed}"
+    kind = MULTI_KINDS[1] if second is None else MULTI_KINDS[0]
+    return HeldoutScene(name, out, canvas.alpha >= 0.5, kind, background)
+
+
+def heldout_multi(n: int = 12, split: str = "test") -> Iterator[HeldoutScene]:
+    """``n`` scenes with two separate salient objects (every third a product and a passer-by), on plain
+    sweeps and busy backgrounds alike; seeds split like :func:`heldout_scenes` (tune 72000+, test 82000+)."""
+    base = {"tune": 72000, "test": 82000}[split]
+    names = ["sweep", *BACKGROUNDS]
+    for i in range(n):
+        seed = base + i
+        rng = np.random.default_rng(seed + 1)
+        first = int(rng.integers(len(PRODUCTS)))
+        second = None if i % 3 == 2 else int((first + 1 + rng.integers(len(PRODUCTS) - 1)) % len(PRODUCTS))
+        background = names[int(rng.integers(len(names)))]
+        light_kind = "even" if background == "sweep" else LIGHTS[int(rng.integers(len(LIGHTS)))]
+        yield render_multi(first, second, background, light_kind, seed)
+
+
 def main() -> None:
     import argparse
 
@@ -524,7 +604,11 @@ def main() -> None:
     args = parser.parse_args()
     for folder in ("images", "masks"):
         (args.out / folder).mkdir(parents=True, exist_ok=True)
-    for scene in [*heldout_scenes(args.n, args.split), *heldout_clean(args.split)]:
+    for scene in [
+        *heldout_scenes(args.n, args.split),
+        *heldout_clean(args.split),
+        *heldout_multi(split=args.split),
+    ]:
         Image.fromarray(scene.image).save(args.out / "images" / f"{scene.name}.png")
         Image.fromarray(scene.mask.astype(np.uint8) * 255).save(args.out / "masks" / f"{scene.name}.png")
         print(scene.name, scene.kind, scene.image.shape)

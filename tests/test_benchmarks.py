@@ -114,3 +114,20 @@ def test_heldout_scenes_are_deterministic_and_split_by_seed() -> None:
     tune = next(heldout_scenes(1, "tune"))
     test = next(heldout_scenes(1, "test"))
     assert tune.name != test.name and len(PRODUCTS) >= 10
+
+
+def test_heldout_multi_scenes_hold_two_separate_objects() -> None:
+    """Scenes of two separate salient objects (which one is the product?): deterministic per seed, split
+    by seed, and the truth is two objects apart (the left and right halves both hold product)."""
+    import cv2
+    import numpy as np
+
+    from benchmarks.heldout_scenes import heldout_multi
+
+    first, again = next(heldout_multi(1, "test")), next(heldout_multi(1, "test"))
+    assert (first.image == again.image).all() and first.kind in ("two-products", "passer-by")
+    assert next(heldout_multi(1, "tune")).name != first.name
+    for scene in heldout_multi(3, "test"):
+        columns = scene.mask.any(axis=0).nonzero()[0]
+        assert np.diff(columns).max() > 10, scene.name  # a gap between the two objects
+        assert cv2.connectedComponents(scene.mask.astype(np.uint8))[0] - 1 >= 2

@@ -11,8 +11,10 @@ the second opinion:
 - ``assess_mask`` scores ``mask_confidence`` in [0, 1] as the weakest of: agreement with the colour model
   (and with a second segmenter's mask when one is given),
   soft-mask uncertainty, fragmentation, border contact, area plausibility and (for the weight-free
-  ``backdrop`` segmenter, whose model assumes a plain backdrop) how busy the image border is. ``mask_flags``
-  names the weak ones in words ('' when all are fine).
+  ``backdrop`` segmenter, whose model assumes a plain backdrop) how busy the image border is, and whether the
+  mask holds several separate objects (:func:`separate_objects`: which one is the product? not scored when
+  the catalog names it with a ``product_box``). ``mask_flags`` names the weak ones in words ('' when all
+  are fine).
 """
 
 from __future__ import annotations
@@ -28,6 +30,32 @@ CLAIM_LOW = 0.25  # unsure pixels the colour model may claim as product
 # IoU between test-time views scored 0 at VIEWS_LOW, 1 at VIEWS_HIGH (tuned on ho-tune: the views of right
 # masks agreed at IoU ≥ 0.976; review below 0.92)
 VIEWS_LOW, VIEWS_HIGH = 0.85, 0.97
+
+
+# Several separate objects (a car and a passer-by, two unrelated products): which one is the product?
+OBJECT_MIN_PART = 0.02  # components below this share of the mask are flecks, not parts
+OBJECT_NEAR = 0.25  # parts closer than this share of the smaller part's size (bbox long side) are one group
+OBJECT_TWIN_AREA = 0.5  # parts of at least this share of each other's area ...
+OBJECT_TWIN_SHAPE = 0.15  # ... whose log Hu moments differ by at most this, in the same colours, are twins
+# (a pair of earrings or shoes): one group
+OBJECT_SET_GAP = 0.5  # parts in the same colours (OBJECT_ACCESSORY_PALETTE) this close are one set
+OBJECT_MIN_SHARE = 0.1  # a group under this share of the largest group's area is not an object
+OBJECT_TWIN_PALETTE = 0.5  # "the same colours" of twins: palette overlap (see palette_overlap) at least this
+OBJECT_ACCESSORY = 0.5  # a group under this share of the largest, in its colours, is an accessory of it
+OBJECT_ACCESSORY_PALETTE = (
+    0.8  # "in its colours": palette overlap at least this (tuned on ho-tune, multi-tune)
+)
+MAX_PARTS = 8
+
+
+@dataclass(frozen=True)
+class Objects:
+    """The mask's separate salient objects: ``count`` groups of parts (parts of one product, such as a pair
+    of earrings, a set of jars, a cable and its plug, count once); ``alike`` the least palette overlap
+    between the largest group and another counted group (1 when there is only one)."""
+
+    count: int
+    alike: float
 
 
 @dataclass(frozen=True)
@@ -84,6 +112,105 @@ def refine_mask(soft: np.ndarray, opinion: np.ndarray, threshold: float = 0.5) -
     return refined
 
 
+HUES = 24  # hue sectors of the palette (15 degrees each); low-chroma pixels fall in 3 grey bins by lightness
+CHROMA = 8.0  # Lab chroma below which a pixel is grey
+
+
+def _palette(lab: np.ndarray) -> np.ndarray:
+    """Colour bins of some pixels (Nx3, OpenCV's 8-bit Lab): the hue sector for coloured pixels, which a
+    side light or shade does not change; dark, mid or light grey for the others."""
+    lab = lab.astype(np.float32)
+    a, b = lab[:, 1] - 128, lab[:, 2] - 128
+    hue = ((np.arctan2(b, a) + np.pi) / (2 * np.pi) * HUES).astype(np.int64) % HUES
+    grey = HUES + np.minimum(lab[:, 0] * 3 // 256, 2).astype(np.int64)
+    return np.where(np.hypot(a, b) >= CHROMA, hue, grey)
+
+
+def palette_overlap(lab_a: np.ndarray, lab_b: np.ndarray) -> float:
+    """How much two parts share their colours: the larger of the share of A's pixels whose colour bin (or
+    a neighbouring hue) holds at least 2% of B's pixels, and the same from B to A. Parts of one product
+    share a material (a tie bar and the cufflinks' rims, two earrings); a person and a bottle do not."""
+
+    def share(x: np.ndarray, y: np.ndarray) -> float:
+        counts = np.bincount(_palette(y), minlength=HUES + 3)
+        common = counts >= 0.02 * len(y)
+        hues = common[:HUES]
+        common[:HUES] = hues | np.roll(hues, 1) | np.roll(hues, -1)
+        return float(common[_palette(x)].mean())
+
+    return max(share(lab_a, lab_b), share(lab_b, lab_a))
+
+
+def _shape(part: np.ndarray) -> np.ndarray:
+    """The first four Hu moments of a part, log-scaled: equal for a part and its mirror image or a scaled,
+    turned copy (the other earring, the other shoe)."""
+    hu = cv2.HuMoments(cv2.moments(part.astype(np.uint8), binaryImage=True)).ravel()[:4]
+    return np.asarray(-np.sign(hu) * np.log10(np.abs(hu) + 1e-30))
+
+
+def separate_objects(image: np.ndarray, hard: np.ndarray) -> Objects:
+    """Count the separate salient objects of a hard mask (see :class:`Objects`).
+
+    Parts (connected components of at least ``OBJECT_MIN_PART`` of the mask) join one group when they are
+    close (a gap under ``OBJECT_NEAR`` of the smaller one's size: a cable and its plug, a set of jars),
+    twins (half the area or more, the same shape and colours: a pair of earrings or shoes) or a matching
+    set (the same colours, a gap under ``OBJECT_SET_GAP``: a ring beside its matching bar). Groups beside the
+    largest one, of at least ``OBJECT_MIN_SHARE`` of its area, are other objects unless they are a small
+    accessory in the same colours (under ``OBJECT_ACCESSORY`` of its area, palette overlap at least
+    ``OBJECT_ACCESSORY_PALETTE``: the tie bar of a cufflink set)."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(hard.astype(np.uint8), connectivity=8)
+    total = max(int(hard.sum()), 1)
+    order = sorted(range(1, count), key=lambda i: -int(stats[i, cv2.CC_STAT_AREA]))[:MAX_PARTS]
+    parts = [i for i in order if stats[i, cv2.CC_STAT_AREA] >= OBJECT_MIN_PART * total]
+    if len(parts) < 2:
+        return Objects(1, 1.0)
+    area = {i: int(stats[i, cv2.CC_STAT_AREA]) for i in parts}
+    size = {i: max(int(stats[i, cv2.CC_STAT_WIDTH]), int(stats[i, cv2.CC_STAT_HEIGHT])) for i in parts}
+    shape = {i: _shape(labels == i) for i in parts}
+    lab = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2LAB)
+    group = {i: i for i in parts}
+
+    def root(i: int) -> int:
+        while group[i] != i:
+            i = group[i]
+        return i
+
+    for number, a in enumerate(parts[:-1]):
+        distance = cv2.distanceTransform((labels != a).astype(np.uint8), cv2.DIST_L2, 3)
+        for b in parts[number + 1 :]:
+            gap = float(distance[labels == b].min()) / min(size[a], size[b])
+            if gap > OBJECT_NEAR:
+                colours = palette_overlap(lab[labels == a], lab[labels == b])
+                twins = (
+                    area[b] >= OBJECT_TWIN_AREA * area[a]
+                    and float(np.abs(shape[a] - shape[b]).max()) <= OBJECT_TWIN_SHAPE
+                    and colours >= OBJECT_TWIN_PALETTE
+                )
+                matching = gap <= OBJECT_SET_GAP and colours >= OBJECT_ACCESSORY_PALETTE
+                if not (twins or matching):
+                    continue
+            group[root(b)] = root(a)
+    members: dict[int, list[int]] = {}
+    for i in parts:
+        members.setdefault(root(i), []).append(i)
+    group_area = {g: sum(area[i] for i in ids) for g, ids in members.items()}
+    groups = sorted(members, key=lambda g: -group_area[g])
+    largest = groups[0]
+    others = [g for g in groups[1:] if group_area[g] >= OBJECT_MIN_SHARE * group_area[largest]]
+    if not others:
+        return Objects(1, 1.0)
+    first = lab[np.isin(labels, members[largest])]
+    objects, least = 1, 1.0
+    for g in others:
+        overlap = palette_overlap(first, lab[np.isin(labels, members[g])])
+        least = min(least, overlap)
+        accessory = (
+            group_area[g] < OBJECT_ACCESSORY * group_area[largest] and overlap >= OBJECT_ACCESSORY_PALETTE
+        )
+        objects += not accessory
+    return Objects(objects, least)
+
+
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max(1, (a | b).sum()))
 
@@ -112,6 +239,7 @@ def assess_mask(
     plain_backdrop_model: bool = False,
     reference: np.ndarray | None = None,
     views: list[np.ndarray] | None = None,
+    one_object: bool = False,
 ) -> MaskTrust:
     """Refine (optional) and score one mask.
 
@@ -122,6 +250,8 @@ def assess_mask(
         views (list[np.ndarray] | None, default None): the segmenter's soft masks of augmented views of
             the image (test-time augmentation: the image and its mirror), ``soft`` being their fusion; the
             least IoU between two of them lowers the confidence.
+        one_object (bool, default False): the mask is known to hold one object (the catalog named it
+            with a ``product_box``): several separate objects are not scored.
     """
     opinion = colour_opinion(image, soft, threshold)
     if refine:
@@ -178,6 +308,12 @@ def assess_mask(
         figures["views"] = min(_iou(a, b) for i, a in enumerate(hards) for b in hards[i + 1 :])
         scores["the mirrored view disagrees (IoU {views:.2f})"] = float(
             np.clip((figures["views"] - VIEWS_LOW) / (VIEWS_HIGH - VIEWS_LOW), 0, 1)
+        )
+    if not one_object:
+        objects = separate_objects(image, hard)
+        figures["objects"], figures["objects_alike"] = float(objects.count), objects.alike
+        scores["several separate objects ({objects:.0f}): name the product with product_box"] = (
+            1.0 if objects.count < 2 else 0.3
         )
     confidence = min(scores.values())
     weak = [

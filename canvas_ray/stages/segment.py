@@ -5,7 +5,8 @@ product), ``mask_confidence`` (float in [0, 1]) and ``mask_flags`` (why it is lo
 :mod:`canvas_ray.stages.mask_trust`). With ``segment.refine: grabcut`` the mask is refined first. Masks
 taken from an image's own alpha channel are exact: confidence 1. A row with a ``product_box`` column
 ("x0,y0,x1,y1" in source pixels) is segmented inside that box plus an 8% margin, whatever the backend, and is
-background outside it (a photo with a passer-by names its product). Backends, chosen by ``segment.backend``:
+background outside it (a photo with a passer-by names its product); without one, a mask of several
+separate objects goes to review. Backends, chosen by ``segment.backend``:
 
 - ``hf``: a transformers segmentation model (semantic segmentation with a background label, or a
   one-channel matting model such as BiRefNet with ``trust_remote_code``);
@@ -223,7 +224,10 @@ class Segment:
                 batch,
                 [i for i in indices if i in results],
                 STAGE,
-                lambda rows: [self._trust(batch["image"][i], *results[i]) for i in rows],
+                lambda rows: [
+                    self._trust(batch["image"][i], *results[i], boxed=_row_box(batch, i) is not None)
+                    for i in rows
+                ],
             )
         for index, (soft, confidence, why) in trusted.items():
             confidences[index], flags[index] = confidence, why
@@ -276,9 +280,14 @@ class Segment:
         return out
 
     def _trust(
-        self, image: np.ndarray, soft: np.ndarray, views: list[np.ndarray] | None = None
+        self,
+        image: np.ndarray,
+        soft: np.ndarray,
+        views: list[np.ndarray] | None = None,
+        boxed: bool = False,
     ) -> tuple[np.ndarray, float, str]:
-        """(soft mask, possibly refined; mask_confidence; mask_flags)."""
+        """(soft mask, possibly refined; mask_confidence; mask_flags). ``boxed``: the row named its product
+        with a ``product_box``, so several separate objects in the mask are not a reason for review."""
         soft = np.clip(np.nan_to_num(soft), 0.0, 1.0).astype(np.float32)
         if alpha_mask(image) is not None and self.spec.backend in ("alpha", "backdrop", "onnx"):
             return soft, 1.0, ""  # the image's own alpha channel: exact
@@ -289,5 +298,6 @@ class Segment:
             refine=self.spec.refine == "grabcut",
             plain_backdrop_model=self.spec.backend in ("backdrop", "alpha"),
             views=views if views and len(views) > 1 else None,
+            one_object=boxed,
         )
         return trust.soft, trust.confidence, trust.flags
