@@ -114,10 +114,11 @@ def build_sd15_inpaint(device: Any, tiny: bool = False) -> Any:
         tiny_pipe.to(device)
         tiny_pipe.set_progress_bar_config(disable=True)
         return tiny_pipe
-    from diffusers import AutoencoderKL, StableDiffusionInpaintPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from canvas_ray.models.tiny import _clip_tokenizer, sd_scheduler
+    from canvas_ray.models.tiny import _clip_tokenizer
+    from canvas_ray.models.tiny_diffusion import inpaint_pipeline
 
     tokenizer = _clip_tokenizer()  # built locally: no hub; ids fit the full-size embedding table
     with torch.device(device):  # initialise the weights where they will run (seconds, not minutes)
@@ -168,17 +169,7 @@ def build_sd15_inpaint(device: Any, tiny: bool = False) -> Any:
                 pad_token_id=tokenizer.pad_token_id,
             )
         )
-    scheduler = sd_scheduler()
-    pipe: Any = StableDiffusionInpaintPipeline(
-        vae=vae.eval(),  # type: ignore[attr-defined]
-        text_encoder=text_encoder.eval(),
-        tokenizer=tokenizer,
-        unet=unet.eval(),  # type: ignore[attr-defined]
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = inpaint_pipeline(vae, text_encoder, tokenizer, unet)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -52,7 +52,6 @@ def make_tiny_inpainter(seed: int = 0) -> StableDiffusionInpaintPipeline:
     with isolated():
         from diffusers import (
             AutoencoderKL,
-            StableDiffusionInpaintPipeline,
             UNet2DConditionModel,
         )
         from transformers import CLIPTextConfig, CLIPTextModel
@@ -72,19 +71,24 @@ def make_tiny_inpainter(seed: int = 0) -> StableDiffusionInpaintPipeline:
         )
         torch.manual_seed(seed)
         text_encoder = CLIPTextModel(CLIPTextConfig(num_hidden_layers=5, **clip_text_kwargs(tokenizer)))
-        scheduler = sd_scheduler()
-        # mypy loses diffusers' nn.Module methods on these classes (a typing gap, not a runtime one)
-        pipe = StableDiffusionInpaintPipeline(
-            vae=vae.eval(),  # type: ignore[attr-defined]
-            text_encoder=text_encoder.eval(),
-            tokenizer=tokenizer,
-            unet=unet.eval(),  # type: ignore[attr-defined]
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        pipe = inpaint_pipeline(vae, text_encoder, tokenizer, unet)
     return pipe
+
+
+def inpaint_pipeline(vae: Any, text_encoder: Any, tokenizer: Any, unet: Any) -> Any:
+    """An SD inpainting pipeline of these parts in eval mode (no safety checker), with the SD scheduler."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    return StableDiffusionInpaintPipeline(
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        unet=unet.eval(),
+        scheduler=sd_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
 
 
 def make_tiny_ip_adapter(seed: int = 0) -> tuple[CLIPVisionModelWithProjection, dict[str, torch.Tensor]]:
