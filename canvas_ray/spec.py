@@ -111,44 +111,26 @@ class StageSpec:
 
 
 PIPELINE: tuple[StageSpec, ...] = (
+    # name, kind, stages (sinks included), config section of its resources, special cases
     StageSpec(
-        "fetch_decode",
-        "task",
-        ("fetch", "decode"),
-        resources="io",
-        memory_mb=768,
-        input_errors=("fetch", "decode"),
+        "fetch_decode", "task", ("fetch", "decode"), "io", memory_mb=768, input_errors=("fetch", "decode")
     ),
-    StageSpec("segment", "pool", ("segment",), resources="segment", input_errors=("segment",)),
-    StageSpec("caption", "pool", ("caption",), resources="caption"),
+    StageSpec("segment", "pool", ("segment",), "segment", input_errors=("segment",)),
+    StageSpec("caption", "pool", ("caption",), "caption"),
     StageSpec(
-        "thumbnails_and_prompt",
-        "task",
-        ("thumbnails", "prompt"),
-        resources="io",
-        memory_mb=768,
-        expands=True,
+        "thumbnails_and_prompt", "task", ("thumbnails", "prompt"), "io", memory_mb=768, expands=True,
         input_errors=("prompt", "profile"),
     ),
-    StageSpec("inpaint", "pool", ("inpaint",), resources="inpaint"),
+    StageSpec("inpaint", "pool", ("inpaint",), "inpaint"),
     StageSpec(
-        "composite_and_write",
-        "task",
-        ("composite", "write"),
-        resources="composite",
-        memory_mb=1024,
+        "composite_and_write", "task", ("composite", "write"), "composite", memory_mb=1024,
         input_errors=("compliance",),
     ),
     StageSpec(
-        "write_manifest_part",
-        "task",
-        ("manifest_part",),
-        resources="manifest",
-        batch_format="pyarrow",
-        memory_mb=256,
+        "write_manifest_part", "task", ("manifest_part",), "manifest", batch_format="pyarrow", memory_mb=256,
         whole_blocks=False,
     ),
-)
+)  # fmt: skip
 
 
 def step(name: str) -> StageSpec:
