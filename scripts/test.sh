@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error RAY_DEDUP_LOGS=0
 PYTEST=(.venv/bin/python -m pytest -q -p no:cacheprovider --durations=25)
 # Two xdist workers: the modules that use a Ray cluster run one after another on one of them (one Ray at a
 # time, started once; tests/conftest.py groups them), the others whole-module on whichever is free.
-"${PYTEST[@]}" -n 2 --dist loadgroup -m "not real_models" "$@"
+"${PYTEST[@]}" -n 2 --dist loadscope -m "not real_models" "$@"
 # Real models: the IS-Net ONNX file must be there (never skipped; fetch it with the command below).
 .venv/bin/python - <<'PY'
 import sys

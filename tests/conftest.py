@@ -3,7 +3,9 @@ models built once per session."""
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -37,24 +39,35 @@ SAMPLE_CATALOG = REPO / "examples" / "catalog"
 ARTIFACTS = REPO / "test-artifacts"
 
 
-# ---- running the suite on two xdist workers (scripts/test.sh: -n 2 --dist loadgroup) ----
+# ---- running the suite on two xdist workers (scripts/test.sh: -n 2 --dist loadscope) ----
 # Every module that uses a Ray cluster runs on one worker, in file order, as in a plain run: the session's
 # local Ray (``ray_local``) is started once there and handed from module to module, and the modules that
-# build a cluster of their own never run beside another cluster on the 2 cores. The other modules each go
-# whole to whichever worker is free (their module fixtures are built once), beside the Ray modules.
-RAY_FIXTURES = {"ray_local", "sample_run", "_ray_session"}
+# build a cluster of their own (marked ``ray_cluster``) never run beside another cluster on the 2 cores.
+# The other modules go whole to whichever worker is free (their module fixtures built once). A scheduler of
+# our own, since xdist's loadgroup cannot rename node ids under pytest 9: one scope "ray" for those modules.
 RAY_GROUP = "ray"
+_USES_RAY = re.compile(r"\b(ray_local|sample_run)\b|pytest\.mark\.ray_cluster")
 
 
-def pytest_collection_modifyitems(config, items):
-    ray_modules = {
-        item.module.__name__
-        for item in items
-        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("ray_cluster")
-    }
-    for item in items:
-        module = item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(RAY_GROUP if module in ray_modules else module))
+@functools.cache
+def uses_ray(path: str) -> bool:
+    """Whether the test module at ``path`` (relative to the repo) uses a Ray cluster: it asks for the
+    session's Ray (``ray_local``, ``sample_run``) or is marked ``ray_cluster``."""
+    file = REPO / path
+    return file.suffix == ".py" and file.is_file() and bool(_USES_RAY.search(file.read_text()))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class RayGroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return RAY_GROUP if uses_ray(path) else path
+
+    return RayGroupScheduling(config, log)
 
 
 # The session's local Ray: its GCS address while it runs (see ``ray_local``).
