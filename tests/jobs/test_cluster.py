@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -115,7 +116,7 @@ def ray_head(tmp_path_factory):
     if ray.is_initialized():
         ray.shutdown()
     port, dashboard = _free_port(), _free_port()
-    temp = tmp_path_factory.mktemp("ray-head")
+    temp = head_temp_dir()
     env = dict(os.environ, RAY_DEDUP_LOGS="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     # the job's `python` is whatever the head node's PATH finds: make it this environment's, as on a cluster
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
@@ -125,6 +126,15 @@ def ray_head(tmp_path_factory):
         yield f"http://127.0.0.1:{dashboard}", env
     finally:
         _stop_head(head, str(temp))
+
+
+def head_temp_dir() -> Path:
+    """A short temp dir for a Ray head (``_stop_head`` removes it): Ray's unix socket paths are capped at
+    107 bytes, and pytest's own (``/tmp/pytest-of-root/pytest-N/popen-gw0/…`` under xdist) leave too
+    little room for ``session_<date>_<pid>/sockets/plasma_store``; the head then never comes up."""
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))
 
 
 def start_head(temp: Path, port: int, dashboard: int, env: dict[str, str], num_cpus: int) -> subprocess.Popen:
@@ -158,6 +168,7 @@ def _stop_head(head: subprocess.Popen, temp: str) -> None:
         with contextlib.suppress(psutil.Error):
             if any(temp in part for part in process.info["cmdline"] or []):
                 process.kill()
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_ray_job_submit(ray_head, tmp_path):

@@ -25,7 +25,7 @@ import pytest
 from canvas_ray.config import REPO_ROOT, load_config
 from canvas_ray.testing import product_png
 from serve.webhooks import SIGNATURE_HEADER, verify_signature
-from tests.jobs.test_cluster import _free_port, _stop_head, _wait_http, start_head
+from tests.jobs.test_cluster import _free_port, _stop_head, _wait_http, head_temp_dir, start_head
 from tests.serve.test_serve_page import CHROMEDRIVER, CHROMIUM, browser  # noqa: F401 - the browser fixture
 
 pytestmark = pytest.mark.ray_cluster  # starts its own Ray (conftest: the one Ray xdist group)
@@ -78,7 +78,7 @@ def stack(tmp_path_factory):
 
     if ray.is_initialized():
         ray.shutdown()
-    temp = tmp_path_factory.mktemp("rj")  # short: Ray's unix socket paths are capped at 107 bytes
+    temp = head_temp_dir()  # short: Ray's unix socket paths are capped at 107 bytes
     port, dashboard, http_port = _free_port(), _free_port(), _free_port()
     # Ray token auth is off for this loopback-only head, as for this process (tests/conftest.py); the API
     # under test has its own keys

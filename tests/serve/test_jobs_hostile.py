@@ -28,7 +28,7 @@ from canvas_ray.config import REPO_ROOT, JobsConfig, load_config
 from canvas_ray.io.uris import uri_allowed
 from serve.errors import ApiError
 from serve.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, deliver_webhook, sign, verify_signature
-from tests.jobs.test_cluster import _free_port, _stop_head, _wait_http, start_head
+from tests.jobs.test_cluster import _free_port, _stop_head, _wait_http, head_temp_dir, start_head
 
 pytestmark = pytest.mark.ray_cluster  # starts its own Ray (conftest: the one Ray xdist group)
 
@@ -114,7 +114,7 @@ def stack(tmp_path_factory):
 
     if ray.is_initialized():
         ray.shutdown()
-    temp = tmp_path_factory.mktemp("rh")  # short: Ray's unix socket paths are capped at 107 bytes
+    temp = head_temp_dir()  # short: Ray's unix socket paths are capped at 107 bytes
     port, dashboard, http_port = _free_port(), _free_port(), _free_port()
     env = dict(os.environ, RAY_DEDUP_LOGS="0", CANVAS_RAY_WEBHOOK_SECRET=SECRET)
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
