@@ -21,6 +21,8 @@ profile's check is ``rejected`` with the reason ``compliance: <profile>: <issues
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from canvas_ray.compose import composite, verify_product_preserved
@@ -92,29 +94,36 @@ class Composite:
         self, canvas: np.ndarray, mask: np.ndarray, background: np.ndarray, style: str, profile: str = ""
     ) -> np.ndarray:
         """The final image for one output (also used by Inpaint to score candidates)."""
+        return self._compose(canvas, mask, background, style, profile, self.plan(canvas, mask, profile))[0]
+
+    def _compose(
+        self,
+        canvas: np.ndarray,
+        mask: np.ndarray,
+        background: np.ndarray,
+        style: str,
+        profile: str,
+        plan: MattePlan,
+    ) -> tuple[np.ndarray, Any]:
+        """(the final image, the matte composite when ``plan`` says matte, else None) under one plan."""
         rules = self.profiles.get(profile) if profile else None
         if rules is not None and rules.background == "pure_white":
-            return render_pure_white(canvas, mask)
+            return render_pure_white(canvas, mask), None
         shadow = self._shadow(style, profile)
-        if self.plan(canvas, mask, profile).matte:
-            return composite_matte(canvas, mask, background, shadow=shadow).result
-        return composite(canvas, mask, background, feather_px=self.spec.feather_px, shadow=shadow)
+        if plan.matte:
+            made = composite_matte(canvas, mask, background, shadow=shadow)
+            return made.result, made
+        return composite(canvas, mask, background, feather_px=self.spec.feather_px, shadow=shadow), None
 
     def _one(self, batch: Batch, index: int) -> tuple[np.ndarray, int, int, Compliance | None, MattePlan]:
         canvas, mask = batch["canvas"][index], batch["canvas_mask"][index]
         profile = str(batch["profile"][index] or "") if "profile" in batch else ""
-        plan = self.plan(canvas, mask, profile)
-        if plan.matte:
-            style = str(batch["style"][index])
-            made = composite_matte(
-                canvas, mask, batch["background"][index], shadow=self._shadow(style, profile)
-            )
-            result = made.result
+        plan = self.plan(canvas, mask, profile)  # once per output: it measures the mask's partial band
+        style, background = str(batch["style"][index]), batch["background"][index]
+        result, made = self._compose(canvas, mask, background, style, profile, plan)
+        if made is not None:
             check = verify_matte_preserved(result, canvas, mask, made.foreground, made.background)
         else:
-            result = self.render(
-                canvas, mask, batch["background"][index], str(batch["style"][index]), profile
-            )
             # the canvas holds the product as pasted (resampled where the profile scaled it): compare with it
             check = verify_product_preserved(result, canvas, mask)
         if not check.product_preserved:
