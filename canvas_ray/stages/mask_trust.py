@@ -13,7 +13,9 @@ the second opinion:
   soft-mask uncertainty, fragmentation, border contact, area plausibility and (for the weight-free
   ``backdrop`` segmenter, whose model assumes a plain backdrop) how busy the image border is, and whether the
   mask holds several separate objects (:func:`separate_objects`: which one is the product? not scored when
-  the catalog names it with a ``product_box``). ``mask_flags`` names the weak ones in words ('' when all
+  the catalog names it with a ``product_box``), and whether the segmenter's own soft output holds a salient
+  object that the mask leaves out (:func:`~canvas_ray.stages.mask_outside.outside_objects`, likewise not
+  scored with a ``product_box``). ``mask_flags`` names the weak ones in words ('' when all
   are fine).
 """
 
@@ -23,6 +25,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from canvas_ray.stages.mask_outside import outside_objects
 
 ROI_PAD = 24
 UNSURE_LOW, UNSURE_HIGH = 0.1, 0.9
@@ -253,6 +257,7 @@ def assess_mask(
         one_object (bool, default False): the mask is known to hold one object (the catalog named it
             with a ``product_box``): several separate objects are not scored.
     """
+    raw = soft
     opinion = colour_opinion(image, soft, threshold)
     if refine:
         soft = refine_mask(soft, opinion, threshold)
@@ -315,6 +320,16 @@ def assess_mask(
         scores["several separate objects ({objects:.0f}): name the product with product_box"] = (
             1.0 if objects.count < 2 else 0.3
         )
+        if not plain_backdrop_model:  # the backdrop segmenter's soft mask is hard with a 1 px ramp
+            outside = outside_objects(raw, hard)
+            figures["outside"], figures["outside_level"] = outside.share, outside.level
+            what = (
+                "a salient region just outside the mask ({outside:.0%} of its area: a part it left out, "
+                "or a second object)"
+                if outside.beside
+                else "a second object outside the mask ({outside:.0%} of its area)"
+            )
+            scores[f"{what}: name the product with product_box"] = 1.0 if outside.share == 0 else 0.3
     confidence = min(scores.values())
     weak = [
         text.format(**figures) for text, score in sorted(scores.items(), key=lambda kv: kv[1]) if score < 0.8
