@@ -92,6 +92,9 @@ def colour_opinion(
         return hard
     background_model, product_model = np.zeros((1, 65)), np.zeros((1, 65))
     rgb = np.ascontiguousarray(image[y0:y1, x0:x1, :3])
+    # GrabCut seeds its colour models from OpenCV's per-thread random generator: seeded here, the opinion
+    # (and so the confidence and a refined mask) is the same whatever ran before in this thread
+    cv2.setRNGSeed(0)
     cv2.grabCut(rgb, labels, (0, 0, 0, 0), background_model, product_model, iterations, cv2.GC_INIT_WITH_MASK)
     out = np.zeros_like(hard)
     out[y0:y1, x0:x1] = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
