@@ -46,7 +46,7 @@ ARTIFACTS = REPO / "test-artifacts"
 # The other modules go whole to whichever worker is free (their module fixtures built once). A scheduler of
 # our own, since xdist's loadgroup cannot rename node ids under pytest 9: one scope "ray" for those modules.
 # (Splitting them over both workers, each with its own Ray, was measured: 1361 s against 1272-1329 s for
-# this grouping; the 2 cores are already saturated by one Ray group, so two only contend.)
+# this grouping: 1.2% idle CPU during that run; the 2 cores are close to saturated by one Ray group.)
 # Each worker has its own Ray temp dir all the same, so a plain ``ray.init()`` or the CLI in one worker can
 # never attach to a cluster the other started, through Ray's current-cluster record.
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER")

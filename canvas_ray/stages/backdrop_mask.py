@@ -149,8 +149,9 @@ def _soft_edge(mask: np.ndarray, ramp: float = _EDGE_RAMP_PX) -> np.ndarray:
     return np.clip(0.5 + signed / (2.0 * ramp), 0.0, 1.0).astype(np.float32)
 
 
-def _grabcut(img: np.ndarray, init: np.ndarray, iters: int) -> np.ndarray | None:
-    """Run GrabCut from an init label mask; returns the foreground (bool), or None on failure."""
+def grabcut_from_labels(img: np.ndarray, init: np.ndarray, iters: int) -> np.ndarray | None:
+    """Run GrabCut from an init label mask with OpenCV's generator seeded (the result never depends on what
+    ran before in the thread); returns the foreground (bool), or None on failure."""
     has_fg = np.isin(init, (cv2.GC_FGD, cv2.GC_PR_FGD)).any()
     has_bg = np.isin(init, (cv2.GC_BGD, cv2.GC_PR_BGD)).any()
     if iters <= 0 or min(init.shape) < 16 or not (has_fg and has_bg):
@@ -217,7 +218,7 @@ def backdrop_product_mask(
         core = cv2.erode(core.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     labels[core] = cv2.GC_FGD
     labels[shadows | (border & (dist <= thr))] = cv2.GC_BGD
-    refined = _grabcut(small, labels, grabcut_iters)
+    refined = grabcut_from_labels(small, labels, grabcut_iters)
     fg = init_fg if refined is None or not refined.any() else refined
 
     fg = _fill_holes(_remove_small(fg, min_component_frac * area, keep_largest=True))

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from canvas_ray.stages.backdrop_mask import grabcut_from_labels
 from canvas_ray.stages.mask_outside import outside_objects
 
 ROI_PAD = 24
@@ -90,14 +91,13 @@ def colour_opinion(
     labels[sub_hard] = cv2.GC_PR_FGD
     if (labels == cv2.GC_BGD).sum() < 50 or sub_hard.all():
         return hard
-    background_model, product_model = np.zeros((1, 65)), np.zeros((1, 65))
-    rgb = np.ascontiguousarray(image[y0:y1, x0:x1, :3])
-    # GrabCut seeds its colour models from OpenCV's per-thread random generator: seeded here, the opinion
-    # (and so the confidence and a refined mask) is the same whatever ran before in this thread
-    cv2.setRNGSeed(0)
-    cv2.grabCut(rgb, labels, (0, 0, 0, 0), background_model, product_model, iterations, cv2.GC_INIT_WITH_MASK)
+    # seeded GrabCut: the opinion (and so the confidence and a refined mask) never depends on what ran
+    # before in this thread
+    product = grabcut_from_labels(np.ascontiguousarray(image[y0:y1, x0:x1, :3]), labels, iterations)
+    if product is None:
+        return hard
     out = np.zeros_like(hard)
-    out[y0:y1, x0:x1] = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
+    out[y0:y1, x0:x1] = product
     return out
 
 
