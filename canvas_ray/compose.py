@@ -159,6 +159,11 @@ def contact_shadow(canvas_mask: np.ndarray, strength: float) -> np.ndarray:
     return (1.0 - strength * 0.65 * shade).astype(np.float32)
 
 
+def _blur_radius(sigma: float) -> int:
+    """How far OpenCV's Gaussian of ``sigma`` (kernel size 0, float images) reaches: 4 sigma, rounded."""
+    return (round(sigma * 8 + 1) | 1) // 2
+
+
 def composite(
     canvas: np.ndarray,
     canvas_mask: np.ndarray,
@@ -167,14 +172,30 @@ def composite(
     feather_px: int = 2,
     shadow: float = 0.0,
 ) -> np.ndarray:
-    """Background with shadow, blended through the soft edge, then the product pixels copied back exactly."""
+    """Background with shadow, blended through the soft edge, then the product pixels copied back exactly.
+
+    Only a window around the product blends (its mask's box, grown by the feather's and the edge colour's
+    blur reach): outside it the blend weight is exactly 0, so the result there is the shaded background,
+    and inside it every blur sees what it would see over the whole canvas. The same bytes as blending the
+    whole canvas, at the cost of the product's box instead of the canvas."""
     if background.shape[:2] != canvas.shape[:2]:
         raise ValueError(f"background is {background.shape[:2]}, canvas is {canvas.shape[:2]}")
-    hard = canvas_mask >= HARD
     base = background[..., :3].astype(np.float32)
     if shadow > 0:
         base *= contact_shadow(canvas_mask, shadow)[..., None]
-    alpha = canvas_mask.astype(np.float32) / 255.0
+    result = np.clip(np.round(base), 0, 255).astype(np.uint8)
+    ys, xs = np.nonzero(canvas_mask)
+    if len(xs) == 0:
+        return result
+    sigma = max(1.0, feather_px)
+    margin = (_blur_radius(feather_px / 2.0) if feather_px > 0 else 0) + _blur_radius(sigma) + 1
+    height, width = canvas_mask.shape
+    y0, y1 = max(0, int(ys.min()) - margin), min(height, int(ys.max()) + 1 + margin)
+    x0, x1 = max(0, int(xs.min()) - margin), min(width, int(xs.max()) + 1 + margin)
+    window = (slice(y0, y1), slice(x0, x1))
+    mask, place, under = canvas_mask[window], canvas[window][..., :3], base[window]
+    hard = mask >= HARD
+    alpha = mask.astype(np.float32) / 255.0
     if feather_px > 0:
         feather = cv2.GaussianBlur(hard.astype(np.float32), (0, 0), sigmaX=feather_px / 2.0) * 0.6
         alpha = np.maximum(alpha, feather)
@@ -182,15 +203,15 @@ def composite(
     # Edge pixels outside the product take the colour of the nearest product pixels, never the photo's
     # old background: premultiplied blur of the product, normalised by the blurred mask.
     hard_f = hard.astype(np.float32)
-    sigma = max(1.0, feather_px)
     weight = cv2.GaussianBlur(hard_f, (0, 0), sigmaX=sigma)
-    bleed = cv2.GaussianBlur(canvas.astype(np.float32) * hard_f[..., None], (0, 0), sigmaX=sigma)
+    bleed = cv2.GaussianBlur(place.astype(np.float32) * hard_f[..., None], (0, 0), sigmaX=sigma)
     edge = bleed / np.maximum(weight, 1e-6)[..., None]
-    edge[weight < 1e-3] = base[weight < 1e-3]
-    foreground = np.where(hard[..., None], canvas.astype(np.float32), edge)
-    out = alpha[..., None] * foreground + (1.0 - alpha[..., None]) * base
-    result = np.clip(np.round(out), 0, 255).astype(np.uint8)
-    result[hard] = canvas[hard]  # the product, bit for bit
+    edge[weight < 1e-3] = under[weight < 1e-3]
+    foreground = np.where(hard[..., None], place.astype(np.float32), edge)
+    out = alpha[..., None] * foreground + (1.0 - alpha[..., None]) * under
+    blended = np.clip(np.round(out), 0, 255).astype(np.uint8)
+    blended[hard] = place[hard]  # the product, bit for bit
+    result[window] = blended
     return result
 
 

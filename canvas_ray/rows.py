@@ -224,6 +224,7 @@ def fail_rows(batch: Batch, stage: str, error: Exception) -> Batch:
 
 _INTEGER_QUALITY = frozenset(name for name, kind in QUALITY_TYPES.items() if str(kind) == "int64")
 _STRING_COLUMNS = frozenset(f.name for f in MANIFEST_SCHEMA if str(f.type) == "string")
+_MANIFEST_NAMES = tuple(MANIFEST_SCHEMA.names)  # read once: iterating a pyarrow schema per row is slow
 
 
 def plain(value: Any, string: bool = False) -> Any:
@@ -301,9 +302,7 @@ class OutputRecord:
     def from_row(cls, batch: Batch, index: int) -> OutputRecord:
         """The record of row ``index`` of a finished batch (after Composite+Verify)."""
         columns = {
-            name: plain(batch[name][index], name in _STRING_COLUMNS)
-            for name in (f.name for f in MANIFEST_SCHEMA)
-            if name in batch
+            name: plain(batch[name][index], name in _STRING_COLUMNS) for name in _MANIFEST_NAMES if name in batch
         }
         status = _text(columns.get("status")) or OK
         delivered = status in DELIVERED

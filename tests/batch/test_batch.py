@@ -17,7 +17,7 @@ from canvas_ray.config import load_config
 from canvas_ray.io.catalog import read_catalog
 from canvas_ray.io.manifest import Manifest, read_manifest
 from canvas_ray.styles import StyleBook
-from tests.conftest import REPO, SAMPLE_CATALOG
+from tests.conftest import REPO, SAMPLE_CATALOG, sample_copies
 
 LOCAL = REPO / "configs" / "weightfree.yaml"
 
@@ -197,7 +197,7 @@ def test_bad_inputs_become_error_rows(ray_local, tmp_path):
 
 def test_resume_skips_finished_items_and_writes_no_duplicates(ray_local, tmp_path):
     config = _config(**{"output.aspect_ratios": ["1:1"], "styles.default": ["studio white", "halloween"]})
-    catalog = str(SAMPLE_CATALOG / "catalog.jsonl")
+    catalog = str(sample_copies(tmp_path / "catalog"))  # the sample items at half scale
     first = run_generate(GenerateRequest(config, catalog, str(tmp_path), limit=4, progress=False))
     assert first["items_processed"] == 4 and first["ok"] + first["review"] == first["outputs_expected"]
     before = {r["output_id"]: r for r in _manifest(tmp_path)}
@@ -245,19 +245,7 @@ def test_killed_model_actor_loses_nothing(ray_local, tmp_path):
 
     import ray
 
-    lines = [json.loads(line) for line in (SAMPLE_CATALOG / "catalog.jsonl").read_text().splitlines()]
-    rows = []
-    for copy in range(3):
-        for line in lines:
-            rows.append(
-                dict(
-                    line,
-                    item_id=f"{line['item_id']}-c{copy}",
-                    image_uri=str(SAMPLE_CATALOG / line["image_uri"]),
-                )
-            )
-    catalog = tmp_path / "catalog.jsonl"
-    catalog.write_text("\n".join(json.dumps(r) for r in rows))
+    catalog = sample_copies(tmp_path / "catalog", copies=3)  # 36 items at half scale
     config = _config(
         **{
             "output.aspect_ratios": ["1:1"],

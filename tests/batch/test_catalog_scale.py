@@ -16,7 +16,7 @@ from canvas_ray.batch import GenerateRequest, run_generate
 from canvas_ray.config import load_config
 from canvas_ray.io.manifest import Manifest, buckets_for, read_manifest
 from canvas_ray.progress import ProgressLine
-from tests.conftest import REPO, SAMPLE_CATALOG
+from tests.conftest import REPO, SAMPLE_CATALOG, sample_copies
 
 WEIGHTFREE = REPO / "configs" / "weightfree.yaml"
 ONE_OUTPUT = {"output.aspect_ratios": ["1:1"], "styles.default": ["studio white"]}
@@ -94,7 +94,7 @@ def test_catalog_scale_one_record_each_and_after_resume(ray_local, tmp_path):
 
 
 def test_resume_keeps_review_rows_and_a_changed_segmenter_redoes_them(ray_local, tmp_path):
-    catalog = str(SAMPLE_CATALOG / "catalog.jsonl")
+    catalog = str(sample_copies(tmp_path / "catalog"))  # the sample items at half scale
     config = _config()
     # the first four items include the busy mug scene, which the weight-free segmenter cannot vouch for
     first = run_generate(GenerateRequest(config, catalog, str(tmp_path), limit=4, progress=False))
@@ -181,15 +181,7 @@ def test_killed_driver_loses_nothing_and_duplicates_nothing(ray_local, tmp_path)
 
     import yaml
 
-    lines = (SAMPLE_CATALOG / "catalog.jsonl").read_text().splitlines()
-    rows = []
-    for copy in range(2):
-        for line in lines:
-            row = json.loads(line)
-            row.update(item_id=f"{row['item_id']}-c{copy}", image_uri=str(SAMPLE_CATALOG / row["image_uri"]))
-            rows.append(row)
-    catalog = tmp_path / "catalog.jsonl"
-    catalog.write_text("\n".join(json.dumps(r) for r in rows))
+    catalog = sample_copies(tmp_path / "catalog", copies=2)  # 24 items at half scale
     settings = yaml.safe_load(WEIGHTFREE.read_text())
     settings["styles"]["file"] = str(REPO / "configs" / "styles.yaml")
     settings["output"].update(aspect_ratios=["1:1"], manifest_part_rows=2)

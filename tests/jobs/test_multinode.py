@@ -18,7 +18,7 @@ from canvas_ray.config import load_config
 from canvas_ray.io.catalog import read_catalog
 from canvas_ray.styles import StyleBook
 from canvas_ray.testing import gpu_shape_overrides
-from tests.conftest import REPO, SAMPLE_CATALOG
+from tests.conftest import REPO, SAMPLE_CATALOG, sample_copies
 
 pytestmark = pytest.mark.ray_cluster  # starts its own Ray (conftest: the one Ray xdist group)
 
@@ -59,17 +59,8 @@ def gpu_cluster():
 
 
 def _catalog(tmp: Path, copies: int) -> Path:
-    """The sample catalog ``copies`` times under new ids (absolute image paths)."""
-    lines = []
-    for copy in range(copies):
-        for line in (SAMPLE_CATALOG / "catalog.jsonl").read_text().splitlines():
-            row = json.loads(line)
-            row["item_id"] = f"{row['item_id']}-{copy}"
-            row["image_uri"] = str(SAMPLE_CATALOG / row["image_uri"])
-            lines.append(json.dumps(row))
-    path = tmp / "catalog.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    """The sample catalog ``copies`` times under new ids, images at half scale (conftest.sample_copies)."""
+    return sample_copies(tmp / "catalog", copies)
 
 
 def _records(root: Path) -> list[dict[str, Any]]:

@@ -261,6 +261,27 @@ def test_far_background_is_background(aspect):
     np.testing.assert_array_equal(shaded[above], background[above])
 
 
+@pytest.mark.parametrize(("feather", "shift"), [(2, 0), (5, 0), (3, -1)])
+def test_blending_a_window_equals_blending_the_whole_canvas(feather, shift):
+    """composite blends only a window around the product. Two faint mask dots in opposite corners make the
+    window the whole canvas; away from the dots (beyond any blur's reach) the bytes must be the same, also
+    for a product cut by the canvas edge (shift -1: the product moved past the left border)."""
+    _, _, _, canvas, canvas_mask, background = _scene("4:5", seed=11)
+    if shift:
+        ys, xs = np.nonzero(canvas_mask >= HARD)
+        canvas = np.roll(canvas, -int(xs.min()) - 5, axis=1)
+        canvas_mask = np.roll(canvas_mask, -int(xs.min()) - 5, axis=1)
+    dotted = canvas_mask.copy()
+    dotted[0, 0] = dotted[-1, -1] = 1
+    windowed = composite(canvas, canvas_mask, background, feather_px=feather, shadow=0.5)
+    whole = composite(canvas, dotted, background, feather_px=feather, shadow=0.5)
+    reach = 4 * max(1, feather) + 4
+    away = np.ones(canvas_mask.shape, bool)
+    away[:reach, :reach] = away[-reach:, -reach:] = False
+    np.testing.assert_array_equal(windowed[away], whole[away])
+    assert (canvas_mask == 0).mean() > 0.3  # the window is much smaller than the canvas
+
+
 def test_composite_rejects_wrong_background_size():
     _, _, _, canvas, canvas_mask, background = _scene("1:1", seed=8)
     with pytest.raises(ValueError, match="background"):
