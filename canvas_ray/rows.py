@@ -302,7 +302,9 @@ class OutputRecord:
     def from_row(cls, batch: Batch, index: int) -> OutputRecord:
         """The record of row ``index`` of a finished batch (after Composite+Verify)."""
         columns = {
-            name: plain(batch[name][index], name in _STRING_COLUMNS) for name in _MANIFEST_NAMES if name in batch
+            name: plain(batch[name][index], name in _STRING_COLUMNS)
+            for name in _MANIFEST_NAMES
+            if name in batch
         }
         status = _text(columns.get("status")) or OK
         delivered = status in DELIVERED

@@ -215,7 +215,7 @@ def sample_copies(folder: Path, copies: int = 1, *, scale: float = 0.5) -> Path:
     lines = []
     for copy in range(copies):
         suffix = f"-c{copy}" if copies > 1 else ""
-        for row, path in zip(rows, paths):
+        for row, path in zip(rows, paths, strict=True):
             lines.append(json.dumps(dict(row, item_id=row["item_id"] + suffix, image_uri=str(path))))
     catalog = folder / "catalog.jsonl"
     catalog.write_text("\n".join(lines) + "\n")
