@@ -188,6 +188,9 @@ def test_ray_job_submit(ray_head, tmp_path):
         "python",
         "-m",
         "jobs.generate",
+        # weight-free (the default, configs/local.yaml, runs IS-Net: the real-model step tests that)
+        "--config",
+        "configs/weightfree.yaml",
         "--catalog",
         str(SAMPLE_CATALOG / "catalog.jsonl"),
         "--output",
