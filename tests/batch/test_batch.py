@@ -257,31 +257,41 @@ def test_killed_model_actor_loses_nothing(ray_local, tmp_path):
             "output.manifest_part_rows": 4,
         }
     )
-    killed: list[str] = []
-    lock = threading.Lock()
+    out = tmp_path / "out"
+    killed: dict[str, int] = {}
+    done = threading.Event()
 
-    def kill_segment_actor(progress: dict) -> None:
-        with lock:
-            if killed or progress["ok"] + progress["review"] + progress["error"] == 0:
-                return
-            for actor_id, info in ray._private.state.actors().items():
+    def kill_a_model_actor() -> None:
+        """Once the first outputs are written: SIGKILL a live pool worker, the inpainter's when alive (the
+        last model stage, so the one with work still queued). Polled, not tied to the progress line."""
+        while not done.wait(0.1):
+            written = len(list((out / "images").rglob("*.png"))) if (out / "images").exists() else 0
+            if not written:
+                continue
+            live = [
+                (actor_id, info)
+                for actor_id, info in ray._private.state.actors().items()
                 # every actor in the plan is a model stage's pool worker (cheap stages are tasks)
-                if (
-                    "MapWorker" in info.get("ActorClassName", "")
-                    and info.get("State") == "ALIVE"
-                    and info.get("Pid")
-                ):
-                    os.kill(int(info["Pid"]), signal.SIGKILL)
-                    killed.append(actor_id)
-                    return
+                if "MapWorker" in info.get("ActorClassName", "")
+                and info.get("State") == "ALIVE"
+                and info.get("Pid")
+            ]
+            live.sort(key=lambda kv: "InpaintPool" not in kv[1]["ActorClassName"])
+            if live:
+                os.kill(int(live[0][1]["Pid"]), signal.SIGKILL)
+                killed.update(actor=live[0][0], written=written)
+                return
 
-    summary = run_generate(
-        GenerateRequest(
-            config, str(catalog), str(tmp_path / "out"), progress=False, on_progress=kill_segment_actor
-        )
-    )
+    killer = threading.Thread(target=kill_a_model_actor, daemon=True)
+    killer.start()
+    try:
+        summary = run_generate(GenerateRequest(config, str(catalog), str(out), progress=False))
+    finally:
+        done.set()
+        killer.join(timeout=30)
     assert killed, "no model actor was found to kill"
-    manifest = _manifest(tmp_path / "out")
+    assert killed["written"] < summary["outputs_expected"]  # killed mid-job
+    manifest = _manifest(out)
     ids = [r["output_id"] for r in manifest]
     assert len(ids) == len(set(ids)) == summary["outputs_expected"]
     assert all(r["status"] in ("ok", "review") for r in manifest), {r["error"] for r in manifest}
