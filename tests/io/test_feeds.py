@@ -42,10 +42,16 @@ class _Images(BaseHTTPRequestHandler):
             count = self.hits[path]
             type(self).active += 1
             type(self).peak = max(type(self).peak, type(self).active)
+        busy = True
         try:
             if path.startswith("/img/"):
                 time.sleep(0.05)  # overlapping downloads, so the per-host bound is exercised
                 data = (IMAGES / path.removeprefix("/img/").split("?")[0]).read_bytes()
+                # counted busy until the body goes out: a client holds its slot at least that long, while
+                # this thread may reach its `finally` only after the client has its body and asked again
+                with self.lock:
+                    type(self).active -= 1
+                    busy = False
                 self.send_response(200)
                 self.send_header("Content-Type", "image/jpeg")
                 self.send_header("Content-Length", str(len(data)))
@@ -72,8 +78,9 @@ class _Images(BaseHTTPRequestHandler):
             else:
                 self.send_error(404)
         finally:
-            with self.lock:
-                type(self).active -= 1
+            if busy:
+                with self.lock:
+                    type(self).active -= 1
 
 
 @pytest.fixture(scope="module")
