@@ -9,8 +9,8 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error RAY_DEDUP_LOGS=0
 .venv/bin/ruff check .
 .venv/bin/mypy
 PYTEST=(.venv/bin/python -m pytest -q -p no:cacheprovider --durations=25)
-# Two xdist workers, each module whole on one of them, the longest first; each worker has its own local Ray
-# (started once, isolated from the other's: tests/conftest.py).
+# Two xdist workers: the modules that use a Ray cluster run one after another on one of them (one Ray at a
+# time, started once; tests/conftest.py groups them), the others whole-module on whichever is free.
 "${PYTEST[@]}" -n 2 --dist loadscope -m "not real_models" "$@"
 # Real models: the IS-Net ONNX file must be there (never skipped; fetch it with the command below).
 .venv/bin/python - <<'PY'

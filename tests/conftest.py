@@ -40,51 +40,30 @@ ARTIFACTS = REPO / "test-artifacts"
 
 
 # ---- running the suite on two xdist workers (scripts/test.sh: -n 2 --dist loadscope) ----
-# Each worker is its own Ray world: it starts the session's local Ray (``ray_local``) once and hands it from
-# module to module, and a module that builds a cluster of its own (marked ``ray_cluster``: a multi-node
-# ``Cluster``, ``ray start`` heads) shuts that one down first. So each module runs whole on one worker (its
-# module fixtures built once), and the two workers overlap their Ray waits. Isolation between the workers:
-# - each worker has its own Ray temp dir (below): a plain ``ray.init()`` or the CLI never attaches to the
-#   other worker's cluster through Ray's current-cluster record, and the session's Ray is started with
-#   ``address="local"``;
-# - the own clusters take random ports (``ray start`` heads: free ports; ``Cluster``: a random
-#   dashboard-agent port); Ray's fixed default ports are left to the session's Rays, whose dashboard
-#   agent HTTP service (not used by them) is the one thing that cannot bind twice, which Ray tolerates.
-# The scheduler hands out the longest modules first (measured; an unknown module after them), and keeps
-# the readers of the one finished sample run (``sample_run``) on one worker, so it is made once.
-# History: with one Ray group on one worker (the layout of 62ad473) the job tests saturated both cores
-# and splitting measured slower (1361 s against 1272-1329 s). Once the job tests made a quarter of the
-# pixels (``sample_copies``), that layout's main run took 1211 s with 22% of the CPU idle: the Ray group
-# then waits more than it computes, and the two workers overlap those waits.
-SAMPLE_RUN_GROUP = "sample_run"
-LONGEST_FIRST = (  # module (or group) seconds in a full run on this 2-core machine, longest first
-    SAMPLE_RUN_GROUP,  # tests/batch/test_batch.py + tests/quality/test_evaluate.py: ~260 s
-    "tests/train/test_finetune.py",  # ~170 s: Ray Train
-    "tests/batch/test_catalog_scale.py",  # ~165 s: killed driver
-    "tests/jobs/test_multinode.py",  # ~150 s: node loss
-    "tests/serve/test_serve.py",  # ~100 s
-    "tests/serve/test_jobs_api.py",  # ~90 s
-    "tests/serve/test_jobs_hostile.py",  # ~75 s
-    "tests/jobs/test_cluster.py",  # ~70 s: ray job submit
-    "tests/stages/test_profiles.py",  # ~45 s
-)
-_SAMPLE_RUN = re.compile(r"\bsample_run\b")
-
+# Every module that uses a Ray cluster runs on one worker, in file order, as in a plain run: the session's
+# local Ray (``ray_local``) is started once there and handed from module to module, and the modules that
+# build a cluster of their own (marked ``ray_cluster``) never run beside another cluster on the 2 cores.
+# The other modules go whole to whichever worker is free (their module fixtures built once). A scheduler of
+# our own, since xdist's loadgroup cannot rename node ids under pytest 9: one scope "ray" for those modules.
+# (Splitting them over both workers, each with its own Ray, was measured: 1361 s against 1272-1329 s for
+# this grouping: 1.2% idle CPU during that run; the 2 cores are close to saturated by one Ray group.)
+# Each worker has its own Ray temp dir all the same, so a plain ``ray.init()`` or the CLI in one worker can
+# never attach to a cluster the other started, through Ray's current-cluster record.
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 if _WORKER:
     _RAY_TMP = os.path.join(os.environ.get("RAY_TMPDIR", "/tmp"), f"cr-{_WORKER}")
     os.makedirs(_RAY_TMP, exist_ok=True)
     os.environ["RAY_TMPDIR"] = _RAY_TMP  # before any ray import; inherited by workers and CLI subprocesses
+RAY_GROUP = "ray"
+_USES_RAY = re.compile(r"\b(ray_local|sample_run)\b|pytest\.mark\.ray_cluster")
 
 
 @functools.cache
-def xdist_scope(path: str) -> str:
-    """The xdist scope of the test module at ``path`` (relative to the repo): the module itself, or the
-    sample-run group for the modules that read the one finished sample run."""
+def uses_ray(path: str) -> bool:
+    """Whether the test module at ``path`` (relative to the repo) uses a Ray cluster: it asks for the
+    session's Ray (``ray_local``, ``sample_run``) or is marked ``ray_cluster``."""
     file = REPO / path
-    if file.suffix == ".py" and file.is_file() and _SAMPLE_RUN.search(file.read_text()):
-        return SAMPLE_RUN_GROUP
-    return path
+    return file.suffix == ".py" and file.is_file() and bool(_USES_RAY.search(file.read_text()))
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -92,17 +71,12 @@ def pytest_xdist_make_scheduler(config, log):
         return None
     from xdist.scheduler import LoadScopeScheduling
 
-    class LongestFirstScheduling(LoadScopeScheduling):
+    class RayGroupScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return xdist_scope(nodeid.split("::", 1)[0])
+            path = nodeid.split("::", 1)[0]
+            return RAY_GROUP if uses_ray(path) else path
 
-        def _assign_work_unit(self, node) -> None:
-            for scope in reversed(LONGEST_FIRST):
-                if scope in self.workqueue:
-                    self.workqueue.move_to_end(scope, last=False)
-            super()._assign_work_unit(node)
-
-    return LongestFirstScheduling(config, log)
+    return RayGroupScheduling(config, log)
 
 
 # The session's local Ray: its GCS address while it runs (see ``ray_local``).
@@ -148,8 +122,8 @@ def _ray_session():
 
 @pytest.fixture(scope="module")
 def ray_local(_ray_session):
-    """A real local Ray cluster (2 CPUs, like CI), one for the whole session (per xdist worker): the first
-    module that asks starts it and the next ones reuse it (a start costs seconds on 2 cores).
+    """A real local Ray cluster (2 CPUs, like CI), one for the whole session: the first module that asks
+    starts it and the next ones reuse it (a start costs seconds on 2 cores).
 
     Isolation: a module that builds its own cluster (tests/jobs/test_multinode.py's ``Cluster``, the
     ``ray start`` heads of tests/jobs/test_cluster.py and tests/serve/test_jobs_*.py) shuts the current

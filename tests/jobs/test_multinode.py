@@ -20,7 +20,7 @@ from canvas_ray.styles import StyleBook
 from canvas_ray.testing import gpu_shape_overrides
 from tests.conftest import REPO, SAMPLE_CATALOG, sample_copies
 
-pytestmark = pytest.mark.ray_cluster  # starts its own Ray (shuts the session's one down first)
+pytestmark = pytest.mark.ray_cluster  # starts its own Ray (conftest: the one Ray xdist group)
 
 GB = 2**30
 GPU_NODE = {"num_cpus": 6, "num_gpus": 2, "resources": {"gpu_node": 2}, "memory": 64 * GB}
@@ -45,9 +45,9 @@ def gpu_cluster():
 
     if ray.is_initialized():
         ray.shutdown()
-    # a random dashboard-agent port: a session's Ray on the other xdist worker holds Ray's default one
-    head = {"num_cpus": 4, "num_gpus": 0, "memory": 8 * GB, "dashboard_agent_listen_port": None}
-    cluster = Cluster(initialize_head=True, head_node_args=head)
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 4, "num_gpus": 0, "memory": 8 * GB}
+    )
     try:
         workers = [cluster.add_node(**GPU_NODE) for _ in range(2)]
         cluster.wait_for_nodes()
