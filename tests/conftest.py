@@ -45,8 +45,10 @@ ARTIFACTS = REPO / "test-artifacts"
 # build a cluster of their own (marked ``ray_cluster``) never run beside another cluster on the 2 cores.
 # The other modules go whole to whichever worker is free (their module fixtures built once). A scheduler of
 # our own, since xdist's loadgroup cannot rename node ids under pytest 9: one scope "ray" for those modules.
-# (Splitting them over both workers, each with its own Ray, was measured: 1361 s against 1272-1329 s for
-# this grouping: 1.2% idle CPU during that run; the 2 cores are close to saturated by one Ray group.)
+# (Splitting them over both workers, each with its own Ray, was measured twice: 1361 s against 1272-1329 s
+# for this grouping, and again once the job tests made a quarter of the pixels (``sample_copies``): 1191 s
+# against 1211 s, with every Ray test about twice as long beside the other and one flaky failure under
+# that load. The 2 cores are close to saturated by one Ray group.)
 # Each worker has its own Ray temp dir all the same, so a plain ``ray.init()`` or the CLI in one worker can
 # never attach to a cluster the other started, through Ray's current-cluster record.
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER")
