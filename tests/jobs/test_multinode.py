@@ -1,7 +1,7 @@
 """configs/gpu.yaml on a GPU cluster: a head and two GPU worker nodes with logical GPUs and a custom
 resource (``ray.cluster_utils.Cluster``), the catalog job with gpu.yaml's resources and pool sizes (the
-backends switched to weight-free ones), a GPU worker node lost in the middle of a job, and the Serve app's
-GPU deployments on the same cluster."""
+backends switched to weight-free ones; the sample images at half scale), a GPU worker node lost in the
+middle of a job, and the Serve app's GPU deployments on the same cluster."""
 
 from __future__ import annotations
 
@@ -58,11 +58,6 @@ def gpu_cluster():
         cluster.shutdown()
 
 
-def _catalog(tmp: Path, copies: int) -> Path:
-    """The sample catalog ``copies`` times under new ids, images at half scale (conftest.sample_copies)."""
-    return sample_copies(tmp / "catalog", copies)
-
-
 def _records(root: Path) -> list[dict[str, Any]]:
     import pyarrow.dataset as pads
 
@@ -95,7 +90,7 @@ def test_gpu_yaml_runs_on_gpu_nodes(gpu_cluster, tmp_path):
     # the shape under test is gpu.yaml's: GPU pools, fractional GPUs, an auto-sized inpaint pool
     assert config.inpaint.resources.num_gpus == 1 and config.inpaint.resources.max_concurrency == "auto"
     assert 0 < config.segment.resources.num_gpus < 1 and 0 < config.caption.resources.num_gpus < 1
-    catalog = _catalog(tmp_path, 1)
+    catalog = sample_copies(tmp_path / "catalog")  # images at half scale
     summary = run_generate(GenerateRequest(config, str(catalog), str(tmp_path / "out"), progress=False))
     rows = _records(tmp_path / "out")
     assert sorted(r["output_id"] for r in rows) == _wanted(catalog, config)  # one record per output
@@ -159,7 +154,7 @@ def test_node_lost_and_replaced_mid_job_recovers_in_the_run(gpu_cluster, tmp_pat
     actors restart there and the same run finishes with exactly one record per output, none an error."""
     cluster, workers = gpu_cluster
     config = _config()
-    catalog = _catalog(tmp_path, 3)
+    catalog = sample_copies(tmp_path / "catalog", copies=3)
     output = tmp_path / "out"
     wanted = _wanted(catalog, config)
     result: dict[str, Any] = {}
@@ -202,7 +197,7 @@ def test_node_lost_without_room_finishes_or_stops_with_a_reason(gpu_cluster, tmp
 
     cluster, workers = gpu_cluster
     config = _config(**{"inpaint.resources.concurrency": 3, "ray.stall_timeout_s": 45})
-    catalog = _catalog(tmp_path, 3)
+    catalog = sample_copies(tmp_path / "catalog", copies=3)
     output = tmp_path / "out"
     wanted = _wanted(catalog, config)
     removed: dict[str, Any] = {}
