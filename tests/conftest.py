@@ -3,6 +3,7 @@ models built once per session."""
 
 from __future__ import annotations
 
+import ast
 import functools
 import os
 import re
@@ -40,15 +41,17 @@ ARTIFACTS = REPO / "test-artifacts"
 
 
 # ---- running the suite on two xdist workers (scripts/test.sh: -n 2 --dist loadscope) ----
-# Every module that uses a Ray cluster runs on one worker, in file order, as in a plain run: the session's
-# local Ray (``ray_local``) is started once there and handed from module to module, and the modules that
-# build a cluster of their own (marked ``ray_cluster``) never run beside another cluster on the 2 cores.
-# The other modules go whole to whichever worker is free (their module fixtures built once). A scheduler of
-# our own, since xdist's loadgroup cannot rename node ids under pytest 9: one scope "ray" for those modules.
-# (Splitting them over both workers, each with its own Ray, was measured twice: 1361 s against 1272-1329 s
-# for this grouping, and again once the job tests made a quarter of the pixels (``sample_copies``): 1191 s
-# against 1211 s, with every Ray test about twice as long beside the other and one flaky failure under
-# that load. The 2 cores are close to saturated by one Ray group.)
+# Every test that uses a Ray cluster runs on one worker, one after another, as in a plain run: the session's
+# local Ray (``ray_local``) is started once there and handed from test to test, and the modules that build a
+# cluster of their own (marked ``ray_cluster``) run last and never beside another cluster on the 2 cores.
+# Which tests use Ray is read per test, from its fixture closure within its module (``uses_ray``): a module's
+# in-process tests (the LoRA overfit beside the Ray Train run, the profile checks beside a profiles job) go
+# to the other worker, whole-module, like the modules that use no Ray. A scheduler of our own, since xdist's
+# loadgroup cannot rename node ids under pytest 9: one scope "ray" for those tests.
+# (Splitting the Ray tests over both workers, each with its own Ray, was measured twice: 1361 s against
+# 1272-1329 s for this grouping, and again once the job tests made a quarter of the pixels
+# (``sample_copies``): 1191 s against 1211 s, with every Ray test about twice as long beside the other and
+# one flaky failure under that load. The 2 cores are close to saturated by one Ray group.)
 # Each worker has its own Ray temp dir all the same, so a plain ``ray.init()`` or the CLI in one worker can
 # never attach to a cluster the other started, through Ray's current-cluster record.
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER")
@@ -57,15 +60,84 @@ if _WORKER:
     os.makedirs(_RAY_TMP, exist_ok=True)
     os.environ["RAY_TMPDIR"] = _RAY_TMP  # before any ray import; inherited by workers and CLI subprocesses
 RAY_GROUP = "ray"
+RAY_FIXTURES = frozenset({"ray_local", "sample_run"})  # the session's Ray (defined below)
 _USES_RAY = re.compile(r"\b(ray_local|sample_run)\b|pytest\.mark\.ray_cluster")
 
 
+def _fixture_names(call: ast.expr | None) -> set[str]:
+    """Fixture names in ``pytest.mark.usefixtures("a", "b")`` (an expression), else none."""
+    if (
+        isinstance(call, ast.Call)
+        and isinstance(call.func, ast.Attribute)
+        and call.func.attr == "usefixtures"
+    ):
+        return {a.value for a in call.args if isinstance(a, ast.Constant) and isinstance(a.value, str)}
+    return set()
+
+
 @functools.cache
-def uses_ray(path: str) -> bool:
-    """Whether the test module at ``path`` (relative to the repo) uses a Ray cluster: it asks for the
-    session's Ray (``ray_local``, ``sample_run``) or is marked ``ray_cluster``."""
+def _ray_tests(path: str) -> tuple[bool, frozenset[str]] | None:
+    """For the test module at ``path`` (relative to the repo): whether it is marked ``ray_cluster`` (its
+    own cluster: every test of it is in the Ray group), and the names of its test functions whose fixture
+    closure reaches the session's Ray (``RAY_FIXTURES``), through the module's own fixtures, parameters,
+    ``usefixtures`` and autouse fixtures. ``None`` for a file that is not a Python module."""
     file = REPO / path
-    return file.suffix == ".py" and file.is_file() and bool(_USES_RAY.search(file.read_text()))
+    if file.suffix != ".py" or not file.is_file():
+        return None
+    source = file.read_text()
+    if not _USES_RAY.search(source):
+        return False, frozenset()
+    tree = ast.parse(source)
+    needs: dict[str, set[str]] = {}  # function name -> fixture names it asks for
+    fixtures: set[str] = set()
+    autouse: set[str] = set()
+    common: set[str] = set()  # module-wide usefixtures
+    marked = False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "pytestmark" for t in node.targets
+        ):
+            values = node.value.elts if isinstance(node.value, ast.List | ast.Tuple) else [node.value]
+            for value in values:
+                common |= _fixture_names(value)
+                marked |= "ray_cluster" in ast.unparse(value)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            args = node.args
+            needs[node.name] = {a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]}
+            for decorator in node.decorator_list:
+                text = ast.unparse(decorator)
+                needs[node.name] |= _fixture_names(decorator)
+                if "fixture" in text and "usefixtures" not in text:
+                    fixtures.add(node.name)
+                    if "autouse=True" in text:
+                        autouse.add(node.name)
+
+    @functools.cache
+    def reaches_ray(name: str) -> bool:
+        return name in RAY_FIXTURES or (
+            name in fixtures and any(reaches_ray(n) for n in needs[name] - {name})
+        )
+
+    ray_tests = frozenset(
+        name
+        for name, asked in needs.items()
+        if name.startswith("test") and any(reaches_ray(n) for n in asked | common | autouse)
+    )
+    return marked, ray_tests
+
+
+def uses_ray(nodeid: str) -> bool:
+    """Whether the test ``nodeid`` (``path::[Class::]test[param]``, or a bare module path: any of its tests)
+    uses a Ray cluster: its module is marked ``ray_cluster``, or it asks, directly or through its module's
+    fixtures, for the session's Ray (``ray_local``, ``sample_run``)."""
+    path, _, rest = nodeid.partition("::")
+    found = _ray_tests(path)
+    if found is None:
+        return False
+    marked, ray_tests = found
+    if marked or not rest:
+        return marked or bool(ray_tests)
+    return rest.split("::")[-1].split("[", 1)[0] in ray_tests
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -75,10 +147,49 @@ def pytest_xdist_make_scheduler(config, log):
 
     class RayGroupScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            path = nodeid.split("::", 1)[0]
-            return RAY_GROUP if uses_ray(path) else path
+            # a module's tests that use no Ray go whole to the free worker, apart from its Ray tests
+            return RAY_GROUP if uses_ray(nodeid) else nodeid.split("::", 1)[0]
 
     return RayGroupScheduling(config, log)
+
+
+def own_cluster(nodeid: str) -> bool:
+    """Whether the test's module is marked ``ray_cluster`` (it starts or joins a cluster of its own)."""
+    found = _ray_tests(nodeid.split("::", 1)[0])
+    return bool(found and found[0])
+
+
+def pytest_collection_modifyitems(items):
+    """The modules with a cluster of their own run after all the others (a stable sort: file order within
+    each part). Each of them shuts the session's Ray down first, so, run in between, each cost a restart
+    of it (about 5 s, and Ray Data's own actors again)."""
+    items.sort(key=lambda item: own_cluster(item.nodeid))
+
+
+# The Ray group is the run's critical path (about 1,200 s of the main run's 1,210 s): the other worker's
+# tests run at a lower CPU priority (nice 10), in the Ray group's idle time, and take none of the CPU it
+# uses. Measured alone, tests/batch/test_batch.py took 176 s; in the run beside the other worker and mypy,
+# 300 s. Only where the priority can be raised again (root): a worker may run both kinds, one after the other.
+_NICE_OTHERS = 10
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    if _WORKER and os.geteuid() == 0:
+        wanted = 0 if uses_ray(item.nodeid) else _NICE_OTHERS
+        if os.getpriority(os.PRIO_PROCESS, 0) != wanted:
+            os.setpriority(os.PRIO_PROCESS, 0, wanted)  # before the test's fixtures start any process
+
+
+@pytest.fixture(autouse=True)
+def _grouped_with_the_ray_tests(request):
+    """A test that reaches the session's Ray at run time must be one that ``uses_ray`` puts in the Ray
+    group (read statically, before any worker runs it): otherwise it would run beside the Ray group."""
+    reached = RAY_FIXTURES & set(request.fixturenames)
+    if reached and not uses_ray(request.node.nodeid):
+        pytest.fail(
+            f"{request.node.nodeid} uses {sorted(reached)} but tests/conftest.py's uses_ray missed it"
+        )
 
 
 # The session's local Ray: its GCS address while it runs (see ``ray_local``).

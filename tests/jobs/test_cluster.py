@@ -160,7 +160,9 @@ def _stop_head(head: subprocess.Popen, temp: str) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(head.pid, signal.SIGTERM)
     try:
-        head.wait(timeout=5)  # `ray start --block` can take 30 s to exit on SIGTERM: then kill it
+        # `ray start --block` can take 30 s to exit on SIGTERM: the group's servers get a second to end,
+        # then the group is killed (its temp dir goes below)
+        head.wait(timeout=1)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(head.pid, signal.SIGKILL)

@@ -189,8 +189,13 @@ def ray_run(ray_local, base: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     saved = root / "first-checkpoint"
     shutil.copytree(first["checkpoint"], saved)
     shutil.copy(out / "lora" / WEIGHTS_NAME, root / "first-export.safetensors")
-    # the resumed run prepares its data in-process (the other path), which also saves an actor start
-    resumed = values | {"steps": 8, "data": {"use_ray_data": False}}
+    # the resumed run prepares its data in-process (the other path), which also saves an actor start, and
+    # runs on one worker: a run resumes on whatever is left of a cluster (and one process less to start)
+    resumed = values | {
+        "steps": 8,
+        "data": {"use_ray_data": False},
+        "scaling": {"num_workers": 1, "cpus_per_worker": 0.5},
+    }
     second = finetune(tiny_config(base, **resumed), str(catalog), out)
     return {
         "out": out,
