@@ -166,21 +166,6 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: own_cluster(item.nodeid))
 
 
-# The Ray group is the run's critical path (about 1,200 s of the main run's 1,210 s): the other worker's
-# tests run at a lower CPU priority (nice 10), in the Ray group's idle time, and take none of the CPU it
-# uses. Measured alone, tests/batch/test_batch.py took 176 s; in the run beside the other worker and mypy,
-# 300 s. Only where the priority can be raised again (root): a worker may run both kinds, one after the other.
-_NICE_OTHERS = 10
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item):
-    if _WORKER and os.geteuid() == 0:
-        wanted = 0 if uses_ray(item.nodeid) else _NICE_OTHERS
-        if os.getpriority(os.PRIO_PROCESS, 0) != wanted:
-            os.setpriority(os.PRIO_PROCESS, 0, wanted)  # before the test's fixtures start any process
-
-
 @pytest.fixture(autouse=True)
 def _grouped_with_the_ray_tests(request):
     """A test that reaches the session's Ray at run time must be one that ``uses_ray`` puts in the Ray
