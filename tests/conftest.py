@@ -159,23 +159,6 @@ def own_cluster(nodeid: str) -> bool:
     return bool(found and found[0])
 
 
-# CPU priority. The Ray group is the run's critical path (about 1,200 s of the main run, against about
-# 225 s of tests on the other worker). Ray starts its worker processes at nice 15 (RayConfig
-# ``worker_niceness``), so anything at nice 0 beside them takes the CPU first: measured alone,
-# tests/batch/test_batch.py took 176 s; in the run, 300 s. The other worker's tests run at nice 19, below
-# Ray's workers, in the Ray group's idle time (scripts/test.sh runs mypy at 19 too).
-# Only as root, where a worker can raise its priority again: one worker may run both kinds in turn.
-_NICE_OTHERS = 19
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item):
-    if _WORKER and os.geteuid() == 0:
-        wanted = 0 if uses_ray(item.nodeid) else _NICE_OTHERS
-        if os.getpriority(os.PRIO_PROCESS, 0) != wanted:
-            os.setpriority(os.PRIO_PROCESS, 0, wanted)  # before the test's fixtures start any process
-
-
 def pytest_collection_modifyitems(items):
     """The modules with a cluster of their own run after all the others (a stable sort: file order within
     each part). Each of them shuts the session's Ray down first, so, run in between, each cost a restart
