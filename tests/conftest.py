@@ -159,6 +159,20 @@ def own_cluster(nodeid: str) -> bool:
     return bool(found and found[0])
 
 
+# The real-model tests (IS-Net on the CPU, about 100 s of one core) run on the other worker beside the Ray
+# group, the run's critical path, at the lowest CPU priority (nice 19; Ray's own workers run at 15), in
+# the Ray group's idle time. Only as root, where the worker can raise its priority again for its next test.
+_NICE_REAL_MODELS = 19
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    if _WORKER and os.geteuid() == 0:
+        wanted = _NICE_REAL_MODELS if item.get_closest_marker("real_models") else 0
+        if os.getpriority(os.PRIO_PROCESS, 0) != wanted:
+            os.setpriority(os.PRIO_PROCESS, 0, wanted)
+
+
 def pytest_collection_modifyitems(items):
     """The modules with a cluster of their own run after all the others (a stable sort: file order within
     each part). Each of them shuts the session's Ray down first, so, run in between, each cost a restart

@@ -328,20 +328,26 @@ def test_jobs_tab_submits_and_shows_progress(stack, browser, artifacts):  # noqa
     browser.find_element(By.ID, "job-submit").click()
     seen: set[str] = set()
 
+    def status_text(driver: Any) -> str:  # read in one script call: the tab re-renders as it polls
+        return str(driver.execute_script("return document.getElementById('job-status').innerText"))
+
     def finished(driver: Any) -> bool:
-        text = driver.find_element(By.ID, "job-status").text
+        text = status_text(driver)
         seen.add(text.split(" ")[0])
         return any(state in text for state in ("SUCCEEDED", "FAILED", "STOPPED"))
 
     WebDriverWait(browser, 300, poll_frequency=0.5).until(finished)
-    status = browser.find_element(By.ID, "job-status").text
+    status = status_text(browser)
     assert status.startswith("SUCCEEDED · 2/2 outputs"), status
     assert "amazon-main compliant 2/2" in status
     assert seen & {"submitted", "PENDING", "RUNNING"}  # progress was shown before the end
     bar = browser.find_element(By.ID, "job-progress")
     assert bar.get_attribute("value") == bar.get_attribute("max") == "2"
     assert browser.find_element(By.ID, "job-link-review").is_displayed()
-    rows = browser.find_elements(By.CSS_SELECTOR, "#jobs-list tr")
-    assert len(rows) >= 2 and "SUCCEEDED" in rows[1].text
+    # the rows' text in one script call too (a row found first and read after can be a replaced element)
+    rows = browser.execute_script(
+        "return [...document.querySelectorAll('#jobs-list tr')].map(row => row.innerText)"
+    )
+    assert len(rows) >= 2 and "SUCCEEDED" in rows[1], rows
     browser.save_screenshot(str(artifacts / "serve-jobs-tab.png"))
     assert (artifacts / "serve-jobs-tab.png").stat().st_size > 10_000
