@@ -237,6 +237,12 @@ def plain(value: Any, string: bool = False) -> Any:
     return str(value) if string else value
 
 
+def _column_list(column: Any) -> list[Any]:
+    """A column's cells as a list: NumPy arrays through ``tolist`` (plain Python scalars; an object
+    array's cells as they are), anything else as it iterates."""
+    return column.tolist() if isinstance(column, np.ndarray) else list(column)
+
+
 def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
@@ -306,6 +312,10 @@ class OutputRecord:
             for name in _MANIFEST_NAMES
             if name in batch
         }
+        return cls._from_columns(batch, index, columns)
+
+    @classmethod
+    def _from_columns(cls, batch: Batch, index: int, columns: dict[str, Any]) -> OutputRecord:
         status = _text(columns.get("status")) or OK
         delivered = status in DELIVERED
         image = batch["result"][index] if delivered and "result" in batch else None
@@ -342,8 +352,18 @@ class OutputRecord:
 
     @classmethod
     def from_batch(cls, batch: Batch) -> list[OutputRecord]:
-        """One record per row of a finished batch."""
-        return [cls.from_row(batch, index) for index in range(len(batch.get("status", ())))]
+        """One record per row of a finished batch, the same as :meth:`from_row` of each. Each manifest
+        column is converted once (``tolist`` unwraps NumPy scalars in C), not cell by cell: the writer
+        makes a record of every output, error rows included."""
+        rows = len(batch.get("status", ()))
+        names = [name for name in _MANIFEST_NAMES if name in batch]
+        cells = {name: _column_list(batch[name]) for name in names}
+        return [
+            cls._from_columns(
+                batch, index, {name: plain(cells[name][index], name in _STRING_COLUMNS) for name in names}
+            )
+            for index in range(rows)
+        ]
 
     @property
     def delivered(self) -> bool:

@@ -66,6 +66,26 @@ def test_record_from_a_finished_row() -> None:
     assert GeneratedImage is OutputRecord  # the in-process result is the record
 
 
+def test_whole_batch_records_equal_row_by_row_records() -> None:
+    """``from_batch`` converts each column once: the same records as ``from_row`` of each row, down to the
+    types of the cells (plain ints, floats, bools, None for NaN)."""
+    batch = _finished()
+    batch["finished_at"] = np.array([1.5, 2.5, np.nan], np.float32)
+    whole = OutputRecord.from_batch(batch)
+    for index, record in enumerate(whole):
+        one = OutputRecord.from_row(batch, index)
+        assert [(k, type(v), v) for k, v in record.columns.items()] == [
+            (k, type(v), v) for k, v in one.columns.items()
+        ]
+        assert record.image is one.image and record.quality == one.quality and record.timings == one.timings
+        assert (record.status, record.mask_confidence, record.width) == (
+            one.status,
+            one.mask_confidence,
+            one.width,
+        )
+    assert type(whole[0].columns["variant"]) is int and whole[2].columns["finished_at"] is None
+
+
 def test_manifest_and_serve_items_derive_from_the_record() -> None:
     records = OutputRecord.from_batch(_finished())
     table = manifest_table(records, "run-1", "fp")
