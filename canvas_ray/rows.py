@@ -243,6 +243,11 @@ def _column_list(column: Any) -> list[Any]:
     return column.tolist() if isinstance(column, np.ndarray) else list(column)
 
 
+def _plain_cells(cells: Any, names: list[str], index: int) -> dict[str, Any]:
+    """Row ``index`` of the manifest columns ``names`` (arrays or lists) as plain values."""
+    return {name: plain(cells[name][index], name in _STRING_COLUMNS) for name in names}
+
+
 def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
@@ -307,12 +312,8 @@ class OutputRecord:
     @classmethod
     def from_row(cls, batch: Batch, index: int) -> OutputRecord:
         """The record of row ``index`` of a finished batch (after Composite+Verify)."""
-        columns = {
-            name: plain(batch[name][index], name in _STRING_COLUMNS)
-            for name in _MANIFEST_NAMES
-            if name in batch
-        }
-        return cls._from_columns(batch, index, columns)
+        names = [name for name in _MANIFEST_NAMES if name in batch]
+        return cls._from_columns(batch, index, _plain_cells(batch, names, index))
 
     @classmethod
     def _from_columns(cls, batch: Batch, index: int, columns: dict[str, Any]) -> OutputRecord:
@@ -358,12 +359,7 @@ class OutputRecord:
         rows = len(batch.get("status", ()))
         names = [name for name in _MANIFEST_NAMES if name in batch]
         cells = {name: _column_list(batch[name]) for name in names}
-        return [
-            cls._from_columns(
-                batch, index, {name: plain(cells[name][index], name in _STRING_COLUMNS) for name in names}
-            )
-            for index in range(rows)
-        ]
+        return [cls._from_columns(batch, index, _plain_cells(cells, names, index)) for index in range(rows)]
 
     @property
     def delivered(self) -> bool:
