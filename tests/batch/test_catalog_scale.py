@@ -3,6 +3,7 @@ read by common tools, exactly one record per output at 20k items, resume keeping
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -191,8 +192,14 @@ def test_killed_driver_loses_nothing_and_duplicates_nothing(ray_local, tmp_path)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "canvas_ray.cli", "generate", "--config", str(config_file)]
     command += ["--catalog", str(catalog), "--output", str(out)]
+    tag = {"CANVAS_RAY_TEST_JOB": tmp_path.name}  # marks the job's processes, Ray's workers included
     job = subprocess.Popen(
-        command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command,
+        cwd=REPO,
+        env={**os.environ, **tag},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     staging = out / "manifest" / "_staging"
     deadline = time.time() + 240
@@ -203,6 +210,10 @@ def test_killed_driver_loses_nothing_and_duplicates_nothing(ray_local, tmp_path)
     finally:
         os.killpg(job.pid, signal.SIGKILL)  # the job's own process group: its driver and its Ray
         job.wait(timeout=60)
+        # Ray's workers outlive the group by a moment, and one of them may still flush a part: the dead
+        # run is over (and `flushed` is what it recorded) only when every process it started has exited
+        survivors = _kill_tagged(tag)
+    print(f"killed job: {survivors} of its processes outlived its process group")
     flushed = len(pq.read_table(staging).column("output_id")) if staging.exists() else 0
     config = load_config(config_file)
     summary = run_generate(GenerateRequest(config, str(catalog), str(out), progress=False))
@@ -213,6 +224,23 @@ def test_killed_driver_loses_nothing_and_duplicates_nothing(ray_local, tmp_path)
     assert table.num_rows == expected
     assert pa.compute.count_distinct(table.column("output_id")).as_py() == table.num_rows
     assert not staging.exists()
+
+
+def _kill_tagged(tag: dict[str, str]) -> int:
+    """SIGKILL every process whose environment carries ``tag`` and wait until they are gone; returns how many
+    there were."""
+    import psutil
+
+    ((key, value),) = tag.items()
+    tagged = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if process.environ().get(key) == value:
+                process.kill()
+                tagged.append(process)
+    _, alive = psutil.wait_procs(tagged, timeout=60)
+    assert not alive, f"processes of the killed job still running: {alive}"
+    return len(tagged)
 
 
 def test_block_rows_keep_small_catalogs_pipelined():
