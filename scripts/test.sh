@@ -33,9 +33,9 @@ LOGS="$(mktemp -d)"
 trap 'rm -rf "$LOGS"' EXIT
 .venv/bin/mypy >"$LOGS/mypy" 2>&1 &
 MYPY_PID=$!
-# Two xdist workers: the tests that use a Ray cluster run one after another on one of them (one Ray at a
-# time, started once; tests/conftest.py groups them), the others (the real-model ones among them)
-# whole-module on whichever is free.
+# Two xdist workers: the tests that use the session's Ray run one after another on one of them (that Ray
+# started once), the modules with a cluster of their own one after another on the other once it is free,
+# the others (the real-model ones among them) whole-module on whichever is free (tests/conftest.py).
 main=0
 .venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 -n 2 --dist loadscope "$@" || main=$?
 mypy=0

@@ -41,17 +41,19 @@ ARTIFACTS = REPO / "test-artifacts"
 
 
 # ---- running the suite on two xdist workers (scripts/test.sh: -n 2 --dist loadscope) ----
-# Every test that uses a Ray cluster runs on one worker, one after another, as in a plain run: the session's
-# local Ray (``ray_local``) is started once there and handed from test to test, and the modules that build a
-# cluster of their own (marked ``ray_cluster``) run last and never beside another cluster on the 2 cores.
-# Which tests use Ray is read per test, from its fixture closure within its module (``uses_ray``): a module's
-# in-process tests (the LoRA overfit beside the Ray Train run, the profile checks beside a profiles job) go
-# to the other worker, whole-module, like the modules that use no Ray. A scheduler of our own, since xdist's
-# loadgroup cannot rename node ids under pytest 9: one scope "ray" for those tests.
-# (Splitting the Ray tests over both workers, each with its own Ray, was measured twice: 1361 s against
-# 1272-1329 s for this grouping, and again once the job tests made a quarter of the pixels
-# (``sample_copies``): 1191 s against 1211 s, with every Ray test about twice as long beside the other and
-# one flaky failure under that load. The 2 cores are close to saturated by one Ray group.)
+# The tests that use the session's local Ray (``ray_local``, ``sample_run``) run on one worker, one after
+# another, as in a plain run: that Ray is started once there and handed from test to test. The modules that
+# build a cluster of their own (marked ``ray_cluster``: the multi-node, ``ray start`` and jobs-API modules)
+# are a second group, which the other worker takes once it is free: a few minutes of two clusters side by
+# side. Which tests use Ray is read per test, from its fixture closure within its module (``uses_ray``): a
+# module's in-process tests (the LoRA overfit beside the Ray Train run, the profile checks beside a profiles
+# job) go to either worker, whole-module, like the modules that use no Ray. A scheduler of our own, since
+# xdist's loadgroup cannot rename node ids under pytest 9.
+# Measured (2026-12-07, quiet 2-core machine, CPUs 94-95% busy in both runs): one Ray group for both kinds
+# put 606 s of tests on one worker and 304 s on the other, "796 passed in 621.51s"; the two groups
+# balanced them (524 s and 514 s), "796 passed in 538.44s". Splitting the session's Ray tests themselves
+# over both workers (each its own Ray) was measured earlier and gained nothing (1191 s against 1211 s, on a
+# loaded machine): each of those tests took about twice as long beside the other.
 # Each worker has its own Ray temp dir all the same, so a plain ``ray.init()`` or the CLI in one worker can
 # never attach to a cluster the other started, through Ray's current-cluster record.
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER")
@@ -60,6 +62,7 @@ if _WORKER:
     os.makedirs(_RAY_TMP, exist_ok=True)
     os.environ["RAY_TMPDIR"] = _RAY_TMP  # before any ray import; inherited by workers and CLI subprocesses
 RAY_GROUP = "ray"
+OWN_CLUSTER_GROUP = "ray-own-cluster"
 RAY_FIXTURES = frozenset({"ray_local", "sample_run"})  # the session's Ray (defined below)
 _USES_RAY = re.compile(r"\b(ray_local|sample_run)\b|pytest\.mark\.ray_cluster")
 
@@ -78,9 +81,9 @@ def _fixture_names(call: ast.expr | None) -> set[str]:
 @functools.cache
 def _ray_tests(path: str) -> tuple[bool, frozenset[str]] | None:
     """For the test module at ``path`` (relative to the repo): whether it is marked ``ray_cluster`` (its
-    own cluster: every test of it is in the Ray group), and the names of its test functions whose fixture
-    closure reaches the session's Ray (``RAY_FIXTURES``), through the module's own fixtures, parameters,
-    ``usefixtures`` and autouse fixtures. ``None`` for a file that is not a Python module."""
+    own cluster: all its tests go to the own-cluster group), and the names of its test functions whose
+    fixture closure reaches the session's Ray (``RAY_FIXTURES``), through the module's own fixtures,
+    parameters, ``usefixtures`` and autouse fixtures. ``None`` for a file that is not a Python module."""
     file = REPO / path
     if file.suffix != ".py" or not file.is_file():
         return None
@@ -147,10 +150,17 @@ def pytest_xdist_make_scheduler(config, log):
 
     class RayGroupScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            # a module's tests that use no Ray go whole to the free worker, apart from its Ray tests
-            return RAY_GROUP if uses_ray(nodeid) else nodeid.split("::", 1)[0]
+            return xdist_scope(nodeid)
 
     return RayGroupScheduling(config, log)
+
+
+def xdist_scope(nodeid: str) -> str:
+    """The unit the scheduler hands to one worker: the modules with a cluster of their own, together; the
+    other tests that use the session's Ray, together; any other module whole (its Ray tests apart)."""
+    if own_cluster(nodeid):
+        return OWN_CLUSTER_GROUP
+    return RAY_GROUP if uses_ray(nodeid) else nodeid.split("::", 1)[0]
 
 
 def own_cluster(nodeid: str) -> bool:
@@ -159,9 +169,9 @@ def own_cluster(nodeid: str) -> bool:
     return bool(found and found[0])
 
 
-# The real-model tests (IS-Net on the CPU, about 100 s of one core) run on the other worker beside the Ray
-# group, the run's critical path, at the lowest CPU priority (nice 19; Ray's own workers run at 15), in
-# the Ray group's idle time. Only as root, where the worker can raise its priority again for its next test.
+# The real-model tests (IS-Net on the CPU, about 100 s of one core) run beside a Ray group, at the lowest
+# CPU priority (nice 19; Ray's own workers run at 15), in its idle time. Only as root, where the worker can
+# raise its priority again for its next test.
 _NICE_REAL_MODELS = 19
 
 

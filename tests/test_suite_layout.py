@@ -1,4 +1,4 @@
-"""The suite's own scheduling (tests/conftest.py): which tests run in the one Ray group, and in what order."""
+"""The suite's scheduling (tests/conftest.py): which tests share the session's Ray, which bring a cluster."""
 
 from __future__ import annotations
 
@@ -83,6 +83,17 @@ def test_a_marked_module_is_all_in_the_ray_group(module: str, tmp_path: Path) ->
     assert conftest.uses_ray(f"{module}::test_in_process") and conftest.own_cluster(
         f"{module}::test_in_process"
     )
+
+
+def test_scheduler_scopes(module: str, tmp_path: Path) -> None:
+    """Session-Ray tests share one scope, a module's other tests stay whole, own clusters share another."""
+    assert conftest.xdist_scope(f"{module}::test_direct[1]") == conftest.RAY_GROUP
+    assert conftest.xdist_scope(f"{module}::TestShared::test_marked") == conftest.RAY_GROUP
+    assert conftest.xdist_scope(f"{module}::test_in_process") == module
+    (tmp_path / module).write_text(MODULE + "\npytestmark = [pytestmark, pytest.mark.ray_cluster]\n")
+    conftest._ray_tests.cache_clear()
+    assert conftest.xdist_scope(f"{module}::test_in_process") == conftest.OWN_CLUSTER_GROUP
+    assert conftest.OWN_CLUSTER_GROUP != conftest.RAY_GROUP
 
 
 def test_the_real_modules() -> None:
