@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from canvas_ray.config import CanvasConfig
-from canvas_ray.rows import Batch, OutputRecord, rows_batch
+from canvas_ray.records import OutputRecord
+from canvas_ray.rows import Batch, rows_batch
 from canvas_ray.spec import StageName, in_process_stages, make_stage, model_batch
 from canvas_ray.stages.base import StageContext, run_in_chunks
 from canvas_ray.styles import StyleBook

@@ -5,7 +5,7 @@ model and the run summary are derived from. A new column is added here, once.
 Every row carries ``status`` (:class:`Status`) and, when it failed, ``error`` as ``"stage: reason"``
 (what the stages write) split into ``error_stage`` and ``error_reason`` (what readers use: the manifest,
 the summary, the Serve error responses). The typed record of one finished row is
-:class:`canvas_ray.rows.OutputRecord`.
+:class:`canvas_ray.records.OutputRecord`.
 
 This module is the bottom of the package: it imports nothing from ``canvas_ray``."""
 

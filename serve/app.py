@@ -35,7 +35,7 @@ from canvas_ray.io.images import delivery_quality
 from canvas_ray.io.outputs import join_uri, safe_name, write_bytes
 from canvas_ray.pipeline import items_batch
 from canvas_ray.provenance import ProvenanceContext, check_provenance, encode_with_provenance, read_provenance
-from canvas_ray.rows import OutputRecord
+from canvas_ray.records import OutputRecord
 from canvas_ray.schema import Status
 from canvas_ray.spec import chained_model_stages, in_process_stages, make_stage
 from canvas_ray.stages.base import Batch, StageContext, num_rows
@@ -313,7 +313,7 @@ class Ingress(JobRoutes):
         begun = time.perf_counter()
         encoded = await asyncio.to_thread(lambda: [self._encode(batch, i, fmt) for i in delivered])
         spent["encode"] = time.perf_counter() - begun
-        # every item derives from its output's typed record (canvas_ray.rows.OutputRecord)
+        # every item derives from its output's typed record (canvas_ray.records.OutputRecord)
         records = OutputRecord.from_batch(batch)
         images = [
             image_out(

@@ -1,7 +1,7 @@
 """The JSON that ``POST /v1/backgrounds`` answers, as pydantic models (so ``/docs`` shows it), built from
 the one row schema (:mod:`canvas_ray.schema`): the quality figures and timings are its column groups, the
 status values its :class:`~canvas_ray.schema.Status`. Each image or error item is derived from the
-output's :class:`~canvas_ray.rows.OutputRecord`, the record the manifest and the in-process result derive
+output's :class:`~canvas_ray.records.OutputRecord`, the record the manifest and the in-process result derive
 from too."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, create_model
 
-from canvas_ray.rows import DELIVERED, OutputRecord
+from canvas_ray.records import OutputRecord
+from canvas_ray.rows import DELIVERED
 from canvas_ray.schema import QUALITY_COLUMNS, QUALITY_TYPES, TIMING_COLUMNS
 
 __all__ = [

@@ -3,7 +3,8 @@
 The layers, bottom to top (a module may import its own layer and those below it, never one above):
 
 0. ``rows``: the row types and leaf utilities everything agrees on (:mod:`canvas_ray.schema`,
-   :mod:`canvas_ray.rows`, logs, the registry, compositing maths, URIs, image codecs).
+   :mod:`canvas_ray.rows`, :mod:`canvas_ray.records`, logs, the registry, compositing maths, URIs, image
+   codecs).
 1. ``config``: the config, styles, output profiles, backdrops, provenance.
 2. ``io``: catalog readers, manifests, output writers, model loading and the tiny models.
 3. ``outputs``: what reads a finished run (report, progress, publish).
@@ -43,6 +44,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "canvas_ray.train",
             "canvas_ray.schema",
             "canvas_ray.rows",
+            "canvas_ray.records",
             "canvas_ray.logs",
             "canvas_ray.registry",
             "canvas_ray.compose",
@@ -216,3 +218,15 @@ def test_the_layer_order_is_what_the_contract_says() -> None:
     assert layer_of("canvas_ray.quality.evaluation.metrics") == order.index("drivers")
     assert layer_of("serve.app") == order.index("serve")
     assert upward_imports({"canvas_ray.rows": {"canvas_ray.schema": 1}}) == []  # same layer: fine
+
+
+MAX_LIBRARY_LINES = 400  # issue 22: files of one concern
+
+
+def test_no_library_file_is_over_the_line_limit() -> None:
+    long = {
+        str(path.relative_to(REPO)): lines
+        for path in module_files(REPO).values()
+        if (lines := len(path.read_text().splitlines())) > MAX_LIBRARY_LINES
+    }
+    assert not long, f"split these by concern (at most {MAX_LIBRARY_LINES} lines each): {long}"

@@ -8,7 +8,8 @@ import pytest
 from canvas_ray.io.images import decode_image, delivery_quality, encode_image
 from canvas_ray.io.outputs import WriteOutputs, manifest_table
 from canvas_ray.pipeline import GeneratedImage
-from canvas_ray.rows import DELIVERED, OutputRecord, object_column
+from canvas_ray.records import OutputRecord
+from canvas_ray.rows import DELIVERED, object_column
 from canvas_ray.schema import MANIFEST_SCHEMA, Status
 from serve.responses import image_out, output_error
 

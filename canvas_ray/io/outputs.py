@@ -30,7 +30,8 @@ from canvas_ray.provenance import (
     encode_with_provenance,
     read_provenance,
 )
-from canvas_ray.rows import Batch, OutputRecord, describe, ensure_status
+from canvas_ray.records import OutputRecord
+from canvas_ray.rows import Batch, describe, ensure_status
 from canvas_ray.schema import MANIFEST_SCHEMA
 
 log = get_logger(__name__)
@@ -143,7 +144,7 @@ class WriteOutputs:
 
     def rows(self, batch: Batch) -> pa.Table:
         """Store each delivered (``ok``/``review``) result; one manifest row per output (errors included),
-        derived from its :class:`~canvas_ray.rows.OutputRecord`."""
+        derived from its :class:`~canvas_ray.records.OutputRecord`."""
         batch = ensure_status(batch)
         records = OutputRecord.from_batch(batch)
         for index, record in enumerate(records):

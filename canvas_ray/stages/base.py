@@ -1,7 +1,7 @@
 """What a stage is: the :class:`Stage` protocol, the :class:`StageContext` a driver shares between its
 stages, and the helpers stages use to time and chunk their work.
 
-The row conventions (``Batch``, ``Status``, the error helpers, :class:`~canvas_ray.rows.OutputRecord`)
+The row conventions (``Batch``, ``Status``, the error helpers, :class:`~canvas_ray.records.OutputRecord`)
 live below the stages in :mod:`canvas_ray.rows`; they are re-exported here for the modules that import
 them from ``canvas_ray.stages.base``.
 """
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from canvas_ray.records import OutputRecord
 from canvas_ray.rows import (
     DELIVERED,
     ERROR,
@@ -25,7 +26,6 @@ from canvas_ray.rows import (
     REJECTED,
     REVIEW,
     Batch,
-    OutputRecord,
     Status,
     concat_batches,
     describe,
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from canvas_ray.config import CanvasConfig
     from canvas_ray.styles import StyleBook
 
-__all__ = [  # the row conventions, re-exported from canvas_ray.rows
+__all__ = [  # the row conventions, re-exported from canvas_ray.rows and .records
     "DELIVERED",
     "ERROR",
     "OK",

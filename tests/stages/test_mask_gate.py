@@ -87,7 +87,7 @@ def test_pipeline_review_rows_keep_their_image_and_reason():
 
 
 def test_serve_figures_carry_mask_confidence_and_review_flag():
-    from canvas_ray.rows import OutputRecord
+    from canvas_ray.records import OutputRecord
     from serve.app import quality_figures
 
     batch = {"status": np.array(["ok", "review"], dtype=object), "mask_confidence": np.array([0.93, 0.41])}
