@@ -270,9 +270,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
     for config_name in args.configs:
         path, overrides = CONFIGS[config_name]
         overrides = {**overrides, **extra}
-        if args.threads and config_name.startswith("onnx"):
-            overrides = {**overrides, "segment.options.threads": args.threads}
         config = load_config(path, overrides)
+        if args.threads and config.segment.backend == "onnx":  # `local` too (it was left at 1 thread)
+            config = load_config(path, {**overrides, "segment.options.threads": args.threads})
         for group, names in (("tuned on", TUNED), ("never tuned on", HELD_OUT)):
             chosen = [name for name in names if name in sets and sets[name]]
             if not chosen:
