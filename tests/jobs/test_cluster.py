@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import REPO, SAMPLE_CATALOG
 
-pytestmark = pytest.mark.ray_cluster  # starts its own Ray (conftest: the one Ray xdist group)
+pytestmark = pytest.mark.ray_cluster  # starts its own Ray (conftest: the own-cluster xdist group)
 
 
 def _free_port() -> int:

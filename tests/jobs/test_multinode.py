@@ -20,7 +20,7 @@ from canvas_ray.styles import StyleBook
 from canvas_ray.testing import gpu_shape_overrides
 from tests.conftest import REPO, SAMPLE_CATALOG, sample_copies
 
-pytestmark = pytest.mark.ray_cluster  # starts its own Ray (conftest: the one Ray xdist group)
+pytestmark = pytest.mark.ray_cluster  # starts its own Ray (conftest: the own-cluster xdist group)
 
 GB = 2**30
 GPU_NODE = {"num_cpus": 6, "num_gpus": 2, "resources": {"gpu_node": 2}, "memory": 64 * GB}

@@ -28,7 +28,7 @@ from serve.webhooks import SIGNATURE_HEADER, verify_signature
 from tests.jobs.test_cluster import _free_port, _stop_head, _wait_http, head_temp_dir, start_head
 from tests.serve.test_serve_page import CHROMEDRIVER, CHROMIUM, browser  # noqa: F401 - the browser fixture
 
-pytestmark = pytest.mark.ray_cluster  # starts its own Ray (conftest: the one Ray xdist group)
+pytestmark = pytest.mark.ray_cluster  # starts its own Ray (conftest: the own-cluster xdist group)
 
 SAMPLE = REPO_ROOT / "examples" / "catalog"
 KEY, OTHER_KEY = "jobs-key-1", "jobs-key-2"

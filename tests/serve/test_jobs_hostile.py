@@ -30,7 +30,7 @@ from serve.errors import ApiError
 from serve.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, deliver_webhook, sign, verify_signature
 from tests.jobs.test_cluster import _free_port, _stop_head, _wait_http, head_temp_dir, start_head
 
-pytestmark = pytest.mark.ray_cluster  # starts its own Ray (conftest: the one Ray xdist group)
+pytestmark = pytest.mark.ray_cluster  # starts its own Ray (conftest: the own-cluster xdist group)
 
 SAMPLE = REPO_ROOT / "examples" / "catalog"
 KEYS = {name: f"hostile-{name}-{secrets.token_hex(4)}" for name in ("rows", "race", "output", "misc")}
