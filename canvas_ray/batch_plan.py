@@ -14,8 +14,9 @@ from canvas_ray.cluster import Sizing, plan_pools
 from canvas_ray.config import CanvasConfig
 from canvas_ray.io.catalog import TEXT_COLUMNS
 from canvas_ray.logs import get_logger
+from canvas_ray.rows import Batch
 from canvas_ray.spec import PIPELINE, StageSpec, make_stage, stage_resources, step
-from canvas_ray.stages.base import Batch, StageContext, run_in_chunks
+from canvas_ray.stages.base import StageContext, run_in_chunks
 from canvas_ray.styles import StyleBook
 
 log = get_logger(__name__)
@@ -222,9 +223,7 @@ def build_plan(
     return ds
 
 
-def expanded_block_rows(
-    config: CanvasConfig, outputs: int | None, actors: int, pool: str = "inpaint"
-) -> int:
+def expanded_block_rows(config: CanvasConfig, outputs: int | None, actors: int, pool: str = "inpaint") -> int:
     """Rows per block after Prompt's expansion: enough blocks that every actor of the next pool
     (``inpaint``) gets work (two per actor over the job), never below its batch, never above
     ``ray.block_rows`` (cheap error rows ride in big blocks; image blocks are also capped in bytes by

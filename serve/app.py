@@ -36,9 +36,10 @@ from canvas_ray.io.outputs import join_uri, safe_name, write_bytes
 from canvas_ray.pipeline import items_batch
 from canvas_ray.provenance import ProvenanceContext, check_provenance, encode_with_provenance, read_provenance
 from canvas_ray.records import OutputRecord
+from canvas_ray.rows import Batch, num_rows
 from canvas_ray.schema import Status
 from canvas_ray.spec import chained_model_stages, in_process_stages, make_stage
-from canvas_ray.stages.base import Batch, StageContext, num_rows
+from canvas_ray.stages.base import StageContext
 from canvas_ray.styles import MAX_STYLE_TEXT, StyleBook
 from serve.admission import Admission, RateLimiter, with_deadline
 from serve.auth import authorize, configured_api_keys
@@ -316,9 +317,7 @@ class Ingress(JobRoutes):
         # every item derives from its output's typed record (canvas_ray.records.OutputRecord)
         records = OutputRecord.from_batch(batch)
         images = [
-            image_out(
-                records[i], data, MIME[fmt], self._save(rid, f"{records[i].output_id}.{fmt}", data)
-            )
+            image_out(records[i], data, MIME[fmt], self._save(rid, f"{records[i].output_id}.{fmt}", data))
             for i, data in zip(delivered, encoded, strict=True)
         ]
         body = GenerateResponse(

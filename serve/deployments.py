@@ -14,16 +14,9 @@ from typing import Any
 from ray import serve
 
 from canvas_ray.config import CanvasConfig, ModelStage
+from canvas_ray.rows import Batch, concat_batches, each_alone_on_failure, fail_rows, num_rows, take_rows
 from canvas_ray.spec import make_stage
-from canvas_ray.stages.base import (
-    Batch,
-    StageContext,
-    concat_batches,
-    each_alone_on_failure,
-    fail_rows,
-    num_rows,
-    take_rows,
-)
+from canvas_ray.stages.base import StageContext
 from serve.metrics import BatchMetrics
 
 REQUEST_COLUMN = "request_id"

@@ -7,8 +7,8 @@ import pytest
 
 from canvas_ray.config import ConfigError, config_from_dict
 from canvas_ray.registry import OWNERS, Registry, registry_for
+from canvas_ray.rows import Status
 from canvas_ray.schema import split_error
-from canvas_ray.stages.base import Status
 
 
 @pytest.mark.parametrize("kind", sorted(OWNERS))

@@ -1,9 +1,8 @@
 """What a stage is: the :class:`Stage` protocol, the :class:`StageContext` a driver shares between its
 stages, and the helpers stages use to time and chunk their work.
 
-The row conventions (``Batch``, ``Status``, the error helpers, :class:`~canvas_ray.records.OutputRecord`)
-live below the stages in :mod:`canvas_ray.rows`; they are re-exported here for the modules that import
-them from ``canvas_ray.stages.base``.
+The row conventions (``Batch``, ``Status``, the error helpers) live below the stages, in
+:mod:`canvas_ray.rows`, and one finished row in :mod:`canvas_ray.records`: import them from there.
 """
 
 from __future__ import annotations
@@ -16,28 +15,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from canvas_ray.records import OutputRecord
 from canvas_ray.rows import (
-    DELIVERED,
-    ERROR,
     OK,
-    PLACEHOLDER_IMAGE,
-    PLACEHOLDER_MASK,
-    REJECTED,
-    REVIEW,
     Batch,
-    Status,
     concat_batches,
-    describe,
-    each_alone_on_failure,
     ensure_status,
-    fail_rows,
     num_rows,
-    object_column,
     ok_indices,
-    rows_batch,
-    run_rows,
-    set_error,
     take_rows,
 )
 
@@ -45,33 +29,11 @@ if TYPE_CHECKING:
     from canvas_ray.config import CanvasConfig
     from canvas_ray.styles import StyleBook
 
-__all__ = [  # the row conventions, re-exported from canvas_ray.rows and .records
-    "DELIVERED",
-    "ERROR",
-    "OK",
-    "PLACEHOLDER_IMAGE",
-    "PLACEHOLDER_MASK",
-    "REJECTED",
-    "REVIEW",
-    "Batch",
-    "OutputRecord",
+__all__ = [
     "Stage",
     "StageContext",
-    "Status",
     "alpha_mask",
-    "concat_batches",
-    "describe",
-    "each_alone_on_failure",
-    "ensure_status",
-    "fail_rows",
-    "num_rows",
-    "object_column",
-    "ok_indices",
-    "rows_batch",
     "run_in_chunks",
-    "run_rows",
-    "set_error",
-    "take_rows",
     "timed",
     "to_rgb",
 ]

@@ -17,7 +17,8 @@ import numpy as np
 
 from canvas_ray.config import CanvasConfig, CaptionConfig
 from canvas_ray.registry import Registry
-from canvas_ray.stages.base import Batch, StageContext, ensure_status, ok_indices, run_rows, timed, to_rgb
+from canvas_ray.rows import Batch, ensure_status, ok_indices, run_rows
+from canvas_ray.stages.base import StageContext, timed, to_rgb
 
 STAGE = "caption"
 _NAMED_COLOURS = {

@@ -29,20 +29,19 @@ from canvas_ray.compose import composite, verify_product_preserved
 from canvas_ray.config import CanvasConfig
 from canvas_ray.matte import MattePlan, composite_matte, plan_matte, verify_matte_preserved
 from canvas_ray.profiles import Compliance, ProfileBook, check_compliance, render_pure_white
-from canvas_ray.stages.base import (
+from canvas_ray.rows import (
     OK,
     PLACEHOLDER_IMAGE,
     REJECTED,
     REVIEW,
     Batch,
-    StageContext,
     ensure_status,
     object_column,
     ok_indices,
     run_rows,
     set_error,
-    timed,
 )
+from canvas_ray.stages.base import StageContext, timed
 
 STAGE = "composite"
 INTERMEDIATE = ("canvas", "canvas_mask", "background")

@@ -22,18 +22,17 @@ from canvas_ray.config import CanvasConfig, LimitsConfig
 from canvas_ray.io.http import fetch_url, is_http
 from canvas_ray.io.images import decode_image
 from canvas_ray.io.uris import UriRefusedError, resolve_allowed
-from canvas_ray.stages.base import (
+from canvas_ray.rows import (
     OK,
     PLACEHOLDER_IMAGE,
     Batch,
-    StageContext,
     describe,
     ensure_status,
     object_column,
     ok_indices,
     set_error,
-    timed,
 )
+from canvas_ray.stages.base import StageContext, timed
 
 
 def read_bytes(uri: str, limits: LimitsConfig, storage_options: dict | None = None) -> bytes:

@@ -31,7 +31,8 @@ from canvas_ray.logs import get_logger
 from canvas_ray.matte import keep_level
 from canvas_ray.quality.guard import CandidateGuard
 from canvas_ray.registry import Registry
-from canvas_ray.stages.base import Batch, StageContext, ensure_status, ok_indices
+from canvas_ray.rows import Batch, ensure_status, ok_indices
+from canvas_ray.stages.base import StageContext
 from canvas_ray.stages.composite import Composite
 from canvas_ray.stages.segment import build_segmenter
 from canvas_ray.styles import Style, StyleBook

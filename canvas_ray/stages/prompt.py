@@ -22,18 +22,18 @@ import numpy as np
 from canvas_ray.compose import aspect_slug, place_product, plan_placement
 from canvas_ray.config import CanvasConfig, canonical_aspect, parse_aspect
 from canvas_ray.profiles import OutputProfile, ProfileBook, ProfileError, plan_profile_placement
-from canvas_ray.schema import ITEM_TIMING_COLUMNS
-from canvas_ray.stages.base import (
+from canvas_ray.rows import (
     ERROR,
     OK,
     PLACEHOLDER_IMAGE,
     PLACEHOLDER_MASK,
     Batch,
-    StageContext,
     describe,
     ensure_status,
     rows_batch,
 )
+from canvas_ray.schema import ITEM_TIMING_COLUMNS
+from canvas_ray.stages.base import StageContext
 from canvas_ray.styles import build_prompt
 
 STAGE = "prompt"

@@ -24,20 +24,17 @@ import numpy as np
 
 from canvas_ray.config import CanvasConfig, SegmentConfig
 from canvas_ray.registry import Registry
-from canvas_ray.stages.backdrop_mask import backdrop_product_mask
-from canvas_ray.stages.base import (
+from canvas_ray.rows import (
     PLACEHOLDER_MASK,
     Batch,
-    StageContext,
-    alpha_mask,
     ensure_status,
     object_column,
     ok_indices,
     run_rows,
     set_error,
-    timed,
-    to_rgb,
 )
+from canvas_ray.stages.backdrop_mask import backdrop_product_mask
+from canvas_ray.stages.base import StageContext, alpha_mask, timed, to_rgb
 from canvas_ray.stages.mask_trust import assess_mask
 from canvas_ray.stages.segment_onnx import OnnxSegmenter
 

@@ -28,7 +28,8 @@ from canvas_ray.io.manifest_parts import write_staging_part
 from canvas_ray.io.outputs import OutputLayout, WriteOutputs, write_bytes
 from canvas_ray.logs import get_logger
 from canvas_ray.provenance import ProvenanceContext
-from canvas_ray.stages.base import Batch, StageContext, ensure_status
+from canvas_ray.rows import Batch, ensure_status
+from canvas_ray.stages.base import StageContext
 
 log = get_logger(__name__)
 

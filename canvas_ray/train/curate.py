@@ -41,7 +41,7 @@ from PIL import Image
 from canvas_ray.config import LimitsConfig
 from canvas_ray.io.catalog import read_catalog
 from canvas_ray.io.images import decode_image
-from canvas_ray.stages.base import describe
+from canvas_ray.rows import describe
 from canvas_ray.stages.decode import read_bytes
 
 UNCATEGORISED = "uncategorised"

@@ -21,7 +21,8 @@ from PIL import Image
 from canvas_ray.config import CanvasConfig, config_from_dict
 from canvas_ray.logs import get_logger
 from canvas_ray.pipeline import InProcess, items_batch
-from canvas_ray.stages.base import Batch, StageContext, to_rgb
+from canvas_ray.rows import Batch
+from canvas_ray.stages.base import StageContext, to_rgb
 from canvas_ray.train.config import FinetuneConfig
 
 log = get_logger(__name__)

@@ -17,7 +17,7 @@ from canvas_ray.io.images import decode_image
 from canvas_ray.io.manifest import Manifest, compact_manifest, latest_per_output, read_manifest
 from canvas_ray.io.outputs import MANIFEST_SCHEMA, OutputLayout, WriteOutputs, safe_name, shard_of
 from canvas_ray.report import render_item_pages, write_bucket_pages, write_index
-from canvas_ray.stages.base import object_column
+from canvas_ray.rows import object_column
 
 UNSAFE = ["../../etc/passwd", "a/b", "a\\b", "a b", "..", ".", "/abs/path", "é-ü", "a:b", "a_b/", "x" * 200]
 

@@ -25,7 +25,7 @@ from canvas_ray.provenance import (
     encode_with_provenance,
     read_provenance,
 )
-from canvas_ray.stages.base import object_column
+from canvas_ray.rows import object_column
 from canvas_ray.testing import product_image, signing_certificate
 
 IPTC = "http://cv.iptc.org/newscodes/digitalsourcetype/"

@@ -12,7 +12,7 @@ from canvas_ray.io.images import decode_image
 from canvas_ray.io.outputs import MANIFEST_SCHEMA, WriteOutputs
 from canvas_ray.quality.expansion import expansion_overlay, measure_expansion
 from canvas_ray.report import render_item_pages
-from canvas_ray.stages.base import object_column
+from canvas_ray.rows import object_column
 from tests.quality.test_quality import guarded_stage, product_batch
 
 

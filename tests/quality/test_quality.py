@@ -10,7 +10,7 @@ from canvas_ray.config import load_config
 from canvas_ray.quality.expansion import measure_expansion
 from canvas_ray.quality.guard import candidate_seed
 from canvas_ray.quality.scoring import color_harmony, exposure, seam_energy, weight_free_scores
-from canvas_ray.stages.base import object_column
+from canvas_ray.rows import object_column
 from canvas_ray.stages.inpaint import Inpaint
 
 PRODUCT = (200, 30, 30)

@@ -13,8 +13,8 @@ from canvas_ray.compose import HARD
 from canvas_ray.config import load_config
 from canvas_ray.matte import OPAQUE
 from canvas_ray.records import OutputRecord
+from canvas_ray.rows import object_column
 from canvas_ray.schema import MANIFEST_SCHEMA
-from canvas_ray.stages.base import object_column
 from canvas_ray.stages.composite import Composite
 from tests.conftest import REPO
 

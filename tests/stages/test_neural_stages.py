@@ -29,7 +29,7 @@ from canvas_ray.models.tiny import (
     make_tiny_segmenter,
 )
 from canvas_ray.pipeline import LocalPipeline, items_batch
-from canvas_ray.stages.base import PLACEHOLDER_MASK, Batch
+from canvas_ray.rows import PLACEHOLDER_MASK, Batch
 from canvas_ray.stages.caption import Caption, split_caption
 from canvas_ray.stages.decode import Decode
 from canvas_ray.stages.inpaint import DiffusersInpainter, Inpaint

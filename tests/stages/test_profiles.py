@@ -17,7 +17,8 @@ from canvas_ray.compose import HARD, Placement, place_product
 from canvas_ray.config import REPO_ROOT, ConfigError, load_config
 from canvas_ray.pipeline import LocalPipeline, items_batch
 from canvas_ray.profiles import ProfileBook, check_compliance
-from canvas_ray.stages.base import StageContext, take_rows
+from canvas_ray.rows import take_rows
+from canvas_ray.stages.base import StageContext
 from canvas_ray.stages.prompt import Prompt, output_id
 
 SAMPLE = REPO_ROOT / "examples" / "catalog"

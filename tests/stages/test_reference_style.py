@@ -29,7 +29,7 @@ from canvas_ray.models.tiny import (
     build_tiny_ip_adapter,
 )
 from canvas_ray.pipeline import LocalPipeline, items_batch
-from canvas_ray.stages.base import PLACEHOLDER_IMAGE
+from canvas_ray.rows import PLACEHOLDER_IMAGE
 from canvas_ray.stages.decode import STYLE_IMAGE_SIDE, Decode, Fetch
 from canvas_ray.stages.inpaint import DiffusersInpainter, StudioInpainter
 from canvas_ray.styles import Backdrop, StyleBook

@@ -17,8 +17,9 @@ import pytest
 
 from canvas_ray.config import load_config
 from canvas_ray.registry import OWNERS, registry_for
+from canvas_ray.rows import object_column, take_rows
 from canvas_ray.spec import in_process_stages, make_stage
-from canvas_ray.stages.base import StageContext, object_column, take_rows
+from canvas_ray.stages.base import StageContext
 from canvas_ray.styles import StyleBook
 from canvas_ray.testing import png_bytes, product_image
 from tests.conftest import REPO
