@@ -182,7 +182,7 @@ def test_killed_driver_loses_nothing_and_duplicates_nothing(ray_local, tmp_path)
 
     import yaml
 
-    catalog = sample_copies(tmp_path / "catalog", copies=2)  # 24 items at half scale
+    catalog = sample_copies(tmp_path / "catalog")  # the 12 sample items at half scale
     settings = yaml.safe_load(WEIGHTFREE.read_text())
     settings["styles"]["file"] = str(REPO / "configs" / "styles.yaml")
     settings["output"].update(aspect_ratios=["1:1"], manifest_part_rows=2)
