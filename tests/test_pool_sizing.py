@@ -196,6 +196,18 @@ def test_check_resources_refuses_cpu_pools_that_leave_no_cpu(monkeypatch) -> Non
         _check("weightfree.yaml", **{"segment.resources.num_cpus": 1.5})  # they fit, the tasks do not
 
 
+def test_local_yaml_keeps_both_cores_of_a_2_core_machine_on_the_segmenter(monkeypatch) -> None:
+    """The README's job (configs/local.yaml) fits a 2-CPU machine with two IS-Net actors of one thread."""
+    from canvas_ray.batch_plan import check_resources
+    from canvas_ray.stages.segment_onnx import session_threads
+
+    config = load_config(REPO / "configs" / "local.yaml")
+    _on_nodes(monkeypatch, [Node("laptop", {"CPU": 2.0})])
+    sizing = check_resources(config)
+    assert sizing.pools["segment"].min == sizing.pools["segment"].max == 2
+    assert session_threads(config.segment) == 1
+
+
 def test_check_resources_on_a_live_local_ray(ray_local) -> None:
     """The same refusal against the nodes a real (2-CPU) Ray reports, then the shipped config fitting."""
     from canvas_ray.batch import check_resources
