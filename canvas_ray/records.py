@@ -24,7 +24,7 @@ from canvas_ray.schema import (
     split_error,
 )
 
-__all__ = ["OutputRecord", "plain"]
+__all__ = ["OutputRecord"]
 
 _INTEGER_QUALITY = frozenset(name for name, kind in QUALITY_TYPES.items() if str(kind) == "int64")
 _STRING_COLUMNS = frozenset(f.name for f in MANIFEST_SCHEMA if str(f.type) == "string")
