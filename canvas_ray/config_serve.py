@@ -3,7 +3,7 @@ Part of :class:`canvas_ray.config.CanvasConfig`."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -105,9 +105,18 @@ class JobsConfig(StrictModel):
         return origins
 
 
+# Which stages share a replica online (canvas_ray.spec.serve_groups): one hand-off per model deployment.
+Colocate = Literal["split", "chained", "models", "ingress"]
+
+
 class ServeConfig(StrictModel):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    colocate: Colocate = Field(
+        "chained",
+        description="split: a deployment per model stage; chained: segment+caption share one; models: one "
+        "deployment runs segment..inpaint; ingress: the ingress replicas hold the models (no hand-off)",
+    )
     max_batch_size: int = Field(8, ge=1, le=256)
     batch_wait_timeout_s: float = Field(0.05, ge=0, le=10)
     max_upload_bytes: int = Field(15 * 1024 * 1024, ge=1024)

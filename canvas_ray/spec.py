@@ -26,9 +26,10 @@ Resources always come from the config (:func:`stage_resources`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from canvas_ray.config import CanvasConfig, Resources
+from canvas_ray.config_serve import Colocate
 from canvas_ray.stages.base import StageContext
 
 StageName = Literal[
@@ -156,10 +157,29 @@ def model_stages() -> tuple[StageName, ...]:
     return tuple(s.stages[0] for s in PIPELINE if s.kind == "pool")
 
 
-def chained_model_stages() -> tuple[tuple[StageName, ...], ...]:
-    """The model stages grouped as an online driver runs them: consecutive pool steps with nothing between
-    them (segment ─▶ caption) form one group, served by one replica that runs them in turn, so a request
-    makes one hand-off there instead of two. ``(("segment", "caption"), ("inpaint",))`` today."""
+COLOCATE: tuple[Colocate, ...] = get_args(Colocate)
+
+
+def serve_groups(colocate: Colocate = "chained") -> tuple[tuple[StageName, ...], ...]:
+    """The stages an online driver runs together in one replica, per ``serve.colocate``; a request makes
+    one hand-off per group (none for ``ingress``):
+
+    - ``split``: each model stage alone, ``(("segment",), ("caption",), ("inpaint",))``: three hand-offs,
+      every model scaled on its own;
+    - ``chained`` (the default): consecutive pool steps with nothing between them share a replica,
+      ``(("segment", "caption"), ("inpaint",))``: two hand-offs;
+    - ``models`` and ``ingress``: one group from the first model stage to the last, the cheap stages
+      between them included, ``(("segment", "caption", "prompt", "inpaint"),)``: one model deployment
+      (``models``), or none at all (``ingress``: the ingress replicas hold the models).
+    """
+    if colocate not in COLOCATE:
+        raise ValueError(f"serve.colocate must be one of {COLOCATE}, not {colocate!r}")
+    models = model_stages()
+    if colocate == "split":
+        return tuple((name,) for name in models)
+    if colocate in ("models", "ingress"):
+        names = in_process_stages()
+        return (names[names.index(models[0]) : names.index(models[-1]) + 1],)
     groups: list[list[StageName]] = []
     previous_was_pool = False
     for spec in PIPELINE:

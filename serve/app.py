@@ -5,13 +5,12 @@ POST /v1/backgrounds ──▶ Ingress: Decode ──▶ SegmentCaptionDeploymen
      ──▶ Ingress: Prompt ──▶ InpaintDeployment ──▶ Ingress: Composite+Verify ──▶ JSON (or the image bytes)
 ```
 
-The stage order is the pipeline spec's (:mod:`canvas_ray.spec`): the model stages are deployments with
-dynamic batching (:mod:`serve.deployments`), model stages with nothing between them share one replica
-(:func:`canvas_ray.spec.chained_model_stages`: one hand-off instead of two), the cheap ones run in the
-ingress. The service is split by
-concern: request parsing and validation (:mod:`serve.parsing`), keys and the URI allowlist
-(:mod:`serve.auth`), load shedding (:mod:`serve.admission`), errors (:mod:`serve.errors`), the response
-models (:mod:`serve.responses`), metrics (:mod:`serve.metrics`) and catalog jobs (:mod:`serve.jobs`).
+The stage order is the pipeline spec's (:mod:`canvas_ray.spec`); the model stages run in replicas with
+dynamic batching (:mod:`serve.deployments`), grouped by ``serve.colocate``
+(:func:`canvas_ray.spec.serve_groups`; ``chained`` above, or ``split``, ``models``, ``ingress``: the
+models in the ingress, no hand-off). The cheap stages run in the ingress. By concern: parsing
+(:mod:`serve.parsing`), keys (:mod:`serve.auth`), load shedding (:mod:`serve.admission`), errors
+(:mod:`serve.errors`), responses (:mod:`serve.responses`), metrics and catalog jobs (:mod:`serve.jobs`).
 
 Run it with ``canvas-ray serve --config configs/local.yaml`` or ``serve run configs/serve.yaml``.
 """
@@ -34,17 +33,18 @@ from canvas_ray.config import REPO_ROOT, CanvasConfig, load_config
 from canvas_ray.io.images import delivery_quality
 from canvas_ray.io.outputs import join_uri, safe_name, write_bytes
 from canvas_ray.pipeline import items_batch
+from canvas_ray.profiles import ProfileBook
 from canvas_ray.provenance import ProvenanceContext, check_provenance, encode_with_provenance, read_provenance
 from canvas_ray.records import OutputRecord
 from canvas_ray.rows import Batch, num_rows
 from canvas_ray.schema import Status
-from canvas_ray.spec import chained_model_stages, in_process_stages, make_stage
+from canvas_ray.spec import in_process_stages, make_stage, serve_groups
 from canvas_ray.stages.base import StageContext
 from canvas_ray.styles import MAX_STYLE_TEXT, StyleBook
 from serve.admission import Admission, RateLimiter, with_deadline
 from serve.auth import authorize, configured_api_keys
-from serve.deployments import REQUEST_COLUMN, ModelDeployment, deployment_options
-from serve.errors import ApiError, error_response, install_handlers
+from serve.deployments import REQUEST_COLUMN, ModelDeployment, StageGroup, deployment_options, ingress_options
+from serve.errors import ERROR_RESPONSES, ApiError, error_response, install_handlers
 from serve.jobs import JobRoutes
 from serve.jobs import router as jobs_router
 from serve.metrics import ServiceMetrics
@@ -56,16 +56,6 @@ STATIC = Path(__file__).resolve().parent / "static"
 DEFAULT_CONFIG = os.environ.get("CANVAS_RAY_CONFIG", "configs/local.yaml")
 MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 FORMAT_OF_MIME = {mime: fmt for fmt, mime in MIME.items()}
-ERROR_RESPONSES = {
-    400: "bad field value",
-    401: "missing or wrong API key",
-    413: "upload too large",
-    415: "unsupported media type",
-    422: "invalid image or request",
-    429: "per-key rate limit exceeded (Retry-After)",
-    503: "at capacity (Retry-After)",
-    504: "the request could not finish within serve.request_timeout_s",
-}
 
 app = FastAPI(
     title="canvas-ray",
@@ -100,17 +90,24 @@ class Ingress(JobRoutes):
         self._provenance: tuple[ProvenanceContext, str] | None = None  # built on first use
         self.limits = self.config.serve
         self.styles = StyleBook.from_config(self.config)
-        # the stage order comes from the one pipeline spec: model stages are deployments (handles, one per
-        # group of chained stages, keyed "segment+caption"), the cheap ones run here in a thread
-        self.groups = {group[0]: group for group in chained_model_stages()}
-        self.models = {"+".join(group): models["+".join(group)] for group in self.groups.values()}
-        in_replicas = {name for group in self.groups.values() for name in group}
-        self.order = in_process_stages()
+        # the stage order comes from the one pipeline spec: each group of serve.colocate runs in a model
+        # deployment (a handle, keyed "segment+caption") or, colocate `ingress`, here; the rest here too
+        groups = serve_groups(self.config.serve.colocate)
+        self.groups = {group[0]: group for group in groups}
         context = StageContext(styles=self.styles)
-        self.stages = {
-            name: make_stage(name, self.config, context) for name in self.order if name not in in_replicas
+        self.models: dict[str, Any] = {
+            "+".join(group): StageGroup(self.config, group, context)
+            if self.config.serve.colocate == "ingress"
+            else models["+".join(group)]
+            for group in groups
         }
-        self.reader = RequestReader(self.limits, self.styles, self.stages["prompt"].profiles)
+        in_groups = {name for group in groups for name in group}
+        self.order = in_process_stages()
+        self.stages = {
+            name: make_stage(name, self.config, context) for name in self.order if name not in in_groups
+        }
+        profiles = ProfileBook.load(self.config.output.profiles_file)
+        self.reader = RequestReader(self.limits, self.styles, profiles)
         self.api_keys = configured_api_keys(self.config) if api_keys is None else api_keys
         self.ready = False
         self.init_jobs()
@@ -120,6 +117,10 @@ class Ingress(JobRoutes):
         self.metrics = ServiceMetrics()
         rate = self.limits.rate_limit_per_key
         self.rate_limiter = RateLimiter(rate, self.limits.rate_limit_burst) if rate else None
+
+    def batch_sizes(self) -> dict[str, list[int]]:
+        """Requests per call of each group this replica holds (``serve.colocate: ingress``; for tests)."""
+        return {k: r.batch_sizes() for k, r in self.models.items() if isinstance(r, StageGroup)}
 
     def _authorize(self, request: Request) -> str | None:
         return authorize(request.headers, self.api_keys)
@@ -159,7 +160,11 @@ class Ingress(JobRoutes):
             key = "+".join(group) if group else name
             if group:
                 try:
-                    batch = await self.models[key].run.remote(batch)
+                    runner = self.models[key]
+                    if isinstance(runner, StageGroup):  # colocate `ingress`: in this replica
+                        batch = await runner.run(batch)
+                    else:
+                        batch = await runner.run.remote(batch)
                 except BackPressureError:
                     raise ApiError(
                         503,
@@ -225,7 +230,8 @@ class Ingress(JobRoutes):
     async def readyz(self) -> JSONResponse:
         if not self.ready:
             try:
-                pings = [h.ping.remote() for h in self.models.values()]
+                handles = [h for h in self.models.values() if not isinstance(h, StageGroup)]
+                pings = [h.ping.remote() for h in handles]
                 results = await asyncio.wait_for(asyncio.gather(*pings), timeout=5)
                 self.ready = all(results)
             except Exception as error:  # noqa: BLE001 - not ready yet, whatever the reason
@@ -355,20 +361,19 @@ class Ingress(JobRoutes):
 
 
 def build_app(config: CanvasConfig, api_keys: list[str] | None = None) -> serve.Application:
-    """The bound Serve application for ``config`` (``api_keys`` overrides the configured keys)."""
-    model: Any = ModelDeployment  # `@serve.deployment` made the class a Deployment
-    bound = {  # one deployment per group of chained model stages of the pipeline spec
-        "+".join(group): model.options(**deployment_options(group, config)).bind(config, group)
-        for group in chained_model_stages()
-    }
-    ingress_resources = config.composite.resources
+    """The bound Serve application for ``config`` (``api_keys`` overrides the configured keys): a model
+    deployment per group of ``serve.colocate`` (none for ``ingress``) behind the ingress."""
+    config = serve_limits_config(config)  # the replicas and the ingress build their stages alike
+    groups = serve_groups(config.serve.colocate)
+    model: Any = ModelDeployment
     ingress: Any = Ingress
-    ingress = ingress.options(
-        num_replicas=ingress_resources.concurrency,
-        ray_actor_options={"num_cpus": ingress_resources.num_cpus},
-        max_ongoing_requests=128,
-    )
-    return ingress.bind(config, bound, api_keys)
+    if config.serve.colocate == "ingress":
+        return ingress.options(**ingress_options(config, groups[0])).bind(config, {}, api_keys)
+    bound = {
+        "+".join(group): model.options(**deployment_options(group, config)).bind(config, group)
+        for group in groups
+    }
+    return ingress.options(**ingress_options(config)).bind(config, bound, api_keys)
 
 
 def _config_path(value: str) -> Path:

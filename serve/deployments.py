@@ -1,5 +1,5 @@
-"""The model stages as Serve deployments: one replica per group of chained model stages (segment and
-caption together, inpaint alone: :func:`canvas_ray.spec.chained_model_stages`), dynamic batching
+"""The model stages as Serve deployments: one replica per group of :func:`canvas_ray.spec.serve_groups`
+(by default segment and caption together, inpaint alone; ``serve.colocate`` picks), dynamic batching
 (``@serve.batch``: requests that arrive within ``serve.batch_wait_timeout_s`` are concatenated into one
 batch, the stage runs once, and the result is split back per request by the ``request_id`` column), and
 a bounded queue per deployment (``max_queued_requests``: past it callers get ``BackPressureError``, which
@@ -15,7 +15,7 @@ from ray import serve
 
 from canvas_ray.config import CanvasConfig, ModelStage
 from canvas_ray.rows import Batch, concat_batches, each_alone_on_failure, fail_rows, num_rows, take_rows
-from canvas_ray.spec import make_stage
+from canvas_ray.spec import make_stage, model_stages
 from canvas_ray.stages.base import StageContext
 from serve.metrics import BatchMetrics
 
@@ -42,21 +42,23 @@ class _StageFaultError(Exception):
         self.error = error
 
 
-@serve.deployment
-class ModelDeployment:
-    """One replica holding the model stages of one group of :func:`canvas_ray.spec.chained_model_stages`
-    (segment and caption together, inpaint alone), run in turn on each batch, with dynamic batching.
+class StageGroup:
+    """The stages of one group of :func:`canvas_ray.spec.serve_groups` (segment and caption together,
+    inpaint alone by default), run in turn on each batch, with dynamic batching: the body of a model
+    deployment's replica (:data:`ModelDeployment`), or held by the ingress itself (``serve.colocate:
+    ingress``, no hand-off).
 
     A batch of requests runs as one call per stage; stages already turn a failing row into an error row
     (``run_rows``), so a whole call fails only on a fault of a stage itself, and then each request is
     run alone (:func:`~canvas_ray.stages.base.each_alone_on_failure`, the same rule as for rows), so
     that one request's fault fails that request's rows only, labelled with the stage that failed."""
 
-    def __init__(self, config: CanvasConfig, stages: tuple[str, ...]):
+    def __init__(self, config: CanvasConfig, stages: tuple[str, ...], context: StageContext | None = None):
         self.config = config
         self.names = tuple(stages)
         self.name = "+".join(self.names)
-        self.stages = [make_stage(n, config, StageContext()) for n in self.names]  # type: ignore[arg-type]
+        context = context or StageContext()
+        self.stages = [make_stage(n, config, context) for n in self.names]  # type: ignore[arg-type]
         batched: Any = self.run  # @serve.batch takes constants; the config's values are set here
         batched.set_max_batch_size(config.serve.max_batch_size)
         batched.set_batch_wait_timeout_s(config.serve.batch_wait_timeout_s)
@@ -112,12 +114,18 @@ class ModelDeployment:
         return True
 
 
-def deployment_options(stages: tuple[str, ...], config: CanvasConfig) -> dict[str, Any]:
+# one replica of a group of model stages (a Serve deployment of StageGroup)
+ModelDeployment: Any = serve.deployment(name="ModelDeployment")(StageGroup)
+
+
+def deployment_options(stages: tuple[str, ...], config: CanvasConfig, fewest: bool = False) -> dict[str, Any]:
     """Name, replicas, Ray resources and queue bounds of the deployment serving ``stages``, from their
     config sections. A replica holds every stage of its group, so it asks for their resources together
     (GPU fractions add up: gpu.yaml's segment 0.25 + caption 0.75 make one GPU); it runs as many replicas
-    as the largest minimum asks, and autoscales up to the smallest maximum (a range or ``auto``, sized
-    from the cluster node by node by :func:`canvas_ray.cluster.size_pools`)."""
+    as the largest minimum asks (``fewest``: the smallest, for replicas that hold every model), and
+    autoscales up to the smallest maximum (a range or ``auto``, sized from the cluster node by node by
+    :func:`canvas_ray.cluster.size_pools`)."""
+    stages = tuple(name for name in stages if name in model_stages())  # a cheap stage between asks nothing
     sections: list[ModelStage] = [getattr(config, name) for name in stages]
     actor: dict[str, Any] = {
         "num_cpus": sum(s.resources.num_cpus for s in sections),
@@ -140,7 +148,7 @@ def deployment_options(stages: tuple[str, ...], config: CanvasConfig) -> dict[st
         # a bounded queue per model deployment: past it callers get BackPressureError (503), not a wait
         "max_queued_requests": config.serve.model_max_queued,
     }
-    low = max(s.resources.concurrency for s in sections)
+    low = (min if fewest else max)(s.resources.concurrency for s in sections)
     highs: list[int] = []
     for name, section in zip(stages, sections, strict=True):
         high = section.resources.max_concurrency
@@ -159,4 +167,22 @@ def deployment_options(stages: tuple[str, ...], config: CanvasConfig) -> dict[st
         }
     else:
         options["num_replicas"] = low
+    return options
+
+
+def ingress_options(config: CanvasConfig, group: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Replicas and Ray resources of the ingress: its own (``composite.resources``), or with ``group``
+    (``serve.colocate: ingress``) replicas that also hold that group's models, asking for their resources
+    on top of its own, as many as the config holds copies of its scarcest model."""
+    own = config.composite.resources
+    if group is None:
+        options: dict[str, Any] = {
+            "num_replicas": own.concurrency,
+            "ray_actor_options": {"num_cpus": own.num_cpus},
+        }
+    else:
+        options = deployment_options(group, config, fewest=True)
+        del options["name"], options["max_queued_requests"]  # its own admission bounds what waits
+        options["ray_actor_options"]["num_cpus"] += own.num_cpus
+    options["max_ongoing_requests"] = 128  # admission (serve.max_inflight / max_queued) bounds the work
     return options

@@ -12,6 +12,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+# what POST /v1/backgrounds may answer besides 200 (its OpenAPI responses)
+ERROR_RESPONSES = {
+    400: "bad field value",
+    401: "missing or wrong API key",
+    413: "upload too large",
+    415: "unsupported media type",
+    422: "invalid image or request",
+    429: "per-key rate limit exceeded (Retry-After)",
+    503: "at capacity (Retry-After)",
+    504: "the request could not finish within serve.request_timeout_s",
+}
+
 
 class ApiError(Exception):
     """An answer other than 200: HTTP status, a stable error code, a message that says what to fix, and

@@ -489,11 +489,9 @@ def test_schemathesis_no_server_errors(server, tmp_path):
 # ------------------------------------------------------------------------------------ neural models
 
 
-@pytest.fixture(scope="module")
-def tiny_app(server, tiny_models):
-    from serve.app import build_app
-
-    config = config_from_dict(
+def tiny_config(tiny_models: dict[str, Path], **serve: Any):
+    """Backdrop segmenter, the tiny random captioner and diffusers inpainter, small resources."""
+    return config_from_dict(
         {
             "segment": {"backend": "backdrop", "device": "cpu", "resources": SMALL},
             "caption": {
@@ -513,10 +511,16 @@ def tiny_app(server, tiny_models):
             },
             "composite": {"resources": SMALL},
             "output": {"aspect_ratios": ["1:1"]},
-            "serve": SERVE,
+            "serve": {**SERVE, **serve},
         }
     )
-    server["serve"].run(build_app(config), name="tiny", route_prefix="/tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_app(server, tiny_models):
+    from serve.app import build_app
+
+    server["serve"].run(build_app(tiny_config(tiny_models)), name="tiny", route_prefix="/tiny")
     yield server
     server["serve"].delete("tiny")
 
@@ -561,6 +565,53 @@ def test_tiny_neural_models(tiny_app):
         headers={"Accept": "image/png"},
     )
     assert single.status_code == 200 and single.headers["content-type"] == "image/png"
+
+
+def _pixels(item: dict[str, Any]) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(item["image_base64"]))).convert("RGB"))
+
+
+COLOCATED_DEPLOYMENTS = {
+    "split": {"Ingress", "SegmentDeployment", "CaptionDeployment", "InpaintDeployment"},
+    "models": {"Ingress", "SegmentCaptionInpaintDeployment"},
+    "ingress": {"Ingress"},
+}
+
+
+@pytest.mark.parametrize("colocate", sorted(COLOCATED_DEPLOYMENTS))
+def test_every_colocation_answers_alike(tiny_app, tiny_models, colocate):
+    """The models grouped another way (``serve.colocate``) give the same captions and the same pixels as
+    the default graph (``/tiny``: segment+caption, inpaint), with the deployments the mode says; the
+    ingress holding the models still batches concurrent requests."""
+    from serve.app import build_app
+
+    serve, client = tiny_app["serve"], tiny_app["client"]
+    request = {"image": product_png(96, 80), "style": "beach summer", "n": 2, "seed": 5}
+
+    def answer(prefix: str) -> dict[int, tuple[str, np.ndarray]]:
+        response = post(client, f"{prefix}/v1/backgrounds", **request)
+        assert response.status_code == 200, response.text
+        return {i["variant"]: (i["caption"], _pixels(i)) for i in response.json()["images"]}
+
+    name = f"tiny-{colocate}"
+    serve.run(build_app(tiny_config(tiny_models, colocate=colocate)), name=name, route_prefix=f"/{name}")
+    try:
+        assert set(serve.status().applications[name].deployments) == COLOCATED_DEPLOYMENTS[colocate]
+        reference, got = answer("/tiny"), answer(f"/{name}")
+        assert sorted(got) == sorted(reference) == [0, 1]
+        for variant, (caption, pixels) in reference.items():
+            assert got[variant][0] == caption
+            assert np.array_equal(got[variant][1], pixels), f"variant {variant} differs under {colocate}"
+        if colocate == "ingress":
+            ingress = serve.get_deployment_handle("Ingress", app_name=name)
+            group = "segment+caption+prompt+inpaint"
+            before = len(ingress.batch_sizes.remote().result()[group])
+            results = asyncio.run(_fire(f"{tiny_app['base']}/{name}", 6, 6, product_png()))
+            assert [status for status, _ in results] == [200] * 6
+            sizes = ingress.batch_sizes.remote().result()[group][before:]
+            assert sum(sizes) == 6 and 1 < max(sizes) <= SERVE["max_batch_size"], sizes
+    finally:
+        serve.delete(name)
 
 
 # ------------------------------------------------------------------------- hostile input and overload
