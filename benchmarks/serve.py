@@ -3,9 +3,12 @@
 1. Latency: p50/p95 of ``POST /v1/backgrounds`` (one image back, ``Accept: image/png``), one request at a
    time, against the same request through ``LocalPipeline`` in this process (decode → stages → PNG
    encode), with the same torch thread count as a replica (1). Overhead = p50(HTTP) − p50(in-process),
-   measured ``--runs`` times (default 3) with the two blocks alternating, and reported as the median of
-   the runs, so that one noisy run can neither pass nor fail it; goal <= 5 ms. Measured on the app
-   without batching (``serve.max_batch_size: 1``), whose stages do not wait for a batch to fill.
+   measured ``--runs`` times (default 3), the two alternating request by request (so a slower spell of
+   the machine hits both), and reported as the median of the runs, so that one noisy run can neither
+   pass nor fail it; goal <= 5 ms. Measured on the app without batching (``serve.max_batch_size: 1``),
+   whose stages do not wait for a batch to fill, for each ``serve.colocate`` in one run (``--colocate``):
+   ``split`` (a deployment per model stage: three hand-offs, the graph of before), ``chained`` (two),
+   ``models`` (one), ``ingress`` (none), and the ratio of each to ``split``.
    Where the time goes comes from the service's own ``Server-Timing`` header: the HTTP proxy (latency −
    the ingress's total), waiting for a slot, parsing, each stage as the ingress sees it, the hand-off to
    each model deployment (its round trip − the time inside the stage) and the PNG encode.
@@ -15,6 +18,7 @@
    more than the stages themselves do on this hardware.
 
     python -m benchmarks.serve                                    # tiny neural models (configs/tiny.yaml)
+    python -m benchmarks.serve --colocate chained ingress --runs 5
     python -m benchmarks.serve --requests 32 --latency-requests 20 --config configs/weightfree.yaml
 """
 
@@ -32,7 +36,7 @@ import numpy as np
 
 from benchmarks.common import default_json, ensure_tiny_models, machine, percentile, quiet, write_json
 from canvas_ray.config import REPO_ROOT, CanvasConfig, load_config
-from canvas_ray.spec import chained_model_stages
+from canvas_ray.config_serve import Colocate
 from canvas_ray.testing import product_png
 
 OVERHEAD_GOAL_MS = 5.0
@@ -40,11 +44,13 @@ BATCH_GAIN_SHARE_GOAL = 0.9  # of the in-process batching ceiling
 SMALL = {"num_cpus": 0.1, "concurrency": 1, "batch_size": 16}
 
 
-def bench_config(path: str, max_batch_size: int, wait_s: float) -> CanvasConfig:
+def bench_config(path: str, max_batch_size: int, wait_s: float, colocate: str | None = None) -> CanvasConfig:
     overrides: dict[str, Any] = {f"{s}.resources": dict(SMALL) for s in ("segment", "caption", "inpaint")}
     overrides["composite.resources"] = dict(SMALL)
     overrides["serve.max_batch_size"] = max_batch_size
     overrides["serve.batch_wait_timeout_s"] = wait_s
+    if colocate:
+        overrides["serve.colocate"] = colocate
     return load_config(path, overrides)
 
 
@@ -71,7 +77,7 @@ class InProcess:
             "image_bytes": image,
         }
 
-    def _one_thread(self) -> Any:
+    def one_thread(self) -> Any:
         import contextlib
 
         import torch
@@ -87,24 +93,18 @@ class InProcess:
 
         return scope()
 
-    def latency(self, requests: int, warmup: int) -> dict[str, list[float]]:
-        """Seconds per request, and the part of it spent inside the stages (their ``*_s`` columns)."""
+    def once(self) -> tuple[float, float]:
+        """Seconds of one request, and the part of it spent inside the stages (their ``*_s`` columns)."""
         from canvas_ray.io.images import encode_image
         from canvas_ray.pipeline import items_batch
         from canvas_ray.schema import TIMING_COLUMNS
 
-        times, stage_s = [], []
-        with self._one_thread():
-            for index in range(warmup + requests):
-                started = time.perf_counter()
-                out = self.pipeline.run_batch(items_batch([dict(self.item)]))
-                if list(out["status"]) != ["ok"]:
-                    raise RuntimeError(f"in-process request failed: {list(out['error'])}")
-                encode_image(out["result"][0], "png", self.config.output.quality)
-                if index >= warmup:
-                    times.append(time.perf_counter() - started)
-                    stage_s.append(sum(float(out[c][0]) for c in TIMING_COLUMNS if c in out))
-        return {"times": times, "stage_s": stage_s}
+        started = time.perf_counter()
+        out = self.pipeline.run_batch(items_batch([dict(self.item)]))
+        if list(out["status"]) != ["ok"]:
+            raise RuntimeError(f"in-process request failed: {list(out['error'])}")
+        encode_image(out["result"][0], "png", self.config.output.quality)
+        return time.perf_counter() - started, sum(float(out[c][0]) for c in TIMING_COLUMNS if c in out)
 
     def batched(self, batch: int) -> float:
         """Seconds per request when ``batch`` requests go through the stages as one batch: the most that
@@ -113,7 +113,7 @@ class InProcess:
         from canvas_ray.pipeline import items_batch
 
         items = [dict(self.item, item_id=f"upload-bench-{i}", seed=i) for i in range(batch)]
-        with self._one_thread():
+        with self.one_thread():
             self.pipeline.run_batch(items_batch(items[:2]))  # warm the batched code paths
             started = time.perf_counter()
             out = self.pipeline.run_batch(items_batch(items))
@@ -127,9 +127,9 @@ def _post(client: Any, path: str, image: bytes) -> Any:
     return client.post(path, files=files, headers={"Accept": "image/png"})
 
 
-def round_trips(base: str, app: str, requests: int) -> dict[str, float]:
+def round_trips(base: str, app: str, requests: int, deployment: str, prefix: str = "") -> dict[str, float]:
     """The serving layer alone: p50 of ``GET /healthz`` (proxy + ingress, no stage) and of a deployment
-    handle call from the driver (``ping``; the ingress makes two such hops per request)."""
+    handle call from the driver (``ping``; the ingress makes one such hop per model deployment)."""
     import httpx
     from ray import serve as ray_serve
 
@@ -137,9 +137,9 @@ def round_trips(base: str, app: str, requests: int) -> dict[str, float]:
     with httpx.Client(base_url=base, timeout=30) as client:
         for _ in range(requests):
             started = time.perf_counter()
-            client.get("/healthz").raise_for_status()
+            client.get(f"{prefix}/healthz").raise_for_status()
             health.append(time.perf_counter() - started)
-    handle = ray_serve.get_deployment_handle("SegmentCaptionDeployment", app_name=app)
+    handle = ray_serve.get_deployment_handle(deployment, app_name=app)
     handle.ping.remote().result()
     for _ in range(requests):
         started = time.perf_counter()
@@ -163,24 +163,53 @@ def parse_server_timing(header: str) -> dict[str, float]:
     return out
 
 
-def http_latency(
-    base: str, image: bytes, requests: int, warmup: int
-) -> tuple[list[float], list[dict[str, float]]]:
-    """Seconds per request, and each request's ``Server-Timing`` (ms)."""
+def interleaved_latency(
+    local: InProcess, base: str, prefixes: dict[str, str], image: bytes, requests: int, warmup: int
+) -> dict[str, Any]:
+    """One request in this process, then the same over HTTP to each app (``prefixes``: mode → route
+    prefix, in an order that turns by one each time), ``requests`` times after ``warmup`` rounds: the
+    seconds of each, the in-process stage seconds, and each HTTP answer's ``Server-Timing`` (ms)."""
     import httpx
 
-    times, timings = [], []
+    out: dict[str, Any] = {"local": [], "stage_s": [], "http": {m: [] for m in prefixes}}
+    out["timings"] = {m: [] for m in prefixes}
+    modes = list(prefixes)
+    with httpx.Client(base_url=base, timeout=120) as client, local.one_thread():
+        for index in range(warmup + requests):
+            seconds, stage_s = local.once()
+            measured = index >= warmup
+            if measured:
+                out["local"].append(seconds)
+                out["stage_s"].append(stage_s)
+            turn = index % len(modes)
+            for mode in modes[turn:] + modes[:turn]:
+                started = time.perf_counter()
+                response = _post(client, f"{prefixes[mode]}/v1/backgrounds", image)
+                elapsed = time.perf_counter() - started
+                if response.status_code != 200 or response.headers["content-type"] != "image/png":
+                    raise RuntimeError(f"{mode}: HTTP {response.status_code}: {response.text[:300]}")
+                if measured:
+                    out["http"][mode].append(elapsed)
+                    out["timings"][mode].append(
+                        parse_server_timing(response.headers.get("server-timing", ""))
+                    )
+    return out
+
+
+def http_latency(base: str, image: bytes, requests: int, warmup: int) -> list[float]:
+    """Seconds per request over HTTP alone."""
+    import httpx
+
+    times = []
     with httpx.Client(base_url=base, timeout=120) as client:
         for index in range(warmup + requests):
             started = time.perf_counter()
             response = _post(client, "/v1/backgrounds", image)
-            elapsed = time.perf_counter() - started
-            if response.status_code != 200 or response.headers["content-type"] != "image/png":
+            if response.status_code != 200:
                 raise RuntimeError(f"HTTP {response.status_code}: {response.text[:300]}")
             if index >= warmup:
-                times.append(elapsed)
-                timings.append(parse_server_timing(response.headers.get("server-timing", "")))
-    return times, timings
+                times.append(time.perf_counter() - started)
+    return times
 
 
 def breakdown(times: list[float], timings: list[dict[str, float]]) -> dict[str, float]:
@@ -251,32 +280,52 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def deploy(serve: Any, config: CanvasConfig, name: str, base: str) -> float:
-    """Deploy the app and wait for /readyz; seconds it took."""
+def deploy(serve: Any, config: CanvasConfig, name: str, base: str, prefix: str = "") -> float:
+    """Deploy the app at ``prefix`` (``""``: the root) and wait for its /readyz; seconds it took."""
     import httpx
 
     from serve.app import build_app
 
     started = time.perf_counter()
-    serve.run(build_app(config), name=name, route_prefix="/")
+    serve.run(build_app(config), name=name, route_prefix=prefix or "/")
     with httpx.Client(base_url=base, timeout=30) as client:
-        while client.get("/readyz").status_code != 200:
+        while client.get(f"{prefix}/readyz").status_code != 200:
             time.sleep(0.2)
     return time.perf_counter() - started
+
+
+def model_deployments(colocate: Colocate) -> list[str]:
+    """The model deployments of a ``serve.colocate`` mode (none for ``ingress``); the last runs inpaint."""
+    from canvas_ray.spec import serve_groups
+    from serve.deployments import deployment_name, model_stages
+
+    if colocate == "ingress":
+        return []
+    return [deployment_name(tuple(n for n in g if n in model_stages())) for g in serve_groups(colocate)]
+
+
+def inpaint_batch_sizes(app: str, colocate: Colocate) -> list[int]:
+    """Requests per call of the inpaint stage (in the last model deployment, or in the ingress)."""
+    from ray import serve as ray_serve
+
+    deployments = model_deployments(colocate)
+    if deployments:
+        handle = ray_serve.get_deployment_handle(deployments[-1], app_name=app)
+        return list(handle.batch_sizes.remote("inpaint").result())
+    handle = ray_serve.get_deployment_handle("Ingress", app_name=app)
+    return list(handle.batch_sizes.remote().result()["inpaint"])
 
 
 def throughput(
     serve: Any, config: CanvasConfig, name: str, base: str, args: argparse.Namespace
 ) -> dict[str, Any]:
     """Requests/s at --concurrency, and how many requests each inpaint call carried."""
-    from ray import serve as ray_serve
-
     images = [product_png(args.size, args.size, seed) for seed in range(args.concurrency)]
     asyncio.run(_throughput(base, images, args.concurrency, args.concurrency))  # warm every code path
-    handle = ray_serve.get_deployment_handle("InpaintDeployment", app_name=name)
-    before = len(handle.batch_sizes.remote().result())
+    colocate = config.serve.colocate
+    before = len(inpaint_batch_sizes(name, colocate))
     figures = asyncio.run(_throughput(base, images, args.requests, args.concurrency))
-    sizes = handle.batch_sizes.remote().result()[before:]
+    sizes = inpaint_batch_sizes(name, colocate)[before:]
     return {
         "max_batch_size": config.serve.max_batch_size,
         "batch_wait_timeout_s": config.serve.batch_wait_timeout_s,
@@ -286,11 +335,87 @@ def throughput(
     }
 
 
+def colocation_latency(
+    serve: Any,
+    local: InProcess,
+    modes: list[Colocate],
+    base: str,
+    image: bytes,
+    args: argparse.Namespace,
+    wait: float,
+) -> dict[str, dict[str, Any]]:
+    """Deploy the app without batching once per ``serve.colocate`` mode (side by side, one route prefix
+    each) and measure ``--runs`` interleaved runs: per mode, each run's p50s and overhead (against the
+    same run's in-process p50), their median, where the HTTP time went, and the serving floor."""
+    prefixes: dict[str, str] = {mode: f"/{mode}" for mode in modes}
+    deploy_s = {
+        m: deploy(serve, bench_config(args.config, 1, wait, m), f"bench-{m}", base, p)
+        for m, p in prefixes.items()
+    }
+    runs: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+    pooled: dict[str, Any] = {"local": [], "stage_s": [], "http": {m: [] for m in modes}}
+    pooled["timings"] = {m: [] for m in modes}
+    floors: dict[str, dict[str, float] | None] = {}
+    try:
+        for run in range(args.runs):
+            warmup = args.warmup if run == 0 else 1
+            measured = interleaved_latency(local, base, prefixes, image, args.latency_requests, warmup)
+            inproc_p50 = 1000 * percentile(measured["local"], 50)
+            pooled["local"] += measured["local"]
+            pooled["stage_s"] += measured["stage_s"]
+            for mode in modes:
+                http_p50 = 1000 * percentile(measured["http"][mode], 50)
+                runs[mode].append(
+                    {
+                        "in_process_p50_ms": round(inproc_p50, 2),
+                        "http_p50_ms": round(http_p50, 2),
+                        "overhead_p50_ms": round(http_p50 - inproc_p50, 2),
+                    }
+                )
+                pooled["http"][mode] += measured["http"][mode]
+                pooled["timings"][mode] += measured["timings"][mode]
+        for mode in modes:
+            deployments = model_deployments(mode)
+            floors[mode] = (
+                round_trips(base, f"bench-{mode}", args.latency_requests, deployments[0], prefixes[mode])
+                if deployments
+                else None
+            )
+    finally:
+        for mode in modes:
+            serve.delete(f"bench-{mode}")
+    in_process = summary(pooled["local"])
+    in_process["stage_time_p50_ms"] = round(1000 * percentile(pooled["stage_s"], 50), 2)
+    figures: dict[str, dict[str, Any]] = {}
+    for mode in modes:
+        where = breakdown(pooled["http"][mode], pooled["timings"][mode])
+        figures[mode] = {
+            "model_deployments": model_deployments(mode),
+            "hand_offs": len(model_deployments(mode)),
+            "runs": runs[mode],
+            "overhead_p50_ms": round(float(np.median([r["overhead_p50_ms"] for r in runs[mode]])), 2),
+            # the same request in this process and over HTTP, back to back: the median of the differences
+            "paired_overhead_ms": round(
+                1000 * float(np.median(np.subtract(pooled["http"][mode], pooled["local"]))), 2
+            ),
+            "hand_off_ms": round(sum(ms for part, ms in where.items() if part.endswith("_handoff")), 2),
+            "where_the_time_goes_ms": where,
+            "serving_floor": floors[mode],
+            "deploy_s": round(deploy_s[mode], 2),
+            "in_process": in_process,
+            "http": summary(pooled["http"][mode]),
+        }
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
+    from canvas_ray.spec import COLOCATE
+
     parser = argparse.ArgumentParser(prog="python -m benchmarks.serve", description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=str(REPO_ROOT / "configs" / "tiny.yaml"))
-    parser.add_argument("--latency-requests", type=int, default=15, help="sequential requests per run")
-    parser.add_argument("--runs", type=int, default=3, help="alternating in-process/HTTP latency runs")
+    parser.add_argument("--colocate", nargs="+", choices=COLOCATE, default=list(COLOCATE))
+    parser.add_argument("--latency-requests", type=int, default=15, help="request pairs per run")
+    parser.add_argument("--runs", type=int, default=3, help="paired in-process/HTTP latency runs per mode")
     parser.add_argument("--requests", type=int, default=48, help="requests per throughput run")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=16, help="max_batch_size with batching on")
@@ -304,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet()
     base_config = load_config(args.config)
     ensure_tiny_models(base_config)
+    shipped = base_config.serve.colocate
+    modes = list(dict.fromkeys([m for m in COLOCATE if m in args.colocate] + [shipped]))
     wait = args.wait if args.wait is not None else base_config.serve.batch_wait_timeout_s
     info = machine()
     print(f"serve benchmark: config {args.config}, {info['cpus']} CPUs, load average {info['load_avg_1m']}")
@@ -321,79 +448,81 @@ def main(argv: list[str] | None = None) -> int:
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # the driver's deploy/delete INFO lines
     base = f"http://127.0.0.1:{port}"
-    runs: list[dict[str, Any]] = []
-    http_times: list[float] = []
-    http_timings: list[dict[str, float]] = []
-    inproc_times: list[float] = []
-    inproc_stage_s: list[float] = []
     try:
-        print("Serve, @serve.batch off (max_batch_size 1) ...", flush=True)
-        deploy_off = deploy(serve, off_config, "bench-off", base)
-        for run in range(args.runs):
-            warmup = args.warmup if run == 0 else 1
-            measured = local.latency(args.latency_requests, warmup)
-            times, timings = http_latency(base, image, args.latency_requests, warmup)
-            inproc_p50 = 1000 * percentile(measured["times"], 50)
-            http_p50 = 1000 * percentile(times, 50)
-            runs.append(
-                {
-                    "in_process_p50_ms": round(inproc_p50, 2),
-                    "http_p50_ms": round(http_p50, 2),
-                    "overhead_p50_ms": round(http_p50 - inproc_p50, 2),
-                }
-            )
-            print(
-                f"  run {run + 1}: in-process p50 {inproc_p50:.1f} ms, HTTP p50 {http_p50:.1f} ms, "
-                f"overhead {http_p50 - inproc_p50:+.1f} ms",
-                flush=True,
-            )
-            http_times += times
-            http_timings += timings
-            inproc_times += measured["times"]
-            inproc_stage_s += measured["stage_s"]
-        floor = round_trips(base, "bench-off", args.latency_requests)
+        print(
+            f"latency, @serve.batch off (max_batch_size 1), serve.colocate {' '.join(modes)} ...", flush=True
+        )
+        modes_figures = colocation_latency(serve, local, modes, base, image, args, wait)
+        print(f"throughput, serve.colocate {shipped}, @serve.batch off and on ...", flush=True)
+        deploy(serve, off_config, "bench-off", base)
         off = throughput(serve, off_config, "bench-off", base, args)
         serve.delete("bench-off")
-        print(f"Serve, @serve.batch on (max_batch_size {args.batch_size}) ...", flush=True)
-        deploy_on = deploy(serve, on_config, "bench-on", base)
-        on_latency, _ = http_latency(base, image, args.latency_requests, args.warmup)
+        deploy(serve, on_config, "bench-on", base)
+        on_latency = http_latency(base, image, args.latency_requests, args.warmup)
         on = throughput(serve, on_config, "bench-on", base, args)
         serve.delete("bench-on")
+        on_by_mode: dict[str, dict[str, Any]] = {shipped: on}
+        for other in (m for m in modes if m != shipped):  # the other modes, batching on
+            print(f"throughput, serve.colocate {other}, @serve.batch on ...", flush=True)
+            other_config = bench_config(args.config, args.batch_size, wait, other)
+            deploy(serve, other_config, f"bench-on-{other}", base)
+            on_by_mode[other] = throughput(serve, other_config, f"bench-on-{other}", base, args)
+            serve.delete(f"bench-on-{other}")
     finally:
         serve.shutdown()
         ray.shutdown()
     print("in-process batching ceiling ...", flush=True)
     batched_s = local.batched(args.batch_size)
 
-    overhead = float(np.median([r["overhead_p50_ms"] for r in runs]))
-    inprocess = summary(inproc_times)
-    inprocess["stage_time_p50_ms"] = round(1000 * percentile(inproc_stage_s, 50), 2)
-    http = summary(http_times)
-    where = breakdown(http_times, http_timings)
+    ours = modes_figures[shipped]
+    overhead = ours["overhead_p50_ms"]
+    inprocess = ours["in_process"]
     ceiling = (inprocess["mean_ms"] / 1000) / batched_s
     gain = on["requests_per_s"] / off["requests_per_s"]
     share = gain / ceiling
+    split = modes_figures.get("split")
     print("-" * 78)
+    print(
+        f"{'serve.colocate':16}{'hand-offs':>10}{'overhead ms':>13}{'vs split':>10}{'paired ms':>11}"
+        f"{'hand-off ms':>13}{'req/s on':>10}   runs"
+    )
+    for mode, fig in modes_figures.items():
+        ratio = f"{fig['overhead_p50_ms'] / split['overhead_p50_ms']:.2f}" if split else "-"
+        listed = ", ".join(f"{r['overhead_p50_ms']:+.1f}" for r in fig["runs"])
+        mark = " (config)" if mode == shipped else ""
+        print(
+            f"{mode + mark:16}{fig['hand_offs']:>10}{fig['overhead_p50_ms']:13.1f}{ratio:>10}"
+            f"{fig['paired_overhead_ms']:11.1f}{fig['hand_off_ms']:13.1f}"
+            f"{on_by_mode[mode]['requests_per_s']:10.2f}   {listed}"
+        )
     print(f"{'latency, one request at a time':40}{'p50 ms':>10}{'p95 ms':>10}")
     rows = (
         ("in-process (LocalPipeline)", inprocess),
-        ("HTTP, batching off", http),
+        (f"HTTP, batching off ({shipped})", ours["http"]),
         (f"HTTP, batching on (waits {wait:g} s/stage)", summary(on_latency)),
     )
     for label, fig in rows:
         print(f"{label:40}{fig['p50_ms']:10.1f}{fig['p95_ms']:10.1f}")
-    listed = ", ".join(f"{r['overhead_p50_ms']:+.1f}" for r in runs)
-    print(
-        f"HTTP overhead at p50: {overhead:.1f} ms, median of {len(runs)} runs ({listed})  "
-        f"(goal <= {OVERHEAD_GOAL_MS:g} ms)"
+    listed = ", ".join(f"{r['overhead_p50_ms']:+.1f}" for r in ours["runs"])
+    versus = (
+        f"; split {split['overhead_p50_ms']:.1f} ms, ratio {overhead / split['overhead_p50_ms']:.2f}"
+        if split
+        else ""
     )
-    print("  where an HTTP request's time goes (medians, ms, from the service's Server-Timing header):")
-    for name, ms in where.items():
+    print(
+        f"HTTP overhead at p50 (serve.colocate {shipped}): {overhead:.1f} ms, "
+        f"median of {len(ours['runs'])} runs "
+        f"({listed}){versus}  (goal <= {OVERHEAD_GOAL_MS:g} ms)"
+    )
+    print(f"  where an HTTP request's time goes ({shipped}; medians, ms, from the Server-Timing header):")
+    for name, ms in ours["where_the_time_goes_ms"].items():
         print(f"    {name:36}{ms:10.2f}")
-    print(
-        f"  serving floor: GET /healthz p50 {floor['healthz_p50_ms']:.1f} ms; one deployment handle call "
-        f"p50 {floor['handle_call_p50_ms']:.1f} ms (a request makes {len(chained_model_stages())})"
-    )
+    floor = next((f["serving_floor"] for f in modes_figures.values() if f["serving_floor"]), None)
+    if floor:
+        print(
+            f"  serving floor: GET /healthz p50 {floor['healthz_p50_ms']:.1f} ms; one deployment handle call "
+            f"p50 {floor['handle_call_p50_ms']:.1f} ms"
+        )
     print(
         f"{'throughput at concurrency ' + str(args.concurrency):40}{'req/s':>10}{'p50 ms':>10}{'p95 ms':>10}"
     )
@@ -413,16 +542,18 @@ def main(argv: list[str] | None = None) -> int:
         "config": args.config,
         "machine": info,
         "image_px": args.size,
+        "colocate": shipped,
+        "colocations": {m: {**f, "throughput_batching_on": on_by_mode[m]} for m, f in modes_figures.items()},
         "in_process": inprocess,
-        "http_batching_off": http,
+        "http_batching_off": ours["http"],
         "http_batching_on": summary(on_latency),
-        "runs": runs,
-        "overhead_p50_ms": round(overhead, 2),
+        "runs": ours["runs"],
+        "overhead_p50_ms": overhead,
+        "overhead_vs_split": round(overhead / split["overhead_p50_ms"], 3) if split else None,
         "overhead_goal_ms": OVERHEAD_GOAL_MS,
         "overhead_goal_met": overhead <= OVERHEAD_GOAL_MS,
-        "where_the_time_goes_ms": where,
+        "where_the_time_goes_ms": ours["where_the_time_goes_ms"],
         "serving_floor": floor,
-        "deploy_s": {"off": round(deploy_off, 2), "on": round(deploy_on, 2)},
         "throughput_batching_off": off,
         "throughput_batching_on": on,
         "in_process_batched_ms_per_request": round(1000 * batched_s, 2),

@@ -119,8 +119,9 @@ class Ingress(JobRoutes):
         self.rate_limiter = RateLimiter(rate, self.limits.rate_limit_burst) if rate else None
 
     def batch_sizes(self) -> dict[str, list[int]]:
-        """Requests per call of each group this replica holds (``serve.colocate: ingress``; for tests)."""
-        return {k: r.batch_sizes() for k, r in self.models.items() if isinstance(r, StageGroup)}
+        """Requests per call of each stage this replica holds (``serve.colocate: ingress``; for tests)."""
+        held = [r for r in self.models.values() if isinstance(r, StageGroup)]
+        return {name: group.batch_sizes(name) for group in held for name in group.names}
 
     def _authorize(self, request: Request) -> str | None:
         return authorize(request.headers, self.api_keys)

@@ -1,8 +1,9 @@
 """The model stages as Serve deployments: one replica per group of :func:`canvas_ray.spec.serve_groups`
-(by default segment and caption together, inpaint alone; ``serve.colocate`` picks), dynamic batching
-(``@serve.batch``: requests that arrive within ``serve.batch_wait_timeout_s`` are concatenated into one
-batch, the stage runs once, and the result is split back per request by the ``request_id`` column), and
-a bounded queue per deployment (``max_queued_requests``: past it callers get ``BackPressureError``, which
+(by default segment and caption together, inpaint alone; ``serve.colocate`` picks), dynamic batching per
+stage (:class:`Lane`, ``@serve.batch``: requests that reach a stage within ``serve.batch_wait_timeout_s``
+are concatenated into one batch, the stage runs once, and the result is split back per request by the
+``request_id`` column; the stages of a replica overlap across requests), and a bounded queue per
+deployment (``max_queued_requests``: past it callers get ``BackPressureError``, which
 the ingress answers with 503)."""
 
 from __future__ import annotations
@@ -33,82 +34,79 @@ def deployment_name(stages: tuple[str, ...]) -> str:
     return "".join(name.title() for name in stages) + "Deployment"
 
 
-class _StageFaultError(Exception):
-    """A stage call that raised, with the stage's name (a chained replica runs several)."""
+class Lane:
+    """One stage of a :class:`StageGroup` with its own batch queue (``@serve.batch``): the requests that
+    reach it within ``serve.batch_wait_timeout_s`` (at most ``serve.max_batch_size``) are one call of the
+    stage, run in a thread, and split back per request by ``request_id``. A replica runs its lanes
+    concurrently, so the stages of one replica overlap across requests like the actor pools of a batch
+    job: inpaint works on one batch while segment works on the next.
 
-    def __init__(self, stage: str, error: Exception):
-        super().__init__(f"{type(error).__name__}: {error}")
-        self.stage = stage
-        self.error = error
+    Stages already turn a failing row into an error row (``run_rows``), so a whole call fails only on a
+    fault of the stage itself, and then each request is run alone (:func:`each_alone_on_failure`, the
+    same rule as for rows), so that one request's fault fails that request's rows only, labelled with the
+    stage."""
+
+    def __init__(self, name: str, stage: Any, config: CanvasConfig):
+        self.name, self.stage = name, stage
+        # the recent calls only: a long-running replica must not grow with its traffic
+        self.sizes: deque[int] = deque(maxlen=100_000)
+        self.rows: deque[int] = deque(maxlen=100_000)
+        self._metrics = BatchMetrics(name)
+        batched = serve.batch(  # one queue per lane (a decorated function, not a method of the class)
+            max_batch_size=config.serve.max_batch_size,
+            batch_wait_timeout_s=config.serve.batch_wait_timeout_s,
+        )
+        self.run: Any = batched(self._calls)
+
+    async def _calls(self, batches: list[Batch]) -> list[Batch]:
+        return await asyncio.to_thread(self._process, batches)
+
+    def _process(self, batches: list[Batch]) -> list[Batch]:
+        self.sizes.append(len(batches))
+        self._metrics.observe(len(batches))
+        return each_alone_on_failure(batches, self._together, self._failed, self.name)
+
+    def _failed(self, batch: Batch, error: Exception) -> Batch:
+        return fail_rows(batch, self.name, error)
+
+    def _together(self, batches: list[Batch]) -> list[Batch]:
+        """One call of the stage for the requests' rows, split back per request (by ``request_id``)."""
+        if len(batches) == 1:
+            self.rows.append(num_rows(batches[0]))
+            return [self.stage(batches[0])]
+        ids = [str(b[REQUEST_COLUMN][0]) for b in batches]
+        if len(set(ids)) != len(ids):  # never expected; keeps the split unambiguous anyway
+            return [self.stage(b) for b in batches]
+        merged = concat_batches(batches)
+        self.rows.append(num_rows(merged))
+        return split_by_request(self.stage(merged), ids)
 
 
 class StageGroup:
     """The stages of one group of :func:`canvas_ray.spec.serve_groups` (segment and caption together,
-    inpaint alone by default), run in turn on each batch, with dynamic batching: the body of a model
-    deployment's replica (:data:`ModelDeployment`), or held by the ingress itself (``serve.colocate:
-    ingress``, no hand-off).
-
-    A batch of requests runs as one call per stage; stages already turn a failing row into an error row
-    (``run_rows``), so a whole call fails only on a fault of a stage itself, and then each request is
-    run alone (:func:`~canvas_ray.stages.base.each_alone_on_failure`, the same rule as for rows), so
-    that one request's fault fails that request's rows only, labelled with the stage that failed."""
+    inpaint alone by default), run in turn on each request's batch, each stage a :class:`Lane` with its
+    own dynamic batching: the body of a model deployment's replica (:data:`ModelDeployment`), or held by
+    the ingress itself (``serve.colocate: ingress``, no hand-off)."""
 
     def __init__(self, config: CanvasConfig, stages: tuple[str, ...], context: StageContext | None = None):
         self.config = config
         self.names = tuple(stages)
         self.name = "+".join(self.names)
         context = context or StageContext()
-        self.stages = [make_stage(n, config, context) for n in self.names]  # type: ignore[arg-type]
-        batched: Any = self.run  # @serve.batch takes constants; the config's values are set here
-        batched.set_max_batch_size(config.serve.max_batch_size)
-        batched.set_batch_wait_timeout_s(config.serve.batch_wait_timeout_s)
-        # the recent calls only: a long-running replica must not grow with its traffic
-        self._sizes: deque[int] = deque(maxlen=100_000)
-        self._rows: deque[int] = deque(maxlen=100_000)
-        self._metrics = BatchMetrics(self.name)
+        self.lanes = {n: Lane(n, make_stage(n, config, context), config) for n in self.names}  # type: ignore[arg-type]
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
-    async def run(self, batches: list[Batch]) -> list[Batch]:
-        return await asyncio.to_thread(self._process, batches)
-
-    def _process(self, batches: list[Batch]) -> list[Batch]:
-        self._sizes.append(len(batches))
-        self._metrics.observe(len(batches))
-
-        def failed(batch: Batch, error: Exception) -> Batch:
-            if isinstance(error, _StageFaultError):
-                return fail_rows(batch, error.stage, error.error)
-            return fail_rows(batch, self.names[0], error)
-
-        return each_alone_on_failure(batches, self._together, failed, self.name)
-
-    def _chain(self, batch: Batch) -> Batch:
-        for name, stage in zip(self.names, self.stages, strict=True):
-            try:
-                batch = stage(batch)
-            except Exception as error:
-                raise _StageFaultError(name, error) from error
+    async def run(self, batch: Batch) -> Batch:
+        for lane in self.lanes.values():
+            batch = await lane.run(batch)
         return batch
 
-    def _together(self, batches: list[Batch]) -> list[Batch]:
-        """One call per stage for the requests' rows, split back per request (by ``request_id``)."""
-        if len(batches) == 1:
-            self._rows.append(num_rows(batches[0]))
-            return [self._chain(batches[0])]
-        ids = [str(b[REQUEST_COLUMN][0]) for b in batches]
-        if len(set(ids)) != len(ids):  # never expected; keeps the split unambiguous anyway
-            return [self._chain(b) for b in batches]
-        merged = concat_batches(batches)
-        self._rows.append(num_rows(merged))
-        return split_by_request(self._chain(merged), ids)
+    def batch_sizes(self, stage: str | None = None) -> list[int]:
+        """Requests per call of ``stage`` (default: the group's first), in order (for tests and tuning)."""
+        return list(self.lanes[stage or self.names[0]].sizes)
 
-    def batch_sizes(self) -> list[int]:
-        """Requests per call, in order (for tests and tuning)."""
-        return list(self._sizes)
-
-    def batch_rows(self) -> list[int]:
-        """Rows per call (a request may carry several rows after Prompt)."""
-        return list(self._rows)
+    def batch_rows(self, stage: str | None = None) -> list[int]:
+        """Rows per call of ``stage`` (a request may carry several rows after Prompt)."""
+        return list(self.lanes[stage or self.names[0]].rows)
 
     def ping(self) -> bool:
         return True

@@ -486,6 +486,47 @@ def test_schemathesis_no_server_errors(server, tmp_path):
     assert not failures, failures
 
 
+def test_a_stage_fault_fails_only_that_requests_rows_labelled_with_the_stage(server):
+    """A replica's stage (a :class:`serve.deployments.Lane`) batches concurrent requests into one call;
+    when that call raises, each request runs alone, so only the request that faults gets error rows,
+    labelled with the stage, and the others are answered."""
+    from canvas_ray.rows import ensure_status
+    from serve.deployments import Lane
+
+    serve = server["serve"]
+
+    def stage(batch: dict[str, Any]) -> dict[str, Any]:
+        ids = [str(v) for v in batch["request_id"]]
+        if "bad" in ids:
+            raise RuntimeError("boom")
+        return ensure_status(dict(batch))
+
+    @serve.deployment(max_ongoing_requests=16, ray_actor_options={"num_cpus": 0})
+    class OneLane:
+        def __init__(self, config: Any):
+            self.lane = Lane("caption", stage, config)
+
+        async def __call__(self, rid: str) -> dict[str, Any]:
+            out = await self.lane.run({"request_id": np.array([rid], dtype=object)})
+            return {key: str(out[key][0]) for key in ("status", "error") if key in out}
+
+        def sizes(self) -> list[int]:
+            return list(self.lane.sizes)
+
+    config = local_config(max_batch_size=4, batch_wait_timeout_s=1.0)
+    handle = serve.run(OneLane.bind(config), name="one-lane", route_prefix=None)
+    try:
+        answers = [handle.remote(rid) for rid in ("a", "bad", "c")]
+        results = dict(zip(("a", "bad", "c"), (answer.result() for answer in answers), strict=True))
+        assert results["bad"]["status"] == "error"
+        assert results["bad"]["error"] == "caption: RuntimeError: boom"
+        assert results["a"]["status"] == results["c"]["status"] == "ok", results
+        sizes = handle.sizes.remote().result()
+        assert sizes[0] == 3 and sum(sizes) == 3, sizes  # one call of all three, then none again
+    finally:
+        serve.delete("one-lane")
+
+
 # ------------------------------------------------------------------------------------ neural models
 
 
@@ -604,12 +645,14 @@ def test_every_colocation_answers_alike(tiny_app, tiny_models, colocate):
             assert np.array_equal(got[variant][1], pixels), f"variant {variant} differs under {colocate}"
         if colocate == "ingress":
             ingress = serve.get_deployment_handle("Ingress", app_name=name)
-            group = "segment+caption+prompt+inpaint"
-            before = len(ingress.batch_sizes.remote().result()[group])
+            before = {k: len(v) for k, v in ingress.batch_sizes.remote().result().items()}
             results = asyncio.run(_fire(f"{tiny_app['base']}/{name}", 6, 6, product_png()))
             assert [status for status, _ in results] == [200] * 6
-            sizes = ingress.batch_sizes.remote().result()[group][before:]
-            assert sum(sizes) == 6 and 1 < max(sizes) <= SERVE["max_batch_size"], sizes
+            sizes = {k: v[before[k] :] for k, v in ingress.batch_sizes.remote().result().items()}
+            assert set(sizes) == {"segment", "caption", "prompt", "inpaint"}
+            for stage, calls in sizes.items():  # each stage batches on its own
+                assert sum(calls) == 6 and max(calls) <= SERVE["max_batch_size"], (stage, calls)
+            assert max(sizes["segment"]) > 1, sizes
     finally:
         serve.delete(name)
 
