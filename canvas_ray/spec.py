@@ -207,6 +207,13 @@ def model_batch(name: StageName, config: CanvasConfig) -> int | None:
     return None
 
 
+def runs_per_item(name: StageName) -> bool:
+    """Whether ``name`` runs before the step that turns one row into many (:attr:`StageSpec.expands`):
+    its columns, timing included, hold one value per item, copied onto each of the item's outputs."""
+    step_of = next(i for i, s in enumerate(PIPELINE) if name in s.stages)
+    return any(s.expands for s in PIPELINE[step_of + 1 :])
+
+
 def input_error_stages() -> tuple[str, ...]:
     """Every ``error_stage`` label that means a bad input (:attr:`StageSpec.input_errors`)."""
     return tuple(dict.fromkeys(label for s in PIPELINE for label in s.input_errors))

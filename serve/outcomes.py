@@ -10,7 +10,7 @@ import numpy as np
 
 from canvas_ray.rows import Batch
 from canvas_ray.schema import DELIVERED, split_error
-from canvas_ray.spec import StageName, input_error_stages, timing_columns
+from canvas_ray.spec import StageName, input_error_stages, runs_per_item, timing_columns
 from serve.errors import ApiError
 
 # Error stages whose rows mean "this input cannot be used" (422) rather than a failure of ours (500): the
@@ -32,8 +32,12 @@ def raise_for_input(batch: Batch) -> None:
 
 
 def inside_seconds(batch: Batch, stage: StageName) -> float:
-    """Seconds this request's rows spent inside ``stage`` (its ``*_s`` columns, shared per row)."""
+    """Seconds this request's rows spent inside ``stage`` (its ``*_s`` columns, shared per row; a stage
+    that runs before Prompt's expansion counts once per item, not once per output it was copied to)."""
     columns = [np.asarray(batch[c], dtype=np.float64) for c in timing_columns(stage) if c in batch]
+    if columns and runs_per_item(stage) and "item_id" in batch:
+        _, first = np.unique(np.asarray(batch["item_id"]).astype(str), return_index=True)
+        columns = [column[first] for column in columns]
     return float(sum(np.nansum(c) for c in columns))
 
 

@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from canvas_ray.config import REPO_ROOT, config_from_dict, load_config
+from canvas_ray.spec import serve_groups
 from canvas_ray.testing import product_png
 from serve.responses import GenerateResponse
 
@@ -87,6 +88,12 @@ def post(client: httpx.Client, path: str = "/v1/backgrounds", image: bytes | Non
     return client.post(path, files=parts)
 
 
+def parse_timing(header: str) -> dict[str, float]:
+    """``Server-Timing`` → {name: milliseconds}."""
+    parts = (part.strip().split(";dur=") for part in header.split(","))
+    return {name: float(ms) for name, ms in parts}
+
+
 def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
     assert response.status_code == status, response.text
     body = response.json()
@@ -140,11 +147,13 @@ def test_generate_json(client):
     body = response.json()
     assert body["request_id"] and body["caption"] and body["errors"] == []
     GenerateResponse.model_validate(body)  # the documented response model (/docs) is what is sent
-    timing = response.headers["server-timing"]
-    # segment and caption run in one replica (one hand-off): one entry for the pair
-    pair = "segment+caption"
-    for name in ("parse", "decode", pair, f"{pair}.inside", "inpaint", "encode", "total"):
-        assert f"{name};dur=" in timing, timing
+    timing = parse_timing(response.headers["server-timing"])
+    # one entry per group of stages that share a replica (serve.colocate), and the part spent inside it
+    groups = ["+".join(g) for g in serve_groups(local_config().serve.colocate)]
+    for name in ("parse", "decode", *groups, *(f"{g}.inside" for g in groups), "encode", "total"):
+        assert name in timing, timing
+    for group in groups:  # inside a group's stages is part of its round trip, never more
+        assert 0 < timing[f"{group}.inside"] <= timing[group], timing
     images = body["images"]
     assert len(images) == 4
     assert {(i["aspect"], i["variant"]) for i in images} == {("1:1", 0), ("1:1", 1), ("4:5", 0), ("4:5", 1)}
@@ -398,24 +407,36 @@ async def _fire(base: str, count: int, concurrency: int, image: bytes) -> list[t
         return await asyncio.gather(*(one(i) for i in range(count)))
 
 
+def stage_batch_sizes(serve: Any, app: str, colocate: str) -> dict[str, list[int]]:
+    """Requests per call of each model stage of an app, wherever ``serve.colocate`` put it."""
+    from canvas_ray.spec import model_stages
+    from serve.deployments import deployment_name
+
+    if colocate == "ingress":
+        sizes = serve.get_deployment_handle("Ingress", app_name=app).batch_sizes.remote().result()
+        return {stage: sizes[stage] for stage in model_stages()}
+    out = {}
+    for group in serve_groups(colocate):
+        name = deployment_name(tuple(n for n in group if n in model_stages()))
+        handle = serve.get_deployment_handle(name, app_name=app)
+        out.update({stage: handle.batch_sizes.remote(stage).result() for stage in group})
+    return {stage: out[stage] for stage in model_stages()}
+
+
 def test_dynamic_batching(server):
-    serve = server["serve"]
-    before = {
-        name: len(serve.get_deployment_handle(name, app_name="local").batch_sizes.remote().result())
-        for name in ("SegmentCaptionDeployment", "InpaintDeployment")
-    }
+    """Concurrent requests share model calls, at most ``serve.max_batch_size`` each, in the shipped
+    mode of the weight-free config (``serve.colocate: ingress``: the stages batch inside the ingress)."""
+    serve, colocate = server["serve"], local_config().serve.colocate
+    assert colocate == "ingress"
+    before = {k: len(v) for k, v in stage_batch_sizes(serve, "local", colocate).items()}
     results = asyncio.run(_fire(server["base"], 12, 12, product_png()))
     assert all(status == 200 for status, _ in results), results
-    sizes = {
-        name: serve.get_deployment_handle(name, app_name="local")
-        .batch_sizes.remote()
-        .result()[before[name] :]
-        for name in before
-    }
+    sizes = {k: v[before[k] :] for k, v in stage_batch_sizes(serve, "local", colocate).items()}
     print(f"\nobserved batch sizes (requests per stage call): {sizes}")
-    assert sum(sizes["SegmentCaptionDeployment"]) == 12 and sum(sizes["InpaintDeployment"]) == 12
-    assert max(sizes["SegmentCaptionDeployment"] + sizes["InpaintDeployment"]) > 1
-    assert max(sizes["SegmentCaptionDeployment"] + sizes["InpaintDeployment"]) <= 4  # serve.max_batch_size
+    assert set(sizes) == {"segment", "caption", "inpaint"}
+    assert all(sum(calls) == 12 for calls in sizes.values()), sizes
+    assert max(max(calls) for calls in sizes.values()) > 1
+    assert max(max(calls) for calls in sizes.values()) <= 4  # serve.max_batch_size
 
 
 def test_bounded_load(server):
@@ -614,16 +635,17 @@ def _pixels(item: dict[str, Any]) -> np.ndarray:
 
 COLOCATED_DEPLOYMENTS = {
     "split": {"Ingress", "SegmentDeployment", "CaptionDeployment", "InpaintDeployment"},
+    "chained": {"Ingress", "SegmentCaptionDeployment", "InpaintDeployment"},
     "models": {"Ingress", "SegmentCaptionInpaintDeployment"},
     "ingress": {"Ingress"},
 }
 
 
 @pytest.mark.parametrize("colocate", sorted(COLOCATED_DEPLOYMENTS))
-def test_every_colocation_answers_alike(tiny_app, tiny_models, colocate):
-    """The models grouped another way (``serve.colocate``) give the same captions and the same pixels as
-    the default graph (``/tiny``: segment+caption, inpaint), with the deployments the mode says; the
-    ingress holding the models still batches concurrent requests."""
+def test_every_colocation_answers_alike_and_batches(tiny_app, tiny_models, colocate):
+    """The models grouped each way (``serve.colocate``) give the same captions and the same pixels as
+    the app of the schema's default (``/tiny``: chained), with the deployments the mode says, and every
+    model stage batches concurrent requests wherever it runs."""
     from serve.app import build_app
 
     serve, client = tiny_app["serve"], tiny_app["client"]
@@ -634,8 +656,9 @@ def test_every_colocation_answers_alike(tiny_app, tiny_models, colocate):
         assert response.status_code == 200, response.text
         return {i["variant"]: (i["caption"], _pixels(i)) for i in response.json()["images"]}
 
-    name = f"tiny-{colocate}"
-    serve.run(build_app(tiny_config(tiny_models, colocate=colocate)), name=name, route_prefix=f"/{name}")
+    name = "tiny" if colocate == "chained" else f"tiny-{colocate}"
+    if name != "tiny":
+        serve.run(build_app(tiny_config(tiny_models, colocate=colocate)), name=name, route_prefix=f"/{name}")
     try:
         assert set(serve.status().applications[name].deployments) == COLOCATED_DEPLOYMENTS[colocate]
         reference, got = answer("/tiny"), answer(f"/{name}")
@@ -643,18 +666,16 @@ def test_every_colocation_answers_alike(tiny_app, tiny_models, colocate):
         for variant, (caption, pixels) in reference.items():
             assert got[variant][0] == caption
             assert np.array_equal(got[variant][1], pixels), f"variant {variant} differs under {colocate}"
-        if colocate == "ingress":
-            ingress = serve.get_deployment_handle("Ingress", app_name=name)
-            before = {k: len(v) for k, v in ingress.batch_sizes.remote().result().items()}
-            results = asyncio.run(_fire(f"{tiny_app['base']}/{name}", 6, 6, product_png()))
-            assert [status for status, _ in results] == [200] * 6
-            sizes = {k: v[before[k] :] for k, v in ingress.batch_sizes.remote().result().items()}
-            assert set(sizes) == {"segment", "caption", "prompt", "inpaint"}
-            for stage, calls in sizes.items():  # each stage batches on its own
-                assert sum(calls) == 6 and max(calls) <= SERVE["max_batch_size"], (stage, calls)
-            assert max(sizes["segment"]) > 1, sizes
+        before = {k: len(v) for k, v in stage_batch_sizes(serve, name, colocate).items()}
+        results = asyncio.run(_fire(f"{tiny_app['base']}/{name}", 6, 6, product_png()))
+        assert [status for status, _ in results] == [200] * 6
+        sizes = {k: v[before[k] :] for k, v in stage_batch_sizes(serve, name, colocate).items()}
+        for stage, calls in sizes.items():  # each stage batches on its own
+            assert sum(calls) == 6 and max(calls) <= SERVE["max_batch_size"], (stage, calls)
+        assert max(sizes["segment"]) > 1, sizes
     finally:
-        serve.delete(name)
+        if name != "tiny":
+            serve.delete(name)
 
 
 # ------------------------------------------------------------------------- hostile input and overload
@@ -859,7 +880,8 @@ def test_overload_sheds_with_retry_after_and_admitted_requests_finish(server):
     assert stats["requests_by_code"].get("503", 0) == stats["shed"] >= len(shed)
     assert stats["requests_by_code"].get("200", 0) >= len(done)
     assert stats["running"] == 0 and stats["waiting"] == 0
-    assert {"decode", "segment+caption", "inpaint", "composite"} <= set(stats["stage_seconds"])
+    groups = {"+".join(g) for g in serve_groups(local_config().serve.colocate)}
+    assert {"decode", *groups, "composite"} <= set(stats["stage_seconds"])
 
 
 async def _fire_detailed(
