@@ -8,7 +8,10 @@
    pass nor fail it; goal <= 5 ms. Measured on the app without batching (``serve.max_batch_size: 1``),
    whose stages do not wait for a batch to fill, for each ``serve.colocate`` in one run (``--colocate``):
    ``split`` (a deployment per model stage: three hand-offs, the graph of before), ``chained`` (two),
-   ``models`` (one), ``ingress`` (none), and the ratio of each to ``split``.
+   ``models`` (one), ``ingress`` (none), and the ratio of each to ``split``. Beside it, the serving layer
+   outside the models: the same difference with the time inside the model stages taken out of both
+   sides (a replica's ``.inside`` timings, the in-process model stages' ``*_s`` columns), so that the
+   models running faster or slower in one process than in the other does not hide or add overhead.
    Where the time goes comes from the service's own ``Server-Timing`` header: the HTTP proxy (latency −
    the ingress's total), waiting for a slot, parsing, each stage as the ingress sees it, the hand-off to
    each model deployment (its round trip − the time inside the stage) and the PNG encode.
@@ -93,18 +96,23 @@ class InProcess:
 
         return scope()
 
-    def once(self) -> tuple[float, float]:
-        """Seconds of one request, and the part of it spent inside the stages (their ``*_s`` columns)."""
+    def once(self) -> tuple[float, float, float]:
+        """Seconds of one request, the part of it spent inside the stages (their ``*_s`` columns), and
+        the part inside the model stages (what a Serve replica's ``.inside`` timing counts)."""
         from canvas_ray.io.images import encode_image
         from canvas_ray.pipeline import items_batch
         from canvas_ray.schema import TIMING_COLUMNS
+        from canvas_ray.spec import model_stages, timing_columns
 
         started = time.perf_counter()
         out = self.pipeline.run_batch(items_batch([dict(self.item)]))
         if list(out["status"]) != ["ok"]:
             raise RuntimeError(f"in-process request failed: {list(out['error'])}")
         encode_image(out["result"][0], "png", self.config.output.quality)
-        return time.perf_counter() - started, sum(float(out[c][0]) for c in TIMING_COLUMNS if c in out)
+        seconds = time.perf_counter() - started
+        model = [c for name in model_stages() for c in timing_columns(name) if c in out]
+        stage_s = sum(float(out[c][0]) for c in TIMING_COLUMNS if c in out)
+        return seconds, stage_s, sum(float(out[c][0]) for c in model)
 
     def batched(self, batch: int) -> float:
         """Seconds per request when ``batch`` requests go through the stages as one batch: the most that
@@ -171,16 +179,17 @@ def interleaved_latency(
     seconds of each, the in-process stage seconds, and each HTTP answer's ``Server-Timing`` (ms)."""
     import httpx
 
-    out: dict[str, Any] = {"local": [], "stage_s": [], "http": {m: [] for m in prefixes}}
+    out: dict[str, Any] = {"local": [], "stage_s": [], "model_s": [], "http": {m: [] for m in prefixes}}
     out["timings"] = {m: [] for m in prefixes}
     modes = list(prefixes)
     with httpx.Client(base_url=base, timeout=120) as client, local.one_thread():
         for index in range(warmup + requests):
-            seconds, stage_s = local.once()
+            seconds, stage_s, model_s = local.once()
             measured = index >= warmup
             if measured:
                 out["local"].append(seconds)
                 out["stage_s"].append(stage_s)
+                out["model_s"].append(model_s)
             turn = index % len(modes)
             for mode in modes[turn:] + modes[:turn]:
                 started = time.perf_counter()
@@ -335,6 +344,14 @@ def throughput(
     }
 
 
+def outside_models_ms(pooled: dict[str, Any], mode: str) -> float:
+    """Median (HTTP latency − time inside the model stages) − median (in-process latency − the same), ms."""
+    inside = [sum(v for k, v in t.items() if k.endswith(".inside")) / 1000 for t in pooled["timings"][mode]]
+    http = np.subtract(pooled["http"][mode], inside)
+    local = np.subtract(pooled["local"], pooled["model_s"])
+    return round(1000 * float(np.median(http) - np.median(local)), 2)
+
+
 def colocation_latency(
     serve: Any,
     local: InProcess,
@@ -353,7 +370,7 @@ def colocation_latency(
         for m, p in prefixes.items()
     }
     runs: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
-    pooled: dict[str, Any] = {"local": [], "stage_s": [], "http": {m: [] for m in modes}}
+    pooled: dict[str, Any] = {"local": [], "stage_s": [], "model_s": [], "http": {m: [] for m in modes}}
     pooled["timings"] = {m: [] for m in modes}
     floors: dict[str, dict[str, float] | None] = {}
     try:
@@ -363,6 +380,7 @@ def colocation_latency(
             inproc_p50 = 1000 * percentile(measured["local"], 50)
             pooled["local"] += measured["local"]
             pooled["stage_s"] += measured["stage_s"]
+            pooled["model_s"] += measured["model_s"]
             for mode in modes:
                 http_p50 = 1000 * percentile(measured["http"][mode], 50)
                 runs[mode].append(
@@ -398,6 +416,10 @@ def colocation_latency(
             "paired_overhead_ms": round(
                 1000 * float(np.median(np.subtract(pooled["http"][mode], pooled["local"]))), 2
             ),
+            # the same, with the time inside the model stages taken out of both sides (in a replica, from
+            # its .inside timings; here, from the model stages' *_s columns): the serving layer alone,
+            # whatever the models' speed in one process or the other
+            "outside_models_ms": outside_models_ms(pooled, mode),
             "hand_off_ms": round(sum(ms for part, ms in where.items() if part.endswith("_handoff")), 2),
             "where_the_time_goes_ms": where,
             "serving_floor": floors[mode],
@@ -484,15 +506,16 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * 78)
     print(
         f"{'serve.colocate':16}{'hand-offs':>10}{'overhead ms':>13}{'vs split':>10}{'paired ms':>11}"
-        f"{'hand-off ms':>13}{'req/s on':>10}   runs"
+        f"{'outside models':>16}{'vs split':>10}{'hand-off ms':>13}{'req/s on':>10}   runs"
     )
     for mode, fig in modes_figures.items():
         ratio = f"{fig['overhead_p50_ms'] / split['overhead_p50_ms']:.2f}" if split else "-"
+        outside = f"{fig['outside_models_ms'] / split['outside_models_ms']:.2f}" if split else "-"
         listed = ", ".join(f"{r['overhead_p50_ms']:+.1f}" for r in fig["runs"])
         mark = " (config)" if mode == shipped else ""
         print(
             f"{mode + mark:16}{fig['hand_offs']:>10}{fig['overhead_p50_ms']:13.1f}{ratio:>10}"
-            f"{fig['paired_overhead_ms']:11.1f}{fig['hand_off_ms']:13.1f}"
+            f"{fig['paired_overhead_ms']:11.1f}{fig['outside_models_ms']:16.1f}{outside:>10}{fig['hand_off_ms']:13.1f}"
             f"{on_by_mode[mode]['requests_per_s']:10.2f}   {listed}"
         )
     print(f"{'latency, one request at a time':40}{'p50 ms':>10}{'p95 ms':>10}")
@@ -514,6 +537,12 @@ def main(argv: list[str] | None = None) -> int:
         f"median of {len(ours['runs'])} runs "
         f"({listed}){versus}  (goal <= {OVERHEAD_GOAL_MS:g} ms)"
     )
+    outside = ours["outside_models_ms"]
+    if split:
+        versus = (
+            f"; split {split['outside_models_ms']:.1f} ms, ratio {outside / split['outside_models_ms']:.2f}"
+        )
+    print(f"serving layer outside the models (serve.colocate {shipped}): {outside:.1f} ms{versus}")
     print(f"  where an HTTP request's time goes ({shipped}; medians, ms, from the Server-Timing header):")
     for name, ms in ours["where_the_time_goes_ms"].items():
         print(f"    {name:36}{ms:10.2f}")
@@ -550,6 +579,8 @@ def main(argv: list[str] | None = None) -> int:
         "runs": ours["runs"],
         "overhead_p50_ms": overhead,
         "overhead_vs_split": round(overhead / split["overhead_p50_ms"], 3) if split else None,
+        "outside_models_ms": outside,
+        "outside_models_vs_split": round(outside / split["outside_models_ms"], 3) if split else None,
         "overhead_goal_ms": OVERHEAD_GOAL_MS,
         "overhead_goal_met": overhead <= OVERHEAD_GOAL_MS,
         "where_the_time_goes_ms": ours["where_the_time_goes_ms"],
