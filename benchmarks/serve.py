@@ -41,6 +41,7 @@ from benchmarks.common import default_json, ensure_tiny_models, machine, percent
 from canvas_ray.config import REPO_ROOT, CanvasConfig, load_config
 from canvas_ray.config_serve import Colocate
 from canvas_ray.testing import product_png
+from serve.outcomes import parse_server_timing
 
 OVERHEAD_GOAL_MS = 5.0
 BATCH_GAIN_SHARE_GOAL = 0.9  # of the in-process batching ceiling
@@ -157,18 +158,6 @@ def round_trips(base: str, app: str, requests: int, deployment: str, prefix: str
         "healthz_p50_ms": round(1000 * percentile(health, 50), 2),
         "handle_call_p50_ms": round(1000 * percentile(handle_calls, 50), 2),
     }
-
-
-def parse_server_timing(header: str) -> dict[str, float]:
-    """``"parse;dur=1.20, segment;dur=30.5"`` → ``{"parse": 1.2, "segment": 30.5}`` (milliseconds)."""
-    out = {}
-    for part in header.split(","):
-        name, _, params = part.strip().partition(";")
-        for param in params.split(";"):
-            key, _, value = param.partition("=")
-            if key.strip() == "dur":
-                out[name] = float(value)
-    return out
 
 
 def interleaved_latency(
@@ -304,25 +293,20 @@ def deploy(serve: Any, config: CanvasConfig, name: str, base: str, prefix: str =
 
 
 def model_deployments(colocate: Colocate) -> list[str]:
-    """The model deployments of a ``serve.colocate`` mode (none for ``ingress``); the last runs inpaint."""
-    from canvas_ray.spec import serve_groups
-    from serve.deployments import deployment_name, model_stages
+    """The model deployments of a ``serve.colocate`` mode, in pipeline order (none for ``ingress``)."""
+    from serve.deployments import INGRESS, stage_homes
 
-    if colocate == "ingress":
-        return []
-    return [deployment_name(tuple(n for n in g if n in model_stages())) for g in serve_groups(colocate)]
+    return [home for home in dict.fromkeys(stage_homes(colocate).values()) if home != INGRESS]
 
 
 def inpaint_batch_sizes(app: str, colocate: Colocate) -> list[int]:
-    """Requests per call of the inpaint stage (in the last model deployment, or in the ingress)."""
+    """Requests per call of the inpaint stage, in whichever replica runs it."""
     from ray import serve as ray_serve
 
-    deployments = model_deployments(colocate)
-    if deployments:
-        handle = ray_serve.get_deployment_handle(deployments[-1], app_name=app)
-        return list(handle.batch_sizes.remote("inpaint").result())
-    handle = ray_serve.get_deployment_handle("Ingress", app_name=app)
-    return list(handle.batch_sizes.remote().result()["inpaint"])
+    from serve.deployments import stage_homes
+
+    handle = ray_serve.get_deployment_handle(stage_homes(colocate)["inpaint"], app_name=app)
+    return list(handle.batch_sizes.remote("inpaint").result())
 
 
 def throughput(
@@ -408,8 +392,8 @@ def colocation_latency(
     for mode in modes:
         where = breakdown(pooled["http"][mode], pooled["timings"][mode])
         figures[mode] = {
-            "model_deployments": model_deployments(mode),
-            "hand_offs": len(model_deployments(mode)),
+            "model_deployments": (deployments := model_deployments(mode)),
+            "hand_offs": len(deployments),
             "runs": runs[mode],
             "overhead_p50_ms": round(float(np.median([r["overhead_p50_ms"] for r in runs[mode]])), 2),
             # the same request in this process and over HTTP, back to back: the median of the differences

@@ -132,15 +132,11 @@ def _depth(text: str, limit: int) -> int:
 def parse_json_object(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:
     """A JSON object from a UTF-8 body, or :class:`RefusedError` (400/422) saying what to fix."""
     if body.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
-        raise ApiError(
-            400, "bad_request", "the JSON body starts with a byte-order mark: send plain UTF-8"
-        )
+        raise ApiError(400, "bad_request", "the JSON body starts with a byte-order mark: send plain UTF-8")
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise ApiError(
-            400, "bad_request", f"the JSON body is not valid UTF-8 (byte {error.start})"
-        ) from None
+        raise ApiError(400, "bad_request", f"the JSON body is not valid UTF-8 (byte {error.start})") from None
     if _depth(text, max_depth) > max_depth:
         raise ApiError(400, "bad_request", f"the JSON body is nested deeper than {max_depth} levels")
     try:

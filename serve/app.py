@@ -118,10 +118,13 @@ class Ingress(JobRoutes):
         rate = self.limits.rate_limit_per_key
         self.rate_limiter = RateLimiter(rate, self.limits.rate_limit_burst) if rate else None
 
-    def batch_sizes(self) -> dict[str, list[int]]:
-        """Requests per call of each stage this replica holds (``serve.colocate: ingress``; for tests)."""
-        held = [r for r in self.models.values() if isinstance(r, StageGroup)]
-        return {name: group.batch_sizes(name) for group in held for name in group.names}
+    def batch_sizes(self, stage: str) -> list[int]:
+        """Requests per call of a stage this replica holds (``serve.colocate: ingress``), like a model
+        deployment's :meth:`~serve.deployments.StageGroup.batch_sizes` (for tests and tuning)."""
+        held = [r for r in self.models.values() if isinstance(r, StageGroup) and stage in r.names]
+        if not held:
+            raise ValueError(f"this ingress holds no {stage!r} stage (serve.colocate is not `ingress`)")
+        return held[0].batch_sizes(stage)
 
     def _authorize(self, request: Request) -> str | None:
         return authorize(request.headers, self.api_keys)

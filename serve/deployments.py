@@ -15,8 +15,9 @@ from typing import Any
 from ray import serve
 
 from canvas_ray.config import CanvasConfig, ModelStage
+from canvas_ray.config_serve import Colocate
 from canvas_ray.rows import Batch, concat_batches, each_alone_on_failure, fail_rows, num_rows, take_rows
-from canvas_ray.spec import make_stage, model_stages
+from canvas_ray.spec import make_stage, model_stages, serve_groups
 from canvas_ray.stages.base import StageContext
 from serve.metrics import BatchMetrics
 
@@ -29,9 +30,22 @@ def split_by_request(batch: Batch, request_ids: list[str]) -> list[Batch]:
     return [take_rows(batch, [i for i, v in enumerate(column) if v == rid]) for rid in request_ids]
 
 
+INGRESS = "Ingress"  # the ingress deployment's name (serve.app.Ingress)
+
+
 def deployment_name(stages: tuple[str, ...]) -> str:
     """``("segment", "caption")`` -> ``SegmentCaptionDeployment``."""
     return "".join(name.title() for name in stages) + "Deployment"
+
+
+def stage_homes(colocate: Colocate) -> dict[str, str]:
+    """Where each stage of the ``serve.colocate`` groups runs: the name of its model deployment (model
+    stages only count in the name: ``SegmentCaptionInpaintDeployment``), or :data:`INGRESS`."""
+    homes: dict[str, str] = {}
+    for group in serve_groups(colocate):
+        models = tuple(name for name in group if name in model_stages())
+        homes.update(dict.fromkeys(group, INGRESS if colocate == "ingress" else deployment_name(models)))
+    return homes
 
 
 class Lane:
@@ -89,7 +103,6 @@ class StageGroup:
     the ingress itself (``serve.colocate: ingress``, no hand-off)."""
 
     def __init__(self, config: CanvasConfig, stages: tuple[str, ...], context: StageContext | None = None):
-        self.config = config
         self.names = tuple(stages)
         self.name = "+".join(self.names)
         context = context or StageContext()

@@ -49,3 +49,16 @@ def server_timing(spent: dict[str, float], started: float) -> str:
     the HTTP proxy and the network."""
     parts = [f"{name};dur={1000 * seconds:.2f}" for name, seconds in spent.items()]
     return ", ".join([*parts, f"total;dur={1000 * (time.perf_counter() - started):.2f}"])
+
+
+def parse_server_timing(header: str) -> dict[str, float]:
+    """``"parse;dur=1.20, segment;dur=30.5"`` → ``{"parse": 1.2, "segment": 30.5}`` (milliseconds): the
+    reader of :func:`server_timing` (for clients, tests and benchmarks)."""
+    out = {}
+    for part in header.split(","):
+        name, _, params = part.strip().partition(";")
+        for param in params.split(";"):
+            key, _, value = param.partition("=")
+            if key.strip() == "dur":
+                out[name] = float(value)
+    return out

@@ -24,6 +24,7 @@ from PIL import Image
 from canvas_ray.config import REPO_ROOT, config_from_dict, load_config
 from canvas_ray.spec import serve_groups
 from canvas_ray.testing import product_png
+from serve.outcomes import parse_server_timing
 from serve.responses import GenerateResponse
 
 SAMPLE = REPO_ROOT / "examples" / "catalog" / "images" / "sku-0001.jpg"
@@ -88,12 +89,6 @@ def post(client: httpx.Client, path: str = "/v1/backgrounds", image: bytes | Non
     return client.post(path, files=parts)
 
 
-def parse_timing(header: str) -> dict[str, float]:
-    """``Server-Timing`` → {name: milliseconds}."""
-    parts = (part.strip().split(";dur=") for part in header.split(","))
-    return {name: float(ms) for name, ms in parts}
-
-
 def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
     assert response.status_code == status, response.text
     body = response.json()
@@ -147,7 +142,7 @@ def test_generate_json(client):
     body = response.json()
     assert body["request_id"] and body["caption"] and body["errors"] == []
     GenerateResponse.model_validate(body)  # the documented response model (/docs) is what is sent
-    timing = parse_timing(response.headers["server-timing"])
+    timing = parse_server_timing(response.headers["server-timing"])
     # one entry per group of stages that share a replica (serve.colocate), and the part spent inside it
     groups = ["+".join(g) for g in serve_groups(local_config().serve.colocate)]
     for name in ("parse", "decode", *groups, *(f"{g}.inside" for g in groups), "encode", "total"):
@@ -410,17 +405,13 @@ async def _fire(base: str, count: int, concurrency: int, image: bytes) -> list[t
 def stage_batch_sizes(serve: Any, app: str, colocate: str) -> dict[str, list[int]]:
     """Requests per call of each model stage of an app, wherever ``serve.colocate`` put it."""
     from canvas_ray.spec import model_stages
-    from serve.deployments import deployment_name
+    from serve.deployments import stage_homes
 
-    if colocate == "ingress":
-        sizes = serve.get_deployment_handle("Ingress", app_name=app).batch_sizes.remote().result()
-        return {stage: sizes[stage] for stage in model_stages()}
-    out = {}
-    for group in serve_groups(colocate):
-        name = deployment_name(tuple(n for n in group if n in model_stages()))
-        handle = serve.get_deployment_handle(name, app_name=app)
-        out.update({stage: handle.batch_sizes.remote(stage).result() for stage in group})
-    return {stage: out[stage] for stage in model_stages()}
+    homes = stage_homes(colocate)
+    return {
+        stage: serve.get_deployment_handle(homes[stage], app_name=app).batch_sizes.remote(stage).result()
+        for stage in model_stages()
+    }
 
 
 def test_dynamic_batching(server):
